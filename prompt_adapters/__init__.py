@@ -1,0 +1,24 @@
+"""prompt-adapters: soft prompts anywhere in a template, mixtures, deep perturbation, as PEFT adapters.
+
+Importing this package registers every method with peft, so ``get_peft_model``, ``PeftModel.from_pretrained``
+and ``AutoPeftModel*`` know them.
+"""
+
+from prompt_adapters.peft_registry import register_methods
+
+register_methods()
+
+from prompt_adapters.data.collator import PromptCollator  # noqa: E402
+from prompt_adapters.methods.deep import DeepPerturbConfig  # noqa: E402
+from prompt_adapters.methods.mixture import MixturePromptConfig  # noqa: E402
+from prompt_adapters.template import TemplateError, compile_template, parse_template  # noqa: E402
+
+__all__ = [
+    "DeepPerturbConfig",
+    "MixturePromptConfig",
+    "PromptCollator",
+    "TemplateError",
+    "compile_template",
+    "parse_template",
+]
+__version__ = "0.1.0"

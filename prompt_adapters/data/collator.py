@@ -1,0 +1,183 @@
+"""PromptCollator: from (input, answer) pairs or dicts of named fields to a batch the adapted model scores.
+
+    collate = PromptCollator(tokenizer, peft_model)
+    batch = collate([("Dante", "Florence"), ("Obama", "Honolulu")])
+    out = peft_model(**batch)          # out.loss, out.answer_log_probs (B, V or C), out.template_log_probs
+    out.loss.backward()
+
+It works as a ``data_collator`` for the HF Trainer (with ``remove_unused_columns=False``) and in any torch loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from prompt_adapters.scoring import IGNORE
+from prompt_adapters.template import (
+    ANSWER_SLOT,
+    CompiledTemplate,
+    Layout,
+    Row,
+    answer_token_id,
+    render,
+    special_affixes,
+)
+
+#: keys accepted for the LAMA subject / object besides the template's own field names
+FIELD_ALIASES = {"X": ("sub", "sub_label", "subject")}
+ANSWER_KEYS = (ANSWER_SLOT, "obj", "obj_label", "answer", "object")
+
+
+def _tuner(model: nn.Module) -> Any:
+    """The PromptTuner behind a PeftModel (or the tuner itself)."""
+    tuner = getattr(model, "base_model", model)
+    if not hasattr(tuner, "state") or not hasattr(tuner, "peft_config"):
+        raise TypeError(f"expected a PeftModel with a prompt adapter, got {type(model).__name__}")
+    return tuner
+
+
+def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: str) -> Layout:
+    """The special ids rendering needs for this tokenizer and model."""
+    vocab_size = int(model.get_input_embeddings().weight.shape[0])
+    prefix, suffix = special_affixes(tokenizer)
+    if lm_kind == "causal":
+        return Layout("causal", vocab_size, prefix, (), None)
+    if lm_kind == "masked":
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"masked LM scoring needs a mask token, but {type(tokenizer).__name__} has none")
+        return Layout("masked", vocab_size, prefix, suffix, int(tokenizer.mask_token_id))
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        raise ValueError(f"{type(model).__name__} has no decoder_start_token_id in its config")
+    if tokenizer.mask_token_id is not None:
+        return Layout("seq2seq", vocab_size, prefix, suffix, int(tokenizer.mask_token_id), int(start), True)
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    if sentinel is None or sentinel == tokenizer.unk_token_id:
+        raise ValueError("seq2seq scoring needs a mask token (BART) or the sentinel <extra_id_0> (T5)")
+    return Layout("seq2seq", vocab_size, prefix, suffix, int(sentinel), int(start), False)
+
+
+class PromptCollator:
+    """Renders examples with every template of one adapter and pads them into one batch.
+
+    Rows are example-major: row ``b * K + t`` is example b under template t. With data-dependent mixture weights
+    a second block of B * K rows scores the input fields. ``truncated_tokens`` counts input tokens cut to fit
+    ``max_length`` so nothing is dropped silently.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: nn.Module,
+        adapter_name: str | None = None,
+        candidate_ids: Sequence[int] | torch.Tensor | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        tuner = _tuner(model)
+        name = adapter_name or tuner.active_adapter
+        if name not in tuner.peft_config:
+            raise ValueError(f"adapter {name!r} not found; available: {sorted(tuner.peft_config)}")
+        config = tuner.peft_config[name]
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"{type(tokenizer).__name__} has no pad token; set one first (e.g. tokenizer.pad_token = "
+                "tokenizer.eos_token)"
+            )
+        self.tokenizer = tokenizer
+        self.templates: list[CompiledTemplate] = config.compiled()
+        self.offsets: list[int] = tuner.state.offsets[name]
+        self.layout = make_layout(tokenizer, tuner.model, config.lm_kind)
+        self.data_dependent = bool(getattr(config, "data_dependent", False))
+        self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
+        self.max_length = max_length or config.max_length
+        self.fields = self.templates[0].fields
+        self.truncated_tokens = 0
+
+    # ------------------------------------------------------------------------------------------ examples
+
+    def split_example(self, example: Any) -> tuple[dict[str, str], str | None]:
+        """Field values and answer text of one example: a (input, answer) pair, (input,), or a dict."""
+        if isinstance(example, Mapping):
+            values = {}
+            for name in self.fields:
+                keys = (name, *FIELD_ALIASES.get(name, ()))
+                found = next((k for k in keys if k in example), None)
+                if found is None:
+                    raise KeyError(
+                        f"example {dict(example)!r} has none of the keys {list(keys)} for template field [{name}]"
+                    )
+                values[name] = example[found]
+            answer = next((example[k] for k in ANSWER_KEYS if k in example), None)
+            return values, answer
+        if isinstance(example, (tuple, list)) and 1 <= len(example) <= 2:
+            if len(self.fields) != 1:
+                raise ValueError(
+                    f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+                )
+            return {self.fields[0]: example[0]}, (example[1] if len(example) == 2 else None)
+        raise TypeError(f"an example must be a (input, answer) pair, (input,) or a dict, got {example!r}")
+
+    def answer_id(self, answer: str | None) -> int:
+        """Single token id of the answer, the same under every template (IGNORE when there is none)."""
+        if answer is None:
+            return IGNORE
+        ids = {answer_token_id(self.tokenizer, template, answer) for template in self.templates}
+        if len(ids) != 1:
+            raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(ids)}")
+        return ids.pop()
+
+    def rows(self, example: Any) -> list[Row]:
+        values, answer = self.split_example(example)
+        gold = self.answer_id(answer)
+        return [
+            render(template, values, self.tokenizer, self.layout, offset, gold, self.max_length)
+            for template, offset in zip(self.templates, self.offsets, strict=True)
+        ]
+
+    # ------------------------------------------------------------------------------------------ batching
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if len(examples) == 0:
+            raise ValueError("cannot build a batch from an empty list of examples")
+        rows: list[Row] = []
+        query_rows: list[Row] = []
+        for example in examples:
+            rows.extend(self.rows(example))
+            if self.data_dependent:
+                values, _ = self.split_example(example)
+                query_rows.extend(
+                    render(t, values, self.tokenizer, self.layout, o, IGNORE, self.max_length, score_fields=True)
+                    for t, o in zip(self.templates, self.offsets, strict=True)
+                )
+        rows.extend(query_rows)
+        self.truncated_tokens += sum(row.truncated for row in rows[: len(rows) - len(query_rows)])
+        return self.pad(rows)
+
+    def pad(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+        pad_id = int(self.tokenizer.pad_token_id)
+        batch = {
+            "input_ids": _pad([r.input_ids for r in rows], pad_id),
+            "attention_mask": _pad([[1] * len(r.input_ids) for r in rows], 0),
+            "score_positions": _pad([r.score_positions for r in rows], 0),
+            "score_targets": _pad([r.score_targets for r in rows], IGNORE),
+        }
+        if self.layout.lm_kind == "seq2seq":
+            decoder = [r.decoder_input_ids or [] for r in rows]
+            batch["decoder_input_ids"] = _pad(decoder, pad_id)
+            batch["decoder_attention_mask"] = _pad([[1] * len(d) for d in decoder], 0)
+        if self.candidate_ids is not None:
+            batch["candidate_ids"] = self.candidate_ids
+        return batch
+
+
+def _pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(1, max(len(s) for s in sequences))
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        out[i, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+    return out

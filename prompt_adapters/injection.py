@@ -1,0 +1,249 @@
+"""Hooks that put soft vectors into a frozen HF model without touching its code or its vocabulary.
+
+* Pseudo ids (``>= vocab_size``) mark prompt positions. A pre-hook on every ``nn.Embedding`` that shares the
+  input-embedding weight (T5 and BART have several) maps them to real ids, and a forward hook overwrites the
+  embedding output at those positions with the active adapter's vectors. Sequence length, attention mask,
+  position ids and logits therefore stay aligned with the caller's tokens.
+* Optional per-layer deltas are added at prompt positions to the input of the first block of each stack and to
+  the output of every block (transformer blocks are found as ``GradientCheckpointingLayer`` modules).
+* A pre-hook on the output embedding gathers the hidden states at the requested score positions only, so the LM
+  head is never computed on positions nobody asked for.
+* A pre/post hook pair on the model itself takes the scoring keys out of the forward kwargs and lets the method
+  turn the gathered logits into its loss and answer distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+#: forward keyword arguments the hooks consume before the model sees them
+SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids")
+
+
+@dataclass
+class ScoreRequest:
+    """The scoring keys of one forward call."""
+
+    positions: torch.Tensor
+    targets: torch.Tensor | None
+    candidate_ids: torch.Tensor | None
+
+
+class PromptSource(Protocol):
+    """What the hooks need from the adapter state (implemented by the tuner layer)."""
+
+    def hard_ids(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def active_table(self) -> torch.Tensor | None: ...
+
+    def active_delta(self, stack: int, depth: int) -> torch.Tensor | None: ...
+
+    def finish_scoring(self, request: ScoreRequest, output: Any) -> Any: ...
+
+
+def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
+    """Every embedding module whose weight is the model's input-embedding weight."""
+    weight = model.get_input_embeddings().weight
+    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
+
+
+def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
+    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each)."""
+    stacks: dict[int, list[nn.Module]] = {}
+    owners: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for child in module:
+                if isinstance(child, GradientCheckpointingLayer):
+                    stacks.setdefault(id(module), []).append(child)
+                    owners[id(module)] = module
+    return list(stacks.values())
+
+
+def _replace_first(args: tuple, kwargs: dict, key: str, value: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, key: value}
+
+
+def _first(args: tuple, kwargs: dict, key: str) -> Any:
+    return args[0] if args else kwargs.get(key)
+
+
+class PromptHooks:
+    """Installs and removes the hooks of one prompt adapter on one model."""
+
+    def __init__(self, model: nn.Module, source: PromptSource, deep: bool = False) -> None:
+        self.model = model
+        self.source = source
+        self.vocab_size = model.get_input_embeddings().weight.shape[0]
+        self.embeddings = input_embedding_modules(model)
+        self.stacks = block_stacks(model) if deep else []
+        self.positions: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.request: ScoreRequest | None = None
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._paused = False
+        if deep and not self.stacks:
+            raise ValueError(
+                f"{type(model).__name__} has no transformer blocks of type GradientCheckpointingLayer in a "
+                "ModuleList; deep perturbation cannot locate its layers"
+            )
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def attach(self) -> None:
+        """Register every hook (idempotent)."""
+        if self._handles:
+            return
+        add = self._handles.append
+        for module in self.embeddings:
+            add(module.register_forward_pre_hook(self._embedding_pre_hook))
+            add(module.register_forward_hook(self._embedding_hook))
+        for stack_index, stack in enumerate(self.stacks):
+            add(stack[0].register_forward_pre_hook(self._block_pre_hook(stack_index), with_kwargs=True))
+            for depth, block in enumerate(stack, start=1):
+                add(block.register_forward_hook(self._block_hook(stack_index, depth)))
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if head is not None:
+            add(head.register_forward_pre_hook(self._head_pre_hook))
+        add(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+        add(self.model.register_forward_hook(self._model_hook, always_call=True))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run the plain model (e.g. to read embeddings while an adapter is being created)."""
+        self._paused, previous = True, self._paused
+        try:
+            yield
+        finally:
+            self._paused = previous
+
+    def detach(self) -> None:
+        """Remove every hook; the model is exactly as before attach()."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pending.clear()
+        self.positions = None
+        self.request = None
+
+    # ------------------------------------------------------------------------------------------ embeddings
+
+    def _embedding_pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self._paused:
+            return None
+        ids = args[0]
+        pseudo = ids >= self.vocab_size
+        rows = (ids - self.vocab_size).clamp(min=0)
+        self._pending[id(module)] = (pseudo, rows)
+        return (torch.where(pseudo, self.source.hard_ids(rows), ids), *args[1:])
+
+    def _embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._paused:
+            return output
+        pseudo, rows = self._pending.pop(id(module))
+        self.positions = (pseudo, rows)
+        return self.substitute(output, pseudo, rows)
+
+    def substitute(self, embeds: torch.Tensor, pseudo: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``embeds`` at pseudo positions with the active adapter's vectors."""
+        table = self.source.active_table()
+        if table is None:
+            return embeds
+        selected = rows[pseudo]
+        if selected.numel() and int(selected.max()) >= table.shape[0]:
+            raise IndexError(
+                f"input has pseudo id {self.vocab_size + int(selected.max())} but the active adapter has only "
+                f"{table.shape[0]} soft rows (ids {self.vocab_size}..{self.vocab_size + table.shape[0] - 1}); "
+                "were these inputs built for another adapter?"
+            )
+        return embeds.index_put((pseudo,), table[selected].to(embeds.dtype))
+
+    # ------------------------------------------------------------------------------------------ deep deltas
+
+    def _add_delta(self, hidden: torch.Tensor, stack: int, depth: int) -> torch.Tensor:
+        delta = self.source.active_delta(stack, depth)
+        if delta is None or self.positions is None:
+            return hidden
+        pseudo, rows = self.positions
+        if pseudo.shape != hidden.shape[:2]:
+            raise RuntimeError(
+                f"prompt positions {tuple(pseudo.shape)} do not match the hidden states {tuple(hidden.shape[:2])} "
+                f"of block stack {stack}; the model changed the sequence length between embedding and blocks"
+            )
+        return hidden.index_put((pseudo,), delta[rows[pseudo]].to(hidden.dtype), accumulate=True)
+
+    def _block_pre_hook(self, stack: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = _first(args, kwargs, "hidden_states")
+            return _replace_first(args, kwargs, "hidden_states", self._add_delta(hidden, stack, 0))
+
+        return hook
+
+    def _block_hook(self, stack: int, depth: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (self._add_delta(output[0], stack, depth), *output[1:])
+            return self._add_delta(output, stack, depth)
+
+        return hook
+
+    # ------------------------------------------------------------------------------------------ scoring
+
+    def _head_pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.request is None:
+            return None
+        hidden = args[0]
+        positions = self.request.positions.clamp(min=0)
+        if positions.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"score_positions has {positions.shape[0]} rows but the model computed {hidden.shape[0]}"
+            )
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return (hidden.gather(1, index), *args[1:])
+
+    def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if not any(key in kwargs for key in SCORING_KEYS):
+            return args, kwargs
+        kwargs = dict(kwargs)
+        positions = kwargs.pop("score_positions", None)
+        targets = kwargs.pop("score_targets", None)
+        candidates = kwargs.pop("candidate_ids", None)
+        prompt_ids = kwargs.pop("prompt_ids", None)
+        if prompt_ids is not None:
+            kwargs["inputs_embeds"] = self._embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
+        if positions is not None:
+            if positions.dim() == 1:
+                positions = positions.unsqueeze(-1)
+                targets = targets.unsqueeze(-1) if targets is not None and targets.dim() == 1 else targets
+            self.request = ScoreRequest(positions, targets, candidates)
+        return args, kwargs
+
+    def _embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Inject soft vectors into caller-made ``inputs_embeds`` at the pseudo ids of ``prompt_ids``."""
+        if embeds is None:
+            raise ValueError("prompt_ids marks prompt positions of inputs_embeds; pass inputs_embeds with it")
+        if prompt_ids.shape != embeds.shape[:2]:
+            raise ValueError(
+                f"prompt_ids has shape {tuple(prompt_ids.shape)} but inputs_embeds has {tuple(embeds.shape[:2])}"
+            )
+        pseudo = prompt_ids >= self.vocab_size
+        rows = (prompt_ids - self.vocab_size).clamp(min=0)
+        self.positions = (pseudo, rows)
+        return self.substitute(embeds, pseudo, rows)
+
+    def _model_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        request, self.request = self.request, None
+        self.positions = None
+        self._pending.clear()
+        if request is None or output is None:
+            return output
+        return self.source.finish_scoring(request, output)

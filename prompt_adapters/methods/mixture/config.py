@@ -1,0 +1,28 @@
+"""MixturePromptConfig: Qin & Eisner's mixture of soft prompts (K = 1 is plain soft-prompt tuning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prompt_adapters.peft_registry import MIXTURE_PROMPT
+from prompt_adapters.tuner import PromptConfig
+
+
+@dataclass
+class MixturePromptConfig(PromptConfig):
+    """K templates for one task, each with its own soft tokens, combined as p(y|x) = sum_t pi_t p_t(y|x).
+
+    Args:
+        learn_weights: train the mixture logits with the marginal log-likelihood (else they stay uniform, or are
+            set by an EM M-step, see ``prompt_adapters.methods.mixture.em``).
+        data_dependent: per-example weights pi_t(x) proportional to pi_t q_t(x), where q_t(x) is the template's
+            likelihood of the input field tokens with them masked (masked LMs) or predicted left to right (causal
+            LMs). Costs one extra row per template and example.
+    """
+
+    learn_weights: bool = field(default=True)
+    data_dependent: bool = field(default=False)
+
+    def __post_init__(self, tokenizer=None) -> None:  # type: ignore[no-untyped-def]
+        self.peft_type = MIXTURE_PROMPT
+        super().__post_init__(tokenizer)

@@ -1,0 +1,395 @@
+"""Template language: parse prompt templates and compile them to token pieces with a tokenizer.
+
+A template is text with bracketed slots::
+
+    "[X] was born in [Y] ."                       # LAMA style: input field X, answer slot Y
+    "[P*3] [X] [P*3] [Y] [P*3]"                   # P-tuning: 3 soft tokens, subject, 3, answer, 3
+    "[premise] Question: [hypothesis] ? [P] Answer: [Y] ."   # named fields, anchors, one soft token
+    "[X] [soft: is a native of] [Y] ."            # explicit soft words inside a hard template
+
+Slots:
+* ``[Y]``: the answer slot (exactly one).
+* ``[P]`` / ``[P*n]``: one / n soft tokens with no initial word (initialised by the method).
+* ``[SEP]``: the tokenizer's separator token, kept hard.
+* ``[name]``: an input field filled from the example (``[X]`` is the LAMA subject field).
+* ``[soft: words]`` / ``[hard: words]``: words whose mode overrides the template default.
+
+Plain words are *soft* (a trainable vector per word piece, initialised from that piece's embedding: the Qin &
+Eisner setting) or *hard* anchors (kept as real tokens: the P-tuning setting), chosen by ``words``.
+
+Compilation tokenises every text piece once, in context: a piece preceded by white space in the template gets the
+tokenizer's word-initial form (``Ġwas`` for byte-level BPE, ``▁was`` for SentencePiece) and a piece glued to a slot
+(``[Y].`` or ``[X]'s``) gets the word-internal form, so punctuation glued to a slot is never lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+WordMode = Literal["soft", "hard"]
+ANSWER_SLOT = "Y"
+_SLOT_RE = re.compile(r"\[([^\[\]]*)\]")
+_SOFT_COUNT_RE = re.compile(r"^P(?:\*(\d+))?$")
+_MODE_RE = re.compile(r"^(soft|hard):(.*)$", re.DOTALL)
+_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class TemplateError(ValueError):
+    """A template string that cannot be parsed or compiled."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One parsed piece of a template, before tokenisation."""
+
+    kind: Literal["text", "soft", "field", "answer", "sep"]
+    text: str = ""
+    mode: WordMode = "soft"
+    count: int = 0
+    space_before: bool = False
+
+
+def parse_template(template: str, words: WordMode = "soft") -> list[Segment]:
+    """Split a template string into segments; raise TemplateError on malformed slots."""
+    if not isinstance(template, str) or not template.strip():
+        raise TemplateError(f"a template must be a non-empty string, got {template!r}")
+    if words not in ("soft", "hard"):
+        raise TemplateError(f"words must be 'soft' or 'hard', got {words!r}")
+    stray = _SLOT_RE.sub("", template)
+    if "[" in stray or "]" in stray:
+        raise TemplateError(f"unbalanced bracket in template {template!r}")
+    segments: list[Segment] = []
+    cursor = 0
+    for match in _SLOT_RE.finditer(template):
+        _append_text(segments, template, cursor, match.start(), words)
+        space = match.start() > 0 and template[match.start() - 1].isspace()
+        segments.append(_parse_slot(match.group(1).strip(), template, words, space))
+        cursor = match.end()
+    _append_text(segments, template, cursor, len(template), words)
+    answers = sum(segment.kind == "answer" for segment in segments)
+    if answers != 1:
+        raise TemplateError(
+            f"template {template!r} has {answers} answer slots [Y]; exactly one is required"
+        )
+    return segments
+
+
+def _append_text(segments: list[Segment], template: str, start: int, end: int, words: WordMode) -> None:
+    chunk = template[start:end]
+    if not chunk.strip():
+        return
+    leading = len(chunk) - len(chunk.lstrip())
+    space = leading > 0 or (start > 0 and template[start - 1].isspace())
+    segments.append(Segment("text", chunk.strip(), mode=words, space_before=space))
+
+
+def _parse_slot(body: str, template: str, words: WordMode, space: bool) -> Segment:
+    if body == ANSWER_SLOT:
+        return Segment("answer", space_before=space)
+    if body == "SEP":
+        return Segment("sep", space_before=space)
+    soft = _SOFT_COUNT_RE.match(body)
+    if soft:
+        count = int(soft.group(1) or 1)
+        if count < 1:
+            raise TemplateError(f"[{body}] in {template!r} asks for {count} soft tokens; use at least 1")
+        return Segment("soft", count=count, space_before=space)
+    mode = _MODE_RE.match(body)
+    if mode:
+        text = mode.group(2).strip()
+        if not text:
+            raise TemplateError(f"[{body}] in {template!r} has no words")
+        return Segment("text", text, mode=mode.group(1), space_before=space)  # type: ignore[arg-type]
+    if _FIELD_RE.match(body):
+        return Segment("field", body, space_before=space)
+    raise TemplateError(
+        f"unknown slot [{body}] in template {template!r}; expected [Y], [P], [P*n], [SEP], "
+        "[soft: words], [hard: words] or a field name such as [X]"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- tokenisation
+
+
+@lru_cache(maxsize=64)
+def _anchor_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A special token that splits the text cleanly in front of a fragment (see encode_fragment)."""
+    for name in ("unk_token", "eos_token", "pad_token", "sep_token", "bos_token", "cls_token"):
+        token = getattr(tokenizer, name, None)
+        if token:
+            return str(token)
+    raise TemplateError(f"tokenizer {type(tokenizer).__name__} has no special token to anchor fragments on")
+
+
+def encode_fragment(tokenizer: PreTrainedTokenizerBase, text: str, space_before: bool) -> list[int]:
+    """Token ids of ``text`` as it reads in the middle of a sentence.
+
+    The text is tokenised behind a special token, which every HF tokenizer splits off before pre-tokenisation, so
+    ``space_before`` yields the word-initial form (``Ġwas``/``▁was``) and no space yields the glued form (``'s``).
+    """
+    if not text:
+        return []
+    anchor = _anchor_token(tokenizer)
+    anchored = tokenizer(anchor + (" " if space_before else "") + text, add_special_tokens=False)["input_ids"]
+    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    if anchored[: len(anchor_ids)] != anchor_ids:
+        raise TemplateError(f"tokenizer merged the anchor token {anchor!r} into {text!r}")
+    return list(anchored[len(anchor_ids) :])
+
+
+@lru_cache(maxsize=64)
+def special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids the tokenizer adds before and after a single sequence (e.g. [CLS] / [SEP], <s> / </s>)."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start]), tuple(full[start + len(plain) :])
+    raise TemplateError(f"cannot locate the special tokens {type(tokenizer).__name__} adds around a sequence")
+
+
+@lru_cache(maxsize=64)
+def adds_prefix_space(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer gives the first word of a text its word-initial form (SentencePiece ``▁``)."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    return plain == encode_fragment(tokenizer, "hello", True) != encode_fragment(tokenizer, "hello", False)
+
+
+# ----------------------------------------------------------------------------------------------- compiled form
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A compiled template piece.
+
+    kind: ``hard`` (fixed ids), ``soft`` (trainable rows; ``ids`` are the initial word pieces, -1 for none),
+    ``field`` (input text named ``name``), ``answer`` or ``sep``.
+    """
+
+    kind: Literal["hard", "soft", "field", "answer", "sep"]
+    ids: tuple[int, ...] = ()
+    name: str = ""
+    space_before: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ids": list(self.ids), "name": self.name, "space_before": self.space_before}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Piece:
+        return cls(data["kind"], tuple(data.get("ids", ())), data.get("name", ""), data.get("space_before", False))
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A template tokenised once: its pieces and the number of soft rows it owns."""
+
+    source: str
+    pieces: tuple[Piece, ...]
+    fields: tuple[str, ...] = field(default=())
+
+    @property
+    def num_soft(self) -> int:
+        return sum(len(piece.ids) for piece in self.pieces if piece.kind == "soft")
+
+    def soft_init_ids(self) -> list[int]:
+        """Initial word-piece id of every soft row in order (-1: no word, the method initialises it)."""
+        return [i for piece in self.pieces if piece.kind == "soft" for i in piece.ids]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "pieces": [piece.to_dict() for piece in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompiledTemplate:
+        pieces = tuple(Piece.from_dict(p) for p in data["pieces"])
+        return cls(data["source"], pieces, tuple(p.name for p in pieces if p.kind == "field"))
+
+
+def compile_template(
+    template: str, tokenizer: PreTrainedTokenizerBase, words: WordMode = "soft"
+) -> CompiledTemplate:
+    """Parse ``template`` and tokenise its text pieces with ``tokenizer`` (one soft row per word piece)."""
+    pieces: list[Piece] = []
+    for index, segment in enumerate(parse_template(template, words)):
+        space = segment.space_before if index > 0 else adds_prefix_space(tokenizer)
+        if segment.kind == "text":
+            ids = encode_fragment(tokenizer, segment.text, space)
+            if not ids:
+                raise TemplateError(f"words {segment.text!r} of template {template!r} tokenise to nothing")
+            pieces.append(Piece("soft" if segment.mode == "soft" else "hard", tuple(ids), space_before=space))
+        elif segment.kind == "soft":
+            pieces.append(Piece("soft", tuple([-1] * segment.count), space_before=space))
+        elif segment.kind == "sep":
+            if tokenizer.sep_token_id is None:
+                raise TemplateError(f"template {template!r} uses [SEP] but the tokenizer has no sep_token")
+            pieces.append(Piece("hard", (int(tokenizer.sep_token_id),)))
+        elif segment.kind == "field":
+            pieces.append(Piece("field", name=segment.text, space_before=space))
+        else:
+            # answers take their word-initial form unless glued to text (LAMA's "Ġ" + object convention)
+            pieces.append(Piece("answer", space_before=segment.space_before or index == 0))
+    fields = tuple(p.name for p in pieces if p.kind == "field")
+    if len(set(fields)) != len(fields):
+        raise TemplateError(f"template {template!r} uses a field twice: {fields}")
+    return CompiledTemplate(template, tuple(pieces), fields)
+
+
+def compile_templates(
+    templates: Sequence[str], tokenizer: PreTrainedTokenizerBase, words: WordMode = "soft"
+) -> list[CompiledTemplate]:
+    """Compile several templates; they must all read the same input fields."""
+    compiled = [compile_template(t, tokenizer, words) for t in templates]
+    if not compiled:
+        raise TemplateError("at least one template is required")
+    first = set(compiled[0].fields)
+    for template in compiled[1:]:
+        if set(template.fields) != first:
+            raise TemplateError(
+                f"template {template.source!r} reads fields {sorted(template.fields)} but "
+                f"{compiled[0].source!r} reads {sorted(first)}; all templates of one adapter must read the same"
+            )
+    return compiled
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+LMKind = Literal["masked", "causal", "seq2seq"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How rows are laid out for one model: its kind and the special ids rendering needs."""
+
+    lm_kind: LMKind
+    vocab_size: int
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    slot_id: int | None
+    decoder_start_id: int | None = None
+    seq2seq_copies_input: bool = False
+
+
+@dataclass
+class Row:
+    """One model input: ids with pseudo ids at soft positions, and where the answer is read.
+
+    ``score_positions`` index ``decoder_input_ids`` for seq2seq models and ``input_ids`` otherwise; the logits at a
+    score position give the distribution of the token at ``score_targets`` (for causal LMs the position before it).
+    """
+
+    input_ids: list[int]
+    score_positions: list[int]
+    score_targets: list[int]
+    decoder_input_ids: list[int] | None = None
+    truncated: int = 0
+
+
+def render(
+    template: CompiledTemplate,
+    values: Mapping[str, str],
+    tokenizer: PreTrainedTokenizerBase,
+    layout: Layout,
+    soft_offset: int = 0,
+    answer_id: int = -100,
+    max_length: int | None = None,
+    score_fields: bool = False,
+) -> Row:
+    """Fill ``template`` with field ``values`` and lay it out for ``layout``.
+
+    Soft rows become pseudo ids ``vocab_size + soft_offset + j``. Fields are truncated (longest first, from the end)
+    to fit ``max_length``; prompt tokens and the answer slot are never cut. With ``score_fields`` the row scores the
+    input field tokens instead of the answer (the query likelihood q_t(x) of the data-dependent mixture).
+    """
+    missing = [name for name in template.fields if name not in values]
+    if missing:
+        raise KeyError(
+            f"example has no value for field(s) {missing} of template {template.source!r}; "
+            f"it has {sorted(values)}"
+        )
+    field_ids = {
+        piece.name: encode_fragment(tokenizer, str(values[piece.name]), piece.space_before)
+        for piece in template.pieces
+        if piece.kind == "field"
+    }
+    fixed = sum(len(p.ids) for p in template.pieces if p.kind in ("hard", "soft")) + 1
+    truncated = _truncate(field_ids, fixed + len(layout.prefix) + len(layout.suffix), max_length, template)
+
+    body: list[int] = []
+    answer_at = -1
+    field_at: list[tuple[int, int]] = []
+    soft_row = layout.vocab_size + soft_offset
+    for piece in template.pieces:
+        if piece.kind == "hard":
+            body.extend(piece.ids)
+        elif piece.kind == "soft":
+            body.extend(range(soft_row, soft_row + len(piece.ids)))
+            soft_row += len(piece.ids)
+        elif piece.kind == "field":
+            ids = field_ids[piece.name]
+            field_at.extend((len(layout.prefix) + len(body) + k, token) for k, token in enumerate(ids))
+            body.extend(ids)
+        elif piece.kind == "answer":
+            answer_at = len(layout.prefix) + len(body)
+            body.append(layout.slot_id if layout.slot_id is not None else answer_id)
+        else:
+            body.extend(piece.ids)
+    sequence = [*layout.prefix, *body, *layout.suffix]
+
+    if layout.lm_kind == "causal":
+        if answer_at == 0:
+            raise TemplateError(f"template {template.source!r} starts with [Y]; a causal LM needs a token before it")
+        positions, targets = [answer_at - 1], [answer_id]
+        if score_fields:
+            positions = [p - 1 for p, _ in field_at if p > 0]
+            targets = [t for p, t in field_at if p > 0]
+        return Row(sequence[:answer_at], positions, targets, truncated=truncated)
+
+    if score_fields:
+        if layout.lm_kind != "masked":
+            raise ValueError("scoring the input fields (data-dependent mixture weights) needs a masked or causal LM")
+        for position, _ in field_at:
+            sequence[position] = int(layout.slot_id)  # type: ignore[arg-type]
+        return Row(sequence, [p for p, _ in field_at], [t for _, t in field_at], truncated=truncated)
+
+    if layout.lm_kind == "masked":
+        return Row(sequence, [answer_at], [answer_id], truncated=truncated)
+    start = int(layout.decoder_start_id)  # type: ignore[arg-type]
+    if layout.seq2seq_copies_input:
+        return Row(sequence, [answer_at], [answer_id], [start, *sequence[:answer_at]], truncated)
+    return Row(sequence, [1], [answer_id], [start, int(layout.slot_id)], truncated)  # type: ignore[arg-type]
+
+
+def _truncate(
+    field_ids: dict[str, list[int]], fixed: int, max_length: int | None, template: CompiledTemplate
+) -> int:
+    """Cut tokens from the end of the longest field until the row fits; return how many were cut."""
+    if max_length is None:
+        return 0
+    if fixed > max_length:
+        raise ValueError(
+            f"template {template.source!r} needs {fixed} tokens without its fields, more than max_length={max_length}"
+        )
+    cut = 0
+    while fixed + sum(len(ids) for ids in field_ids.values()) > max_length:
+        longest = max(field_ids, key=lambda name: len(field_ids[name]))
+        field_ids[longest].pop()
+        cut += 1
+    return cut
+
+
+def answer_token_id(tokenizer: PreTrainedTokenizerBase, template: CompiledTemplate, answer: str) -> int:
+    """The single token id of ``answer`` as it reads at the template's answer slot; error if it is several."""
+    piece = next(p for p in template.pieces if p.kind == "answer")
+    ids = encode_fragment(tokenizer, answer, piece.space_before)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(
+            f"answer {answer!r} is {len(ids)} tokens {pieces} for this tokenizer where one token is required "
+            f"(template {template.source!r}); filter such facts or use a multi-token scorer"
+        )
+    return ids[0]

@@ -1,0 +1,366 @@
+"""The shared PEFT tuner of every prompt method: config base, headless adapter layer and BaseTuner subclass.
+
+A method subclasses ``PromptConfig`` (its hyper-parameters), ``PromptLayer`` (its parameters and how they give
+the prompt table, the per-layer deltas and the final answer distribution) and ``PromptTuner`` (its PEFT prefix).
+Everything else (hooks, templates, save/load layout, enable/disable, multiple adapters) lives here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from peft import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.constants import DUMMY_TARGET_MODULES
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from prompt_adapters.injection import PromptHooks, ScoreRequest
+from prompt_adapters.template import CompiledTemplate, WordMode, compile_templates
+
+INIT_CHOICES = ("words", "random", "vocab")
+LM_KINDS = ("masked", "causal", "seq2seq")
+
+
+@dataclass
+class PromptConfig(PeftConfig):
+    """Fields shared by every prompt method.
+
+    Args:
+        templates: prompt templates (see ``prompt_adapters.template``), e.g. ``"[X] was born in [Y] ."``.
+        words: whether plain template words become trainable soft vectors (``"soft"``, Qin & Eisner) or stay
+            hard anchor tokens (``"hard"``, P-tuning).
+        init: how soft rows start: ``"words"`` from their word piece's embedding (rows with no word, ``[P]``, are
+            sampled from the vocabulary), ``"random"`` from a normal matched to the embedding statistics, or
+            ``"vocab"`` from randomly sampled vocabulary rows.
+        tokenizer_name_or_path: tokenizer used to compile the templates when no ``tokenizer`` is passed; defaults
+            to the base model's ``name_or_path``.
+        lm_kind: ``"masked"``, ``"causal"`` or ``"seq2seq"``; detected from the model when None.
+        max_length: longest row the collator builds; input fields are truncated, prompt tokens never.
+        tokenizer: (init only) a tokenizer to compile the templates with right away.
+    """
+
+    templates: list[str] = field(default_factory=list)
+    words: str = field(default="soft")
+    init: str = field(default="words")
+    tokenizer_name_or_path: str | None = field(default=None)
+    lm_kind: str | None = field(default=None)
+    max_length: int | None = field(default=None)
+    compiled_templates: list[dict] | None = field(default=None, metadata={"help": "filled automatically"})
+    model_fingerprint: dict | None = field(default=None, metadata={"help": "filled automatically"})
+    target_modules: Any = field(default=DUMMY_TARGET_MODULES)
+    modules_to_save: list[str] | None = field(default=None)
+    tokenizer: InitVar[PreTrainedTokenizerBase | None] = None
+
+    def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        super().__post_init__()
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        if not self.templates:
+            raise ValueError(f"{type(self).__name__} needs at least one template, got {self.templates!r}")
+        if self.words not in ("soft", "hard"):
+            raise ValueError(f"words must be 'soft' or 'hard', got {self.words!r}")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
+        if self.lm_kind is not None and self.lm_kind not in LM_KINDS:
+            raise ValueError(f"lm_kind must be one of {LM_KINDS} or None, got {self.lm_kind!r}")
+        if tokenizer is not None:
+            self.compile(tokenizer)
+
+    def compile(self, tokenizer: PreTrainedTokenizerBase) -> list[CompiledTemplate]:
+        """Tokenise the templates with ``tokenizer`` and keep the result in the config (saved with it)."""
+        words: WordMode = self.words  # type: ignore[assignment]
+        compiled = compile_templates(self.templates, tokenizer, words)
+        self.compiled_templates = [t.to_dict() for t in compiled]
+        if self.tokenizer_name_or_path is None and getattr(tokenizer, "name_or_path", ""):
+            self.tokenizer_name_or_path = tokenizer.name_or_path
+        return compiled
+
+    def compiled(self) -> list[CompiledTemplate]:
+        if self.compiled_templates is None:
+            raise ValueError("templates are not compiled yet: pass tokenizer= to the config or call get_peft_model")
+        return [CompiledTemplate.from_dict(t) for t in self.compiled_templates]
+
+
+def detect_lm_kind(model: nn.Module) -> str:
+    """``seq2seq`` for encoder-decoders, else ``causal`` or ``masked`` from the transformers auto mappings."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    name = type(model).__name__
+    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        return "causal"
+    if name in set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()):
+        return "masked"
+    raise ValueError(
+        f"cannot tell whether {name} is a masked, causal or seq2seq LM; set lm_kind= in the adapter config"
+    )
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The base-model facts an adapter depends on, saved with it and checked when it is loaded."""
+    from prompt_adapters.injection import block_stacks
+
+    weight = model.get_input_embeddings().weight
+    return {
+        "vocab_size": int(weight.shape[0]),
+        "hidden_size": int(weight.shape[1]),
+        "stack_depths": [len(stack) for stack in block_stacks(model)],
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+    }
+
+
+class PromptLayer(nn.Module, BaseTunerLayer):
+    """Headless tuner layer holding the state of every adapter of one prompt method.
+
+    Subclasses create their parameters in ``create(name, config, model, compiled)`` and may override
+    ``table``, ``delta`` and ``combine``.
+    """
+
+    adapter_layer_names: tuple[str, ...] = ("table",)
+    other_param_names: tuple[str, ...] = ("templates",)
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.table = nn.ParameterDict()
+        self.templates: dict[str, list[CompiledTemplate]] = {}
+        self.offsets: dict[str, list[int]] = {}
+        self.hard_table: dict[str, torch.Tensor] = {}
+        self._active_adapter = "default"
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+
+    # --------------------------------------------------------------------------- creation
+
+    def add(self, name: str, config: PromptConfig, model: nn.Module) -> None:
+        compiled = config.compiled()
+        self.templates[name] = compiled
+        offsets, total = [], 0
+        for template in compiled:
+            offsets.append(total)
+            total += template.num_soft
+        self.offsets[name] = offsets
+        init_ids = [i for template in compiled for i in template.soft_init_ids()]
+        fallback = _fallback_id(model)
+        self.hard_table[name] = torch.tensor([i if i >= 0 else fallback for i in init_ids], dtype=torch.long)
+        self.create(name, config, model, init_ids)
+
+    def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
+        """Create the parameters of adapter ``name``; the default is one trainable vector per soft row."""
+        self.table[name] = nn.Parameter(initial_vectors(model, init_ids, config.init))
+
+    # --------------------------------------------------------------------------- PromptSource
+
+    @property
+    def active_name(self) -> str:
+        active = self.active_adapters
+        if len(active) != 1:
+            raise ValueError(f"prompt adapters run one adapter at a time; active adapters are {active}")
+        return active[0]
+
+    def hard_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """Real token ids standing in for pseudo ids: the template's own words (used when disabled)."""
+        table = self.hard_table[self.active_name]
+        if table.device != rows.device:
+            table = self.hard_table[self.active_name] = table.to(rows.device)
+        if table.numel() == 0:
+            return torch.zeros_like(rows)
+        return table[rows.clamp(max=table.numel() - 1)]
+
+    def active_table(self) -> torch.Tensor | None:
+        if self.disable_adapters:
+            return None
+        return self.prompt_table(self.active_name)
+
+    def active_delta(self, stack: int, depth: int) -> torch.Tensor | None:
+        if self.disable_adapters:
+            return None
+        return self.delta(self.active_name, stack, depth)
+
+    def prompt_table(self, name: str) -> torch.Tensor:
+        """The (rows, hidden) matrix of soft vectors of adapter ``name``."""
+        return self.table[name]
+
+    def delta(self, name: str, stack: int, depth: int) -> torch.Tensor | None:
+        """The (rows, hidden) delta added at block ``depth`` of ``stack`` (0: before the first block)."""
+        return None
+
+    def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
+        return self.combine(self.active_name, request, output)
+
+    def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
+        """Turn gathered logits into the method's answer distribution and loss (see methods.mixture)."""
+        raise NotImplementedError
+
+    def num_templates(self, name: str | None = None) -> int:
+        return len(self.templates[name or self.active_name])
+
+    def soft_offsets(self, name: str | None = None) -> list[int]:
+        return self.offsets[name or self.active_name]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self.offsets.pop(adapter_name, None)
+        self.hard_table.pop(adapter_name, None)
+
+
+def _fallback_id(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("unk_token_id", "pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def initial_vectors(model: nn.Module, init_ids: list[int], init: str) -> torch.Tensor:
+    """Starting soft vectors in fp32, as the model's own embedding modules would output them.
+
+    ``words`` copies each row's word piece through the embedding module (so BART's scaling is included);
+    rows without a word and ``vocab`` sample vocabulary rows; ``random`` draws from a normal distribution with the
+    per-dimension mean and std of the embedding matrix (the soft-prompts reference code's random init).
+    """
+    embedding = model.get_input_embeddings()
+    weight = embedding.weight
+    generator_ids = torch.randint(0, weight.shape[0], (len(init_ids),))
+    if init == "random":
+        stats = weight.detach().float()
+        scale = _embed_scale(embedding, weight)
+        mean, std = stats.mean(0), stats.std(0)
+        return (mean + std * torch.randn(len(init_ids), weight.shape[1])) * scale
+    ids = torch.tensor(init_ids, dtype=torch.long)
+    if init == "vocab":
+        ids = generator_ids
+    else:
+        ids = torch.where(ids >= 0, ids, generator_ids)
+    with torch.no_grad():
+        vectors = embedding(ids.to(weight.device)).detach().float().cpu()
+    return vectors.clone()
+
+
+def _embed_scale(embedding: nn.Module, weight: torch.Tensor) -> float:
+    """The factor the embedding module applies after the lookup (1 for most models, sqrt(d) for scaled ones)."""
+    with torch.no_grad():
+        probe = torch.tensor([0], device=weight.device)
+        raw = weight[0].float()
+        out = embedding(probe)[0].float()
+    norm = raw.norm()
+    return float(out.norm() / norm) if norm > 0 else 1.0
+
+
+class PromptTuner(BaseTuner):
+    """BaseTuner of every prompt method: adapter state in one headless layer, behaviour through hooks."""
+
+    prefix: str = "prompt_"
+    tuner_layer_cls = PromptLayer
+    layer_cls: ClassVar[type[PromptLayer]] = PromptLayer
+    target_module_mapping: ClassVar[dict[str, list[str]]] = {}
+    uses_shared_state = True
+    deep: ClassVar[bool] = False
+
+    @property
+    def state(self) -> PromptLayer:
+        return getattr(self, self.prefix + "state")
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        self._adapter_being_added = adapter_name
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _prepare_model(self, peft_config: PromptConfig, model: nn.Module) -> None:
+        """Compile templates, check the config fits the model, then create the adapter and the hooks."""
+        adapter_name = self._adapter_being_added
+        self._check_fits(adapter_name, peft_config, model)
+        if not hasattr(self, self.prefix + "state"):
+            setattr(self, self.prefix + "state", self.layer_cls())
+            self.hooks = PromptHooks(model, self.state, deep=self.deep)
+            self.hooks.attach()
+        with self.hooks.paused():
+            self.state.add(adapter_name, peft_config, model)
+        self.state.set_adapter(self.active_adapters)
+
+    def _check_fits(self, adapter_name: str, config: PromptConfig, model: nn.Module) -> None:
+        if config.lm_kind is None:
+            config.lm_kind = detect_lm_kind(model)
+        if config.compiled_templates is None:
+            source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None)
+            if not source:
+                raise ValueError(
+                    "cannot compile the templates: pass tokenizer= to the config or set tokenizer_name_or_path"
+                )
+            config.compile(AutoTokenizer.from_pretrained(source))
+        fingerprint = model_fingerprint(model)
+        if config.model_fingerprint is None:
+            config.model_fingerprint = fingerprint
+            return
+        saved = config.model_fingerprint
+        for key in ("vocab_size", "hidden_size", "stack_depths"):
+            if saved.get(key) != fingerprint[key]:
+                raise ValueError(
+                    f"adapter '{adapter_name}' was made for a base model with {key}={saved.get(key)} "
+                    f"(model_type={saved.get('model_type')}), but this model has {key}={fingerprint[key]} "
+                    f"(model_type={fingerprint['model_type']}); load it on the base model it was trained for"
+                )
+
+    def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
+        """Never called: the method targets no module (its state is the headless layer)."""
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            param.requires_grad = False
+        if hasattr(self, self.prefix + "state"):
+            self.state.set_adapter(self.active_adapters)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        self.state.enable_adapters(enabled)
+
+    def disable_adapter_layers(self) -> None:
+        self._enable_adapter_layers(False)
+
+    def enable_adapter_layers(self) -> None:
+        self._enable_adapter_layers(True)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) != 1:
+            raise ValueError(f"prompt adapters run one adapter at a time, got {names}")
+        if names[0] not in self.peft_config:
+            raise ValueError(f"adapter {names[0]!r} not found; available: {sorted(self.peft_config)}")
+        self.state.set_adapter(names, inference_mode=inference_mode)
+        self.active_adapter = names[0]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} does not exist; available: {sorted(self.peft_config)}")
+        del self.peft_config[adapter_name]
+        self.state.delete_adapter(adapter_name)
+        self.active_adapter = self.state.active_adapters[:1] or []
+        if isinstance(self.active_adapter, list) and len(self.active_adapter) == 1:
+            self.active_adapter = self.active_adapter[0]
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            f"{type(self).__name__} cannot be merged: soft prompts are input vectors, not weight updates, so there "
+            "is nothing to add to the base weights. Keep the adapter and load it with PeftModel.from_pretrained, "
+            "or call unload() to get the untouched base model back."
+        )
+
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        self._check_merge_allowed()
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        self.hooks.detach()
+        return self.model
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """Adapter parameters are created and kept in fp32 whatever the base model's dtype."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
