@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
 import sys
+import tempfile
+from typing import Any
 
 import peft
+from huggingface_hub import HfApi
 from packaging.version import Version
+from peft import PeftConfig, PeftModel
 from peft.utils import register_peft_method
 from peft.utils.peft_types import PeftType
 
@@ -70,6 +75,88 @@ def register_methods() -> None:
             continue
         module = importlib.import_module(module_name)
         model_cls = getattr(module, model_name)
-        register_peft_method(
-            name=peft_type.lower(), config_cls=getattr(module, config_name), model_cls=model_cls, prefix=model_cls.prefix
-        )
+        config_cls = getattr(module, config_name)
+        prefix = model_cls.prefix
+        register_peft_method(name=peft_type.lower(), config_cls=config_cls, model_cls=model_cls, prefix=prefix)
+    _patch_peft_model_cards()
+
+
+CARD_MARKER = "<!-- prompt-adapters usage -->"
+
+
+def usage_card(config: PeftConfig, repo_id: str | None = None) -> str:
+    """Model-card section telling a reader how to load this adapter (it needs ``import prompt_adapters``)."""
+    base = config.base_model_name_or_path or "<base model id or path>"
+    kind = {"masked": "AutoModelForMaskedLM", "causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
+    auto = kind.get(getattr(config, "lm_kind", None) or "", "AutoModel")
+    templates = "\n".join(f"- `{t}`" for t in getattr(config, "templates", []))
+    return f"""{CARD_MARKER}
+## How to load this adapter
+
+This is a **{config.peft_type}** soft-prompt adapter made with
+[prompt-adapters](https://pypi.org/project/prompt-adapters/) (library_name: peft). peft only knows the
+method once `prompt_adapters` is imported:
+
+```python
+import prompt_adapters  # registers the method with peft
+from peft import PeftModel
+from transformers import {auto}, AutoTokenizer
+
+base = {auto}.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "{repo_id or '<this repo>'}")
+collate = prompt_adapters.PromptCollator(AutoTokenizer.from_pretrained("{base}"), model)
+```
+
+Templates:
+{templates}
+"""
+
+
+def _is_ours(model: PeftModel) -> bool:
+    return any(str(c.peft_type) in {m[0] for m in METHODS} for c in model.peft_config.values())
+
+
+def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) -> None:
+    path = os.path.join(directory, "README.md")
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    text = text.split(CARD_MARKER)[0].rstrip() + "\n\n" + usage_card(model.active_peft_config, repo_id)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _patch_peft_model_cards() -> None:
+    """Make saved and pushed cards of our adapters say how to load them.
+
+    ``PeftModel.push_to_hub`` (transformers' mixin) replaces the saved README with a generic card, so after a push
+    of one of our adapters the card is uploaded again with the usage section.
+    """
+    if getattr(PeftModel, "_prompt_adapters_patched", False):
+        return
+    original_card = PeftModel.create_or_update_model_card
+    original_push = PeftModel.push_to_hub
+
+    def create_or_update_model_card(self: PeftModel, output_dir: str) -> None:
+        original_card(self, output_dir)
+        if _is_ours(self):
+            _write_card(self, output_dir)
+
+    def push_to_hub(self: PeftModel, repo_id: str, *args: Any, **kwargs: Any) -> Any:
+        result = original_push(self, repo_id, *args, **kwargs)
+        if _is_ours(self):
+            with tempfile.TemporaryDirectory() as directory:
+                _write_card(self, directory, repo_id)
+                HfApi().upload_file(
+                    path_or_fileobj=os.path.join(directory, "README.md"),
+                    path_in_repo="README.md",
+                    repo_id=repo_id,
+                    token=kwargs.get("token"),
+                    commit_message="Add prompt-adapters usage to the model card",
+                )
+        return result
+
+    PeftModel.create_or_update_model_card = create_or_update_model_card  # type: ignore[method-assign]
+    PeftModel.push_to_hub = push_to_hub  # type: ignore[method-assign]
+    PeftModel._prompt_adapters_patched = True  # type: ignore[attr-defined]

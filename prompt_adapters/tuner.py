@@ -58,7 +58,7 @@ class PromptConfig(PeftConfig):
     modules_to_save: list[str] | None = field(default=None)
     tokenizer: InitVar[PreTrainedTokenizerBase | None] = None
 
-    def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
         super().__post_init__()
         if isinstance(self.templates, str):
             self.templates = [self.templates]
@@ -235,10 +235,7 @@ def initial_vectors(model: nn.Module, init_ids: list[int], init: str) -> torch.T
         mean, std = stats.mean(0), stats.std(0)
         return (mean + std * torch.randn(len(init_ids), weight.shape[1])) * scale
     ids = torch.tensor(init_ids, dtype=torch.long)
-    if init == "vocab":
-        ids = generator_ids
-    else:
-        ids = torch.where(ids >= 0, ids, generator_ids)
+    ids = generator_ids if init == "vocab" else torch.where(ids >= 0, ids, generator_ids)
     with torch.no_grad():
         vectors = embedding(ids.to(weight.device)).detach().float().cpu()
     return vectors.clone()
@@ -271,6 +268,8 @@ class PromptTuner(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         self._adapter_being_added = adapter_name
         super().inject_adapter(model, adapter_name, *args, **kwargs)
+        if self.peft_config[adapter_name].inference_mode:
+            self.state.set_requires_grad(adapter_name, requires_grad=False)
 
     def _prepare_model(self, peft_config: PromptConfig, model: nn.Module) -> None:
         """Compile templates, check the config fits the model, then create the adapter and the hooks."""
@@ -311,7 +310,7 @@ class PromptTuner(BaseTuner):
         """Never called: the method targets no module (its state is the headless layer)."""
 
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             param.requires_grad = False
         if hasattr(self, self.prefix + "state"):
             self.state.set_adapter(self.active_adapters)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from prompt_adapters.methods.mixture.config import MixturePromptConfig
 from prompt_adapters.peft_registry import DEEP_PERTURB
@@ -20,7 +20,8 @@ class DeepPerturbConfig(MixturePromptConfig):
 
     layers: list[int] | None = field(default=None)
 
-    def __post_init__(self, tokenizer=None) -> None:  # type: ignore[no-untyped-def]
+    tokenizer: InitVar = None
+    def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
         super().__post_init__(tokenizer)
         self.peft_type = DEEP_PERTURB
         if self.layers is not None:

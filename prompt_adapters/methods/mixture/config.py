@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from prompt_adapters.peft_registry import MIXTURE_PROMPT
 from prompt_adapters.tuner import PromptConfig
@@ -23,6 +23,7 @@ class MixturePromptConfig(PromptConfig):
     learn_weights: bool = field(default=True)
     data_dependent: bool = field(default=False)
 
-    def __post_init__(self, tokenizer=None) -> None:  # type: ignore[no-untyped-def]
+    tokenizer: InitVar = None
+    def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
         self.peft_type = MIXTURE_PROMPT
         super().__post_init__(tokenizer)
