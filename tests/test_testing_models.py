@@ -3,10 +3,6 @@ round-trips, single-token names and the family-specific special tokens the rest 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -181,30 +177,9 @@ def test_unknown_family() -> None:
         build_tokenizer("xlnet")
 
 
-def _fingerprint() -> dict[str, str]:
-    """Hashes of every family's tokenizer and of one model's weights."""
-    vocabs = {family: build_tokenizer(family).backend_tokenizer.to_str() for family in FAMILIES}
-    weights = b"".join(t.numpy().tobytes() for t in build_tiny_model("albert")[0].state_dict().values())
-    return {
-        "vocabs": hashlib.sha256(json.dumps(vocabs).encode()).hexdigest(),
-        "weights": hashlib.sha256(weights).hexdigest(),
-    }
-
-
-def test_vocabularies_and_weights_are_identical_in_a_fresh_process() -> None:
-    """The `tokenizers` WordPiece and Unigram trainers differ between processes; the tiny tokenizers must not.
-
-    The child registers an empty ``prompt_adapters`` package so that it skips the package ``__init__`` (and peft).
-    """
-    package_dir = Path(testing_module.__file__).resolve().parent
-    code = f"""
-import json, sys, types
-package = types.ModuleType("prompt_adapters")
-package.__path__ = [{str(package_dir)!r}]
-sys.modules["prompt_adapters"] = package
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from test_testing_models import _fingerprint
-print(json.dumps(_fingerprint()))
-"""
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == _fingerprint()
+def test_retraining_gives_identical_vocabularies() -> None:
+    """The stock WordPiece and Unigram trainers of `tokenizers` give a different vocabulary on every run (their
+    Rust hash maps are seeded per map, so even in one process); the tiny tokenizers must not."""
+    before = {family: build_tokenizer(family).backend_tokenizer.to_str() for family in FAMILIES}
+    testing_module._backend_json.cache_clear()
+    assert {family: build_tokenizer(family).backend_tokenizer.to_str() for family in FAMILIES} == before
