@@ -85,7 +85,15 @@ class PromptConfig(PeftConfig):
     def compiled(self) -> list[CompiledTemplate]:
         if self.compiled_templates is None:
             raise ValueError("templates are not compiled yet: pass tokenizer= to the config or call get_peft_model")
-        return [CompiledTemplate.from_dict(t) for t in self.compiled_templates]
+        compiled = [CompiledTemplate.from_dict(t) for t in self.compiled_templates]
+        for template in compiled:
+            answers = sum(piece.kind == "answer" for piece in template.pieces)
+            if answers != 1:
+                raise ValueError(
+                    f"compiled template {template.source!r} in the adapter config has {answers} answer slots; "
+                    "exactly one is required (was adapter_config.json edited by hand?)"
+                )
+        return compiled
 
 
 def detect_lm_kind(model: nn.Module) -> str:

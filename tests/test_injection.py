@@ -239,3 +239,18 @@ def test_inputs_embeds_with_prompt_ids_matches_input_ids(family: str) -> None:
     del by_embeds["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**by_embeds).answer_log_probs, peft_model(**batch).answer_log_probs)
+
+
+def test_random_and_vocab_initialisations() -> None:
+    model, tok = build_tiny_model("bert")
+    weight = model.get_input_embeddings().weight.detach()
+    torch.manual_seed(1)
+    config = MixturePromptConfig(templates=["[P*200] [X] [Y]"], tokenizer=tok, init="random")
+    table = get_peft_model(model, config).base_model.state.table["default"].detach()
+    assert torch.allclose(table.mean(0), weight.mean(0), atol=3 * float(weight.std()) / 200**0.5 + 1e-3)
+    assert 0.7 < float(table.std() / weight.std()) < 1.3
+    model, tok = build_tiny_model("bert")
+    config = MixturePromptConfig(templates=["[P*5] [X] [Y]"], tokenizer=tok, init="vocab")
+    table = get_peft_model(model, config).base_model.state.table["default"].detach()
+    for row in table:
+        assert (weight == row).all(-1).any()

@@ -260,3 +260,15 @@ def test_hf_trainer_trains_the_adapter(tmp_path: Path) -> None:
     Trainer(model=model, args=args, train_dataset=data, data_collator=collate).train()
     model.eval()
     assert model(**collate(LEARN_FACTS)).loss.item() < before - 1.0
+
+
+def test_saved_config_with_a_missing_answer_slot_fails_at_load(bert_dir: Path, tmp_path: Path) -> None:
+    model, _ = _trained(bert_dir, MixturePromptConfig)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["compiled_templates"][0]["pieces"] = [
+        p for p in config["compiled_templates"][0]["pieces"] if p["kind"] != "answer"
+    ]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has 0 answer slots"):
+        PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir), tmp_path)
