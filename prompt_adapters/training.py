@@ -1,0 +1,271 @@
+"""The training loop shared by the benchmarks: epochs, early stopping on dev P@1, exact resume, progress bars.
+
+It trains one prompt adapter on one task (e.g. one LAMA relation) in the current process. Checkpoints hold the
+adapter parameters, the optimiser state and the loop counters in safetensors + JSON, written atomically; batch
+order comes from a generator seeded by (seed, epoch), so a resumed run continues bit for bit like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from prompt_adapters.data.collator import PromptCollator
+from prompt_adapters.metrics.lama import gold_rank
+from prompt_adapters.scoring import IGNORE, candidate_positions
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser, schedule and stopping rule; defaults are the Qin & Eisner reference values.
+
+    ``dropout`` puts the frozen LM in train mode while training (P-tuning does; Qin & Eisner keep eval mode).
+    """
+
+    epochs: int = 16
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0
+    patience: int | None = 4
+    seed: int = 42
+    em: bool = False
+    max_grad_norm: float | None = None
+    dropout: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class FitResult:
+    """Outcome of one fit: best dev P@1, the epoch it was reached, and per-epoch history."""
+
+    best_dev: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _make_optimizer(params: list[torch.Tensor], settings: TrainSettings) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+@torch.no_grad()
+def rank_answers(
+    model: nn.Module,
+    collator: PromptCollator,
+    examples: Sequence[Any],
+    batch_size: int = 64,
+    exclude: Callable[[Sequence[Any]], torch.Tensor | None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """1-based rank of every example's gold answer under the adapter's answer distribution (candidates if set)."""
+    was_training = model.training
+    model.eval()
+    ranks = []
+    for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="scoring", leave=False):
+        chunk = examples[start : start + batch_size]
+        batch = collator(chunk)
+        out = model(**batch)
+        gold = batch["score_targets"][:: _rows_per_example(collator), 0]
+        index = candidate_positions(collator.candidate_ids, gold)
+        if (index == IGNORE).any():
+            raise ValueError("every scored example needs a gold answer")
+        mask = exclude(chunk) if exclude is not None else None
+        ranks.append(gold_rank(out.answer_log_probs.float(), index, mask))
+    model.train(was_training)
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def _rows_per_example(collator: PromptCollator) -> int:
+    return len(collator.templates)
+
+
+def precision_at_1(ranks: torch.Tensor) -> float:
+    return float((ranks == 1).float().mean()) if ranks.numel() else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Write adapter params, optimiser state and loop counters atomically (a temp dir renamed into place)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainable_parameters(model).items()}
+    for key, value in state.pop("best_params", {}).items():
+        tensors[f"best.{key}"] = value.contiguous()
+    optim = optimizer.state_dict()
+    scalars: dict[str, dict[str, float]] = {}
+    for index, slots in optim["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = float(value)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {"loop": state, "optim_scalars": scalars, "param_groups": optim["param_groups"]}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore what save_checkpoint wrote; returns the loop counters (with ``best_params``)."""
+    tensors = load_file(str(Path(directory) / "state.safetensors"))
+    meta = json.loads((Path(directory) / "meta.json").read_text())
+    params = trainable_parameters(model)
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[f"param.{name}"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, slots in meta["optim_scalars"].items():
+        for name, value in slots.items():
+            state.setdefault(int(index), {})[name] = torch.tensor(value)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    loop = meta["loop"]
+    loop["best_params"] = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
+    return loop
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def fit(
+    model: nn.Module,
+    collator: PromptCollator,
+    train: Sequence[Any],
+    dev: Sequence[Any],
+    settings: TrainSettings,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> FitResult:
+    """Train the active adapter; keep (and finally load) the parameters with the best dev P@1.
+
+    Stops after ``patience`` further epochs without a strict dev improvement. With ``checkpoint_dir`` the state is
+    saved after every epoch and an existing checkpoint is resumed from.
+    """
+    if len(train) == 0:
+        raise ValueError("no training examples")
+    params = trainable_parameters(model)
+    optimizer = _make_optimizer(list(params.values()), settings)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
+    loop: dict[str, Any] = {"epoch": 0, "best_dev": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    best_params: dict[str, torch.Tensor] = {}
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / "meta.json").exists():
+        loop = load_checkpoint(Path(checkpoint_dir), model, optimizer)
+        best_params = loop.pop("best_params")
+        scheduler.last_epoch = loop["epoch"]
+    if loop["epoch"] == 0 and loop["best_dev"] < 0:
+        loop["best_dev"] = precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+        loop["best_epoch"] = 0
+        best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
+    responsibilities = None
+    bar = tqdm(total=settings.epochs, initial=loop["epoch"], disable=not progress, desc=description, leave=False)
+    while loop["epoch"] < settings.epochs and not _patience_exhausted(loop, settings):
+        epoch = loop["epoch"]
+        if settings.em:
+            responsibilities = em_step(model, collator, train, settings.eval_batch_size)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
+        model.train(settings.dropout)
+        total = 0.0
+        for start in range(0, len(train), settings.batch_size):
+            index = order[start : start + settings.batch_size].tolist()
+            out = model(**collator([train[i] for i in index]))
+            if responsibilities is not None:
+                loss = -(responsibilities[index] * out.template_log_probs).sum(1).mean()
+            else:
+                loss = out.loss
+            optimizer.zero_grad()
+            loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
+            optimizer.step()
+            total += float(loss) * len(index)
+        scheduler.step()
+        dev_p1 = precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+        loop["epoch"] = epoch + 1
+        loop["history"].append({"epoch": epoch + 1, "train_loss": total / len(train), "dev_p1": dev_p1})
+        if dev_p1 > loop["best_dev"]:
+            loop.update(best_dev=dev_p1, best_epoch=epoch + 1, bad_epochs=0)
+            best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
+        else:
+            loop["bad_epochs"] += 1
+        if checkpoint_dir is not None:
+            save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params})
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / len(train):.3f}", dev=f"{dev_p1:.3f}")
+    bar.close()
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(best_params[name])
+    model.eval()
+    return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], _patience_exhausted(loop, settings))
+
+
+def _patience_exhausted(loop: dict[str, Any], settings: TrainSettings) -> bool:
+    return settings.patience is not None and loop["bad_epochs"] > settings.patience
+
+
+@torch.no_grad()
+def em_step(model: nn.Module, collator: PromptCollator, train: Sequence[Any], batch_size: int) -> torch.Tensor:
+    """E-step then closed-form M-step of the reference code's EM schedule.
+
+    gamma[i, t] = pi_t p_t(y_i|x_i) / sum_t' pi_t' p_t'(y_i|x_i); pi_t <- mean_i gamma[i, t]. The mixture logits are
+    set to log pi (they are not trained by gradient in this schedule) and gamma is returned for the weighted loss.
+    """
+    state = model.base_model.state if hasattr(model, "base_model") else model.state
+    name = state.active_name
+    model.eval()
+    gammas = []
+    for start in range(0, len(train), batch_size):
+        out = model(**collator(train[start : start + batch_size]))
+        joint = out.mixture_log_weights + out.template_log_probs
+        gammas.append(torch.softmax(joint.float(), dim=1))
+    gamma = torch.cat(gammas)
+    state.mixture[name].copy_(torch.log(gamma.mean(0).clamp(min=1e-12)))
+    state.mixture[name].requires_grad_(False)
+    return gamma
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so readers never see it half written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
