@@ -188,7 +188,7 @@ def _patterns(corpus: str, split: str) -> tuple[str, ...]:
     return spec.splits[split]
 
 
-def _natural_key(name: str) -> tuple[Any, ...]:
+def natural_key(name: str) -> tuple[Any, ...]:
     """Sort P17 < P19 < P101 (numbers compared as numbers)."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
@@ -208,7 +208,7 @@ def available_relations(data_dir: PathLike, corpus: str = "autoprompt", split: s
             match = regex.match(path.relative_to(root).as_posix())
             if match:
                 found.add(match.group("relation"))
-    return sorted(found, key=_natural_key)
+    return sorted(found, key=natural_key)
 
 
 def _normalise(record: dict[str, Any], path: Path, line_no: int) -> tuple[str, str]:

@@ -39,8 +39,11 @@ class MixturePromptLayer(PromptLayer):
                 self.mixture[name].requires_grad_(False)
 
     def log_weights(self, name: str) -> torch.Tensor:
-        """log pi_t, shape (K,)."""
-        return torch.log_softmax(self.mixture[name].float(), dim=0)
+        """log pi_t, shape (K,); uniform while the adapter is disabled (the plain ensemble of hard prompts)."""
+        logits = self.mixture[name].float()
+        if self.disable_adapters:
+            logits = torch.zeros_like(logits)
+        return torch.log_softmax(logits, dim=0)
 
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
         """Mixture answer distribution, per-template gold log-probs and the marginal likelihood loss."""

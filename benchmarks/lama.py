@@ -1,0 +1,431 @@
+"""LAMA knowledge probing: tune (or just evaluate) a prompt method per relation and report the paper-style table.
+
+    accelerate launch benchmarks/lama.py --model bert-base-cased --method mixture --init lpaqa_mined \
+        --data-dir DATA/lama --split autoprompt --candidates common_vocab_cased --output runs/mix-mined
+
+Relations are independent jobs spread over the accelerate processes (relation i goes to process i mod n; each is
+seeded from (seed, relation), so results do not depend on the number of processes). Every finished relation is
+written to ``OUTPUT/relations/<rel>.json`` and every epoch to ``OUTPUT/checkpoints/``, atomically, so ``--resume``
+skips finished relations and continues a partly trained one. The main process then writes ``results.json``,
+``results.md`` (with the published numbers of the same setting), ``per_relation.csv`` and ``per_relation.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from peft import get_peft_model
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from published import published
+
+import prompt_adapters
+from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
+from prompt_adapters.data import lama as lama_data
+from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
+from prompt_adapters.training import TrainSettings, atomic_write_text, fit, rank_answers
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one --method builds its adapter config and whether (and with which defaults) it is trained."""
+
+    build: Callable[[list[str], argparse.Namespace], Any]
+    train: bool
+    defaults: TrainSettings
+
+
+def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
+    return MixturePromptConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
+
+
+def _deep(templates: list[str], args: argparse.Namespace) -> DeepPerturbConfig:
+    return DeepPerturbConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
+
+
+def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
+    return MixturePromptConfig(templates=templates, words="hard", learn_weights=False)
+
+
+QIN_EISNER = TrainSettings(epochs=16, learning_rate=1e-3, batch_size=32, patience=4, seed=42)
+
+#: --method name -> Method; a new method is one entry here
+METHODS: dict[str, Method] = {
+    "manual": Method(_manual, train=False, defaults=QIN_EISNER),
+    "mixture": Method(_mixture, train=True, defaults=QIN_EISNER),
+    "deep": Method(_deep, train=True, defaults=QIN_EISNER),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bert-base-cased", help="Hub id or local directory")
+    parser.add_argument("--method", default="manual", choices=sorted(METHODS))
+    parser.add_argument("--init", default="manual", help="prompt list the templates come from (a load_prompts kind)")
+    parser.add_argument("--init-vectors", default="words", choices=("words", "random", "vocab"))
+    parser.add_argument("--data-dependent", action="store_true", help="per-example mixture weights")
+    parser.add_argument("--data-dir", default="../shared/data/lama", help="LAMA data (layout of shared/data/lama)")
+    parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))
+    parser.add_argument("--candidates", default="common_vocab_cased", choices=sorted(lama_data.CANDIDATE_SETS))
+    parser.add_argument("--relations", default=None, help="comma-separated relation ids (default: all with data)")
+    parser.add_argument("--no-dedupe", action="store_true", help="keep duplicate (sub, obj) facts")
+    parser.add_argument("--exclude-other-valid", action="store_true", help="rank without other valid objects")
+    parser.add_argument("--mrr-cap", type=int, default=1000, help="LAMA caps MRR at rank 1000; 0 = no cap")
+    parser.add_argument("--max-train", type=int, default=None, help="use at most N train facts per relation")
+    parser.add_argument("--max-test", type=int, default=None, help="use at most N test facts per relation")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with N seeds, report mean ± std")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--em", action="store_true", help="the reference code's EM schedule for mixture weights")
+    parser.add_argument("--output", default="runs/lama")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    parser.add_argument("--download", action="store_true", help="fetch the official LAMA data into --data-dir")
+    return parser.parse_args(argv)
+
+
+def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
+    base = METHODS[args.method].defaults
+    overrides = {
+        "epochs": args.epochs,
+        "learning_rate": args.lr,
+        "batch_size": args.batch_size,
+        "patience": args.patience,
+    }
+    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}, "seed": seed, "em": args.em}
+    return TrainSettings(**values)
+
+
+def load_base(model_name: str) -> torch.nn.Module:
+    config = AutoConfig.from_pretrained(model_name)
+    if getattr(config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLM.from_pretrained(model_name)
+    for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
+        try:
+            return auto.from_pretrained(model_name)
+        except ValueError:
+            continue
+    raise ValueError(f"{model_name} is neither a masked, causal nor seq2seq LM")
+
+
+def relation_seed(seed: int, relation: str) -> int:
+    return seed * 1_000_003 + zlib.crc32(relation.encode())
+
+
+class Probe:
+    """Everything shared by the relation jobs of one run: model, tokenizer, candidates, protocol."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.data_dir = Path(args.data_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(args.model)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.base = load_base(args.model).eval()
+        self.relations = lama_data.load_relations(self.data_dir)
+        words = lama_data.load_candidates(self.data_dir, args.candidates, args.model)
+        self.candidate_words = words
+        self.candidates = None if words is None else lama_data.candidate_ids(self.tokenizer, words)
+        self.candidate_tensor = None if self.candidates is None else torch.tensor(list(self.candidates.values()))
+        self.column = {w: i for i, w in enumerate(self.candidates or {})}
+
+    def facts(self, relation: str, split: str) -> tuple[list[dict[str, str]], dict[str, int]]:
+        raw = lama_data.load_facts(self.data_dir, relation, split=split, corpus=self.args.split)
+        result = lama_data.filter_facts(raw, self.tokenizer, self.candidate_words, dedupe=not self.args.no_dedupe)
+        kept = result.kept.select_columns(["sub", "obj", "relation"]).to_list()
+        dropped = {**result.dropped, "total": len(raw)}
+        limit = self.args.max_train if split == "train" else self.args.max_test if split == "test" else None
+        if limit is not None and len(kept) > limit:
+            dropped["over_limit"] = len(kept) - limit
+            kept = kept[:limit]
+        return kept, dropped
+
+    def manual_template(self, relation: str) -> str:
+        """The LAMA manual template (relations.jsonl, or the Google-RE / ConceptNet prompt files)."""
+        if relation in self.relations:
+            return lama_data.validate_template(self.relations[relation].template, f"relations.jsonl {relation}")
+        return lama_data.load_prompts(self.data_dir, "manual", relation)[0]
+
+    def relation_type(self, relation: str) -> str:
+        return self.relations[relation].type if relation in self.relations else "n/a"
+
+    def templates(self, relation: str) -> list[str]:
+        if self.args.init == "manual":
+            return [self.manual_template(relation)]
+        return lama_data.load_prompts(self.data_dir, self.args.init, relation)
+
+    def exclusion(self, relation: str) -> Callable[[list[dict[str, str]]], torch.Tensor] | None:
+        if not self.args.exclude_other_valid:
+            return None
+        splits = [lama_data.load_facts(self.data_dir, relation, split=s, corpus=self.args.split) for s in
+                  ("train", "dev", "test")]
+        valid = lama_data.valid_objects(splits)
+        column = self.column or {w: i for i, w in enumerate(self.tokenizer.convert_ids_to_tokens(
+            list(range(len(self.tokenizer)))))}
+        width = len(self.column) if self.column else int(self.base.get_input_embeddings().weight.shape[0])
+        return lambda chunk: other_valid_mask(
+            [f["relation"] for f in chunk], [f["sub"] for f in chunk], valid, column, width
+        )
+
+    def run_relation(self, relation: str, seed: int, accelerator: Accelerator) -> dict[str, Any]:
+        """Train (if the method trains) and evaluate one relation with one seed."""
+        args = self.args
+        method = METHODS[args.method]
+        train, train_drop = self.facts(relation, "train")
+        dev, dev_drop = self.facts(relation, "dev")
+        test, test_drop = self.facts(relation, "test")
+        torch.manual_seed(relation_seed(seed, relation))
+        manual = self.evaluate(_manual([self.manual_template(relation)], args), relation, test)
+        config = method.build(self.templates(relation), args)
+        model = get_peft_model(self.base, config)
+        try:
+            collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
+            exclude = self.exclusion(relation)
+            init_ranks = rank_answers(model, collator, test, exclude=exclude)
+            history: list[dict[str, float]] = []
+            if method.train and train:
+                checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
+                result = fit(model, collator, train, dev or train, train_settings(args, seed), checkpoint,
+                             progress=accelerator.is_local_main_process, description=relation)
+                history = result.history
+            ranks = rank_answers(model, collator, test, exclude=exclude) if method.train else init_ranks
+        finally:
+            model.unload()
+        return {
+            "relation": relation,
+            "seed": seed,
+            "type": self.relation_type(relation),
+            "templates": config.templates,
+            "ranks": ranks.tolist(),
+            "init_ranks": init_ranks.tolist(),
+            "manual_ranks": manual.tolist(),
+            "history": history,
+            "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
+            "dropped": {"train": train_drop, "dev": dev_drop, "test": test_drop},
+        }
+
+    def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
+        model = get_peft_model(self.base, config)
+        try:
+            collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
+            return rank_answers(model, collator, test, exclude=self.exclusion(relation))
+        finally:
+            model.unload()
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def summarise(records: list[dict[str, Any]], key: str, mrr_cap: int | None) -> dict[str, Any]:
+    metric = LamaRanking()
+    for record in records:
+        metric.add_batch(ranks=record[key], relations=[record["relation"]] * len(record[key]),
+                         relation_types=[record["type"]] * len(record[key]))
+    return metric.compute(k=(1, 10), mrr_cap=mrr_cap)
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def report(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    cap = args.mrr_cap or None
+    seeds = sorted({r["seed"] for r in records})
+    per_seed = {s: {k: summarise([r for r in records if r["seed"] == s], k, cap) for k in
+                    ("ranks", "init_ranks", "manual_ranks")} for s in seeds}
+    uncapped = {s: summarise([r for r in records if r["seed"] == s], "ranks", None) for s in seeds}
+    headline = {}
+    for label, key in (("method", "ranks"), ("init", "init_ranks"), ("manual", "manual_ranks")):
+        for avg in ("macro", "micro"):
+            for metric in ("P@1", "P@10", "MRR"):
+                values = [100 * per_seed[s][key][avg][metric] for s in seeds]
+                headline[f"{label}.{avg}.{metric}"] = mean_std(values)
+    headline["method.macro.MRR_uncapped"] = mean_std([100 * uncapped[s]["macro"]["MRR"] for s in seeds])
+    dropped: dict[str, dict[str, int]] = {}
+    for record in records:
+        if record["seed"] != seeds[0]:
+            continue
+        for split, counts in record["dropped"].items():
+            for reason, count in counts.items():
+                dropped.setdefault(split, {}).setdefault(reason, 0)
+                dropped[split][reason] += count
+    return {
+        "command": " ".join(sys.argv),
+        "protocol": {
+            "model": args.model, "method": args.method, "prompts": args.init, "init_vectors": args.init_vectors,
+            "data_dependent": args.data_dependent, "corpus": args.split, "candidates": args.candidates,
+            "dedupe": not args.no_dedupe, "exclude_other_valid": args.exclude_other_valid, "mrr_cap": cap,
+            "averaging": "macro (mean over relations) is the headline; micro pools facts",
+            "max_train": args.max_train, "max_test": args.max_test, "em": args.em,
+            "training": asdict(train_settings(args, seeds[0])) if METHODS[args.method].train else None,
+            "seeds": seeds,
+        },
+        "versions": {"prompt_adapters": prompt_adapters.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads()},
+        "elapsed_seconds": round(elapsed, 1),
+        "headline": headline,
+        "dropped_facts": dropped,
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+        "published": published(args.method, args.init, args.model, args.candidates),
+    }
+
+
+def write_outputs(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.md", markdown(summary))
+    seed = summary["protocol"]["seeds"][0]
+    per_rel = summary["per_seed"][str(seed)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["relation", "type", "n_test", "P@1", "P@10", "MRR", "init P@1", "manual P@1"])
+    ordered = sorted((r for r in records if r["seed"] == seed), key=lambda r: lama_data.natural_key(r["relation"]))
+    for record in ordered:
+        rel = record["relation"]
+        row = per_rel["ranks"]["per_relation"][rel]
+        writer.writerow([rel, record["type"], row["n"], f"{100 * row['P@1']:.2f}", f"{100 * row['P@10']:.2f}",
+                         f"{100 * row['MRR']:.2f}", f"{100 * per_rel['init_ranks']['per_relation'][rel]['P@1']:.2f}",
+                         f"{100 * per_rel['manual_ranks']['per_relation'][rel]['P@1']:.2f}"])
+    atomic_write_text(out / "per_relation.csv", buffer.getvalue())
+    plot(out / "per_relation.png", summary, per_rel)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    p, h = summary["protocol"], summary["headline"]
+    pub = summary["published"] or {}
+
+    def cell(key: str) -> str:
+        value = h[key]
+        return f"{value['mean']:.1f}" + (f" ± {value['std']:.1f}" if len(p["seeds"]) > 1 else "")
+
+    lines = [
+        f"# LAMA: {p['method']} ({p['prompts']}) on {p['model']}",
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        "Protocol: " + ", ".join(f"{k}={v}" for k, v in p.items() if k != "training"),
+        "",
+        f"Training: {p['training']}" if p["training"] else "Training: none (evaluation only)",
+        "",
+        "| row | P@1 | P@10 | MRR |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, name in (("manual", "manual prompt (LAMA template)"), ("init", "before training (init)"),
+                        ("method", f"{p['method']} (ours)")):
+        lines.append(f"| {name} | {cell(label + '.macro.P@1')} | {cell(label + '.macro.P@10')} | "
+                     f"{cell(label + '.macro.MRR')} |")
+    if pub:
+        row = [pub.get(m) for m in ("P@1", "P@10", "MRR")]
+        lines.append("| published | " + " | ".join("–" if v is None else f"{v:.1f}" for v in row) + " |")
+        gap = [None if v is None else h[f"method.macro.{m}"]["mean"] - float(v)
+               for v, m in zip(row, ("P@1", "P@10", "MRR"), strict=True)]
+        lines.append("| gap (ours − published) | " + " | ".join("–" if g is None else f"{g:+.1f}" for g in gap) + " |")
+        lines += ["", f"Published: {pub['source']}."]
+    else:
+        lines += ["", "No published number for exactly this setting (model, prompts, candidate set)."]
+    lines += [
+        "",
+        f"Macro = mean over relations (headline). Micro P@1 = {cell('method.micro.P@1')}; "
+        f"MRR without the rank cap = {cell('method.macro.MRR_uncapped')}.",
+        "",
+        "Per relation type (P@1, first seed): "
+        + ", ".join(f"{t}: {100 * v['P@1']:.1f} ({v['n_relations']} rel.)"
+                    for t, v in summary["per_seed"][str(p["seeds"][0])]["ranks"]["per_type"].items()),
+        "",
+        "Dropped facts: " + json.dumps(summary["dropped_facts"]),
+        "",
+        f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    relations = sorted(per_rel["ranks"]["per_relation"], key=lama_data.natural_key)
+    ours = [100 * per_rel["ranks"]["per_relation"][r]["P@1"] for r in relations]
+    manual = [100 * per_rel["manual_ranks"]["per_relation"][r]["P@1"] for r in relations]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(relations) + 2), 4))
+    x = range(len(relations))
+    ax.bar([i - 0.2 for i in x], manual, width=0.4, label="manual prompt", color="#9ca3af")
+    ax.bar([i + 0.2 for i in x], ours, width=0.4, label=summary["protocol"]["method"], color="#2563eb")
+    ax.set_xticks(list(x), relations, rotation=90, fontsize=7)
+    ax.set_ylabel("P@1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{summary['protocol']['model']}: per-relation P@1")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.download:
+        lama_data.download_lama(args.data_dir)
+        return None
+    if not Path(args.data_dir).is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} does not exist; pass a directory laid out like "
+                         "shared/data/lama, or run with --download when online")
+    accelerator = Accelerator()
+    started = time.time()
+    probe = Probe(args)
+    available = lama_data.available_relations(args.data_dir, args.split, "test")
+    wanted = args.relations.split(",") if args.relations else available
+    unknown = [r for r in wanted if r not in available]
+    if unknown:
+        raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
+    seeds = [first_seed + i for i in range(args.seeds)]
+    jobs = [(rel, seed) for seed in seeds for rel in wanted]
+    mine = jobs[accelerator.process_index :: accelerator.num_processes]
+    for relation, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations"):
+        target = out / "relations" / f"{relation}-seed{seed}.json"
+        if args.resume and target.exists():
+            continue
+        with accelerator.autocast():
+            record = probe.run_relation(relation, seed, accelerator)
+        record["process"] = [accelerator.process_index, accelerator.num_processes]
+        atomic_write_text(target, json.dumps(record))
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    records = [json.loads((out / "relations" / f"{r}-seed{s}.json").read_text()) for r, s in jobs]
+    summary = report(args, records, time.time() - started)
+    write_outputs(out, summary, records)
+    print(markdown(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""benchmarks/lama.py end to end on a tiny model over real LAMA files: outputs, switches, 2 processes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prompt_adapters.testing import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "lama.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import lama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("bert", tmp_path_factory.mktemp("models") / "bert")
+
+
+def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(model), "--data-dir", str(data / "lama"), "--relations", "P19,P1376",
+        "--max-train", "24", "--max-test", "40", "--epochs", "2", "--output", str(out), *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_outputs_and_protocol_header(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    summary = lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "deep", "--seeds", "2"))
+    assert summary is not None
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "per_relation.csv", "per_relation.png", "results.json", "results.md",
+    ]
+    protocol = json.loads((tmp_path / "results.json").read_text())["protocol"]
+    assert protocol["candidates"] == "common_vocab_cased" and protocol["dedupe"] and protocol["mrr_cap"] == 1000
+    assert protocol["seeds"] == [42, 43]
+    table = (tmp_path / "results.md").read_text()
+    assert "| deep (ours) |" in table and " ± " in table and "Dropped facts" in table
+    rows = (tmp_path / "per_relation.csv").read_text().splitlines()
+    assert rows[0].startswith("relation,type,n_test") and [r.split(",")[0] for r in rows[1:]] == ["P19", "P1376"]
+    assert (tmp_path / "per_relation.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(summary["headline"]) >= {"method.macro.P@1", "method.micro.P@1", "manual.macro.P@1"}
+
+
+def test_protocol_switches_change_what_they_should(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    base = lama.main(_args(tiny_bert, shared_data, tmp_path / "a", "--method", "manual"))
+    full = lama.main(_args(tiny_bert, shared_data, tmp_path / "b", "--method", "manual", "--candidates", "full"))
+    uncapped = lama.main(_args(tiny_bert, shared_data, tmp_path / "c", "--method", "manual", "--mrr-cap", "0"))
+    excluded = lama.main(_args(tiny_bert, shared_data, tmp_path / "d", "--method", "manual", "--exclude-other-valid"))
+    kept = lama.main(_args(tiny_bert, shared_data, tmp_path / "e", "--method", "manual", "--no-dedupe"))
+    assert base["dropped_facts"]["test"]["not_in_candidates"] >= 0
+    assert full["dropped_facts"]["test"]["not_in_candidates"] == 0
+    assert full["protocol"]["candidates"] == "full" and uncapped["protocol"]["mrr_cap"] is None
+    assert excluded["protocol"]["exclude_other_valid"] and not kept["protocol"]["dedupe"]
+    assert kept["dropped_facts"]["train"]["duplicate"] == 0
+    for summary in (base, full, uncapped, excluded, kept):
+        assert 0 <= summary["headline"]["manual.macro.P@1"]["mean"] <= 100
+
+
+def test_bad_input_is_reported_clearly(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown relation"):
+        lama.main(_args(tiny_bert, shared_data, tmp_path, "--relations", "P99999"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        lama.main(["--model", str(tiny_bert), "--data-dir", str(tmp_path / "nowhere")])
+    with pytest.raises(ValueError, match="no 'lpaqa_top1' prompts for relation 'place_of_birth'"):
+        lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "mixture", "--init", "lpaqa_top1",
+                        "--split", "google_re_qin_eisner", "--relations", "place_of_birth"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "trex").symlink_to(shared_data / "lama" / "trex")
+    (broken / "vocab").symlink_to(shared_data / "lama" / "vocab")
+    (broken / "relations.jsonl").write_text(json.dumps(
+        {"relation": "P19", "template": "[X] was born somewhere .", "label": "x", "type": "N-1", "description": ""}
+    ) + "\n")
+    with pytest.raises(ValueError, match=r"\[X\] was born somewhere"):
+        lama.main(["--model", str(tiny_bert), "--data-dir", str(broken), "--relations", "P19", "--output",
+                   str(tmp_path / "out"), "--max-test", "5"])
+
+
+def _launch(args: list[str], processes: int) -> subprocess.Popen:
+    if processes == 1:
+        command = [sys.executable, str(SCRIPT), *args]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), str(SCRIPT), *args]
+    return subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((out / "relations").glob("*.json"))}
+
+
+def test_two_processes_equal_one_process(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    args = ["--method", "mixture", "--relations", "P19,P20,P1376"]
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        proc = _launch(_args(tiny_bert, shared_data, out, *args), processes)
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, log[-3000:]
+        runs[processes] = _records(out)
+    assert {tuple(r["process"]) for r in runs[2].values()} == {(0, 2), (1, 2)}
+    for name, record in runs[1].items():
+        other = runs[2][name]
+        assert record["ranks"] == other["ranks"] and record["history"] == other["history"], name
+    single = json.loads((tmp_path / "p1" / "results.json").read_text())["headline"]
+    double = json.loads((tmp_path / "p2" / "results.json").read_text())["headline"]
+    assert single == double
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    args = ["--method", "deep", "--relations", "P19,P20", "--epochs", "6", "--patience", "10"]
+    whole = _launch(_args(tiny_bert, shared_data, tmp_path / "whole", *args), 1)
+    assert whole.wait(timeout=600) == 0
+    out = tmp_path / "cut"
+    proc = _launch(_args(tiny_bert, shared_data, out, *args), 1)
+    checkpoint = out / "checkpoints" / "P20-seed42" / "meta.json"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (out / "relations" / "P19-seed42.json").exists() and not (out / "relations" / "P20-seed42.json").exists()
+    epochs_done = json.loads(checkpoint.read_text())["loop"]["epoch"]
+    assert 1 <= epochs_done < 6
+    resumed = _launch(_args(tiny_bert, shared_data, out, *args, "--resume"), 1)
+    log, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, log[-3000:]
+    cut, full = _records(out), _records(tmp_path / "whole")
+    for name in full:
+        assert cut[name]["ranks"] == full[name]["ranks"] and cut[name]["history"] == full[name]["history"], name
