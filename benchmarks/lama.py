@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from published import published
 
 import prompt_adapters
-from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
+from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator, PTuningEncoderConfig
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.training import TrainSettings, atomic_write_text, fit, rank_answers
+from prompt_adapters.tuner import detect_lm_kind
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,26 @@ def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConf
     return MixturePromptConfig(templates=templates, words="hard", learn_weights=False)
 
 
+def _ptuning(templates: list[str], args: argparse.Namespace) -> PTuningEncoderConfig:
+    """The paper's LAMA templates: (3, sub, 3, obj, 3) for masked LMs, (3, sub, 3) + next token for causal LMs."""
+    template = "[P*3] [X] [P*3] [Y]" if args.lm_kind == "causal" else "[P*3] [X] [P*3] [Y] [P*3]"
+    return PTuningEncoderConfig(templates=[template], encoder=args.encoder)
+
+
 QIN_EISNER = TrainSettings(epochs=16, learning_rate=1e-3, batch_size=32, patience=4, seed=42)
+#: P-tuning LAMA code: Adam 1e-5 with coupled weight decay 5e-4, decay 0.98 per epoch, batch 8, <= 100 epochs,
+#: stop after 20 epochs without improvement, seed 34, dropout on in the frozen LM
+P_TUNING = TrainSettings(
+    epochs=100, learning_rate=1e-5, batch_size=8, weight_decay=5e-4, lr_decay=0.98, patience=19, seed=34, dropout=True,
+    improve_on_tie=True,
+)
 
 #: --method name -> Method; a new method is one entry here
 METHODS: dict[str, Method] = {
     "manual": Method(_manual, train=False, defaults=QIN_EISNER),
     "mixture": Method(_mixture, train=True, defaults=QIN_EISNER),
     "deep": Method(_deep, train=True, defaults=QIN_EISNER),
+    "ptuning": Method(_ptuning, train=True, defaults=P_TUNING),
 }
 
 
@@ -81,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", default="manual", help="prompt list the templates come from (a load_prompts kind)")
     parser.add_argument("--init-vectors", default="words", choices=("words", "random", "vocab"))
     parser.add_argument("--data-dependent", action="store_true", help="per-example mixture weights")
+    parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"), help="P-tuning encoder")
     parser.add_argument("--data-dir", default="../shared/data/lama", help="LAMA data (layout of shared/data/lama)")
     parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))
     parser.add_argument("--candidates", default="common_vocab_cased", choices=sorted(lama_data.CANDIDATE_SETS))
@@ -111,7 +126,8 @@ def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
         "batch_size": args.batch_size,
         "patience": args.patience,
     }
-    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}, "seed": seed, "em": args.em}
+    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}, "seed": seed}
+    values["em"] = args.em
     return TrainSettings(**values)
 
 
@@ -141,6 +157,7 @@ class Probe:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.base = load_base(args.model).eval()
+        args.lm_kind = detect_lm_kind(self.base)
         self.relations = lama_data.load_relations(self.data_dir)
         words = lama_data.load_candidates(self.data_dir, args.candidates, args.model)
         self.candidate_words = words

@@ -11,11 +11,13 @@ register_methods()
 from prompt_adapters.data.collator import PromptCollator  # noqa: E402
 from prompt_adapters.methods.deep import DeepPerturbConfig  # noqa: E402
 from prompt_adapters.methods.mixture import MixturePromptConfig  # noqa: E402
+from prompt_adapters.methods.ptuning import PTuningEncoderConfig  # noqa: E402
 from prompt_adapters.template import TemplateError, compile_template, parse_template  # noqa: E402
 
 __all__ = [
     "DeepPerturbConfig",
     "MixturePromptConfig",
+    "PTuningEncoderConfig",
     "PromptCollator",
     "TemplateError",
     "compile_template",

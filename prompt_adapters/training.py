@@ -30,7 +30,8 @@ from prompt_adapters.scoring import IGNORE, candidate_positions
 class TrainSettings:
     """Optimiser, schedule and stopping rule; defaults are the Qin & Eisner reference values.
 
-    ``dropout`` puts the frozen LM in train mode while training (P-tuning does; Qin & Eisner keep eval mode).
+    ``dropout`` puts the frozen LM in train mode while training (P-tuning does; Qin & Eisner keep eval mode);
+    ``improve_on_tie`` counts an equal dev score as an improvement (P-tuning keeps the later checkpoint on ties).
     """
 
     epochs: int = 16
@@ -45,6 +46,7 @@ class TrainSettings:
     em: bool = False
     max_grad_norm: float | None = None
     dropout: bool = False
+    improve_on_tie: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -220,7 +222,7 @@ def fit(
         dev_p1 = precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
         loop["epoch"] = epoch + 1
         loop["history"].append({"epoch": epoch + 1, "train_loss": total / len(train), "dev_p1": dev_p1})
-        if dev_p1 > loop["best_dev"]:
+        if dev_p1 > loop["best_dev"] or (settings.improve_on_tie and dev_p1 == loop["best_dev"]):
             loop.update(best_dev=dev_p1, best_epoch=epoch + 1, bad_epochs=0)
             best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
         else:

@@ -314,6 +314,19 @@ class PromptTuner(BaseTuner):
                     f"(model_type={fingerprint['model_type']}); load it on the base model it was trained for"
                 )
 
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Drop the adapter name from ``...<prefix>state.<attr>.<adapter>[.<rest>]`` keys, nested modules included.
+
+        peft's default only handles the name as the last or second-to-last segment; encoders (ModuleDicts of
+        modules) have it deeper, and would otherwise load under another adapter name with random weights.
+        """
+        head, marker, tail = key.partition(cls.prefix + "state.")
+        parts = tail.split(".")
+        if marker and len(parts) >= 2 and parts[1] == adapter_name:
+            return head + marker + ".".join([parts[0], *parts[2:]])
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
     def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
         """Never called: the method targets no module (its state is the headless layer)."""
 
