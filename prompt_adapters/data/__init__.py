@@ -1,4 +1,4 @@
-"""Data loaders: LAMA knowledge-probing facts, prompts and candidate vocabularies."""
+"""Data loaders: LAMA facts, prompts and candidates (``data.lama``), SuperGLUE tasks (``data.superglue``)."""
 
 from prompt_adapters.data.lama import (
     CANDIDATE_SETS,

@@ -1,4 +1,4 @@
-"""Evaluation metrics: LAMA ranking (P@k, MRR; macro and micro)."""
+"""Evaluation metrics: LAMA ranking (``metrics.lama``) and SuperGLUE (``metrics.superglue``)."""
 
 from prompt_adapters.metrics.lama import LamaRanking, gold_rank, other_valid_mask
 
