@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--em", action="store_true", help="the reference code's EM schedule for mixture weights")
     parser.add_argument("--output", default="runs/lama")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="train each relation with all processes together (data parallel) instead of one "
+                        "relation per process")
     parser.add_argument("--download", action="store_true", help="fetch the official LAMA data into --data-dir")
     return parser.parse_args(argv)
 
@@ -210,6 +213,10 @@ class Probe:
         train, train_drop = self.facts(relation, "train")
         dev, dev_drop = self.facts(relation, "dev")
         test, test_drop = self.facts(relation, "test")
+        dropped = {"train": train_drop, "dev": dev_drop, "test": test_drop}
+        if not test:
+            return {"relation": relation, "seed": seed, "type": self.relation_type(relation), "skipped":
+                    f"no test fact left after filtering (dropped: {test_drop})", "dropped": dropped}
         torch.manual_seed(relation_seed(seed, relation))
         manual = self.evaluate(_manual([self.manual_template(relation)], args), relation, test)
         config = method.build(self.templates(relation), args)
@@ -222,7 +229,8 @@ class Probe:
             if method.train and train:
                 checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
                 result = fit(model, collator, train, dev or train, train_settings(args, seed), checkpoint,
-                             progress=accelerator.is_local_main_process, description=relation)
+                             progress=accelerator.is_local_main_process, description=relation,
+                             accelerator=accelerator if args.data_parallel else None)
                 history = result.history
             ranks = rank_answers(model, collator, test, exclude=exclude) if method.train else init_ranks
         finally:
@@ -237,7 +245,7 @@ class Probe:
             "manual_ranks": manual.tolist(),
             "history": history,
             "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
-            "dropped": {"train": train_drop, "dev": dev_drop, "test": test_drop},
+            "dropped": dropped,
         }
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
@@ -264,8 +272,12 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def report(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
     cap = args.mrr_cap or None
+    records = [r for r in all_records if "skipped" not in r]
+    skipped = {r["relation"]: r["skipped"] for r in all_records if "skipped" in r}
+    if not records:
+        raise SystemExit(f"every relation was skipped, nothing to report: {skipped}")
     seeds = sorted({r["seed"] for r in records})
     per_seed = {s: {k: summarise([r for r in records if r["seed"] == s], k, cap) for k in
                     ("ranks", "init_ranks", "manual_ranks")} for s in seeds}
@@ -278,7 +290,7 @@ def report(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: flo
                 headline[f"{label}.{avg}.{metric}"] = mean_std(values)
     headline["method.macro.MRR_uncapped"] = mean_std([100 * uncapped[s]["macro"]["MRR"] for s in seeds])
     dropped: dict[str, dict[str, int]] = {}
-    for record in records:
+    for record in all_records:
         if record["seed"] != seeds[0]:
             continue
         for split, counts in record["dropped"].items():
@@ -303,6 +315,7 @@ def report(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: flo
         "elapsed_seconds": round(elapsed, 1),
         "headline": headline,
         "dropped_facts": dropped,
+        "skipped_relations": skipped,
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "published": published(args.method, args.init, args.model, args.candidates),
     }
@@ -316,7 +329,8 @@ def write_outputs(out: Path, summary: dict[str, Any], records: list[dict[str, An
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["relation", "type", "n_test", "P@1", "P@10", "MRR", "init P@1", "manual P@1"])
-    ordered = sorted((r for r in records if r["seed"] == seed), key=lambda r: lama_data.natural_key(r["relation"]))
+    ordered = sorted((r for r in records if r["seed"] == seed and "skipped" not in r),
+                     key=lambda r: lama_data.natural_key(r["relation"]))
     for record in ordered:
         rel = record["relation"]
         row = per_rel["ranks"]["per_relation"][rel]
@@ -370,6 +384,9 @@ def markdown(summary: dict[str, Any]) -> str:
                     for t, v in summary["per_seed"][str(p["seeds"][0])]["ranks"]["per_type"].items()),
         "",
         "Dropped facts: " + json.dumps(summary["dropped_facts"]),
+        "",
+        "Skipped relations (not in the averages): "
+        + (json.dumps(summary["skipped_relations"]) if summary["skipped_relations"] else "none"),
         "",
         f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s.",
     ]
@@ -425,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
     jobs = [(rel, seed) for seed in seeds for rel in wanted]
-    mine = jobs[accelerator.process_index :: accelerator.num_processes]
+    mine = jobs if args.data_parallel else jobs[accelerator.process_index :: accelerator.num_processes]
     for relation, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations"):
         target = out / "relations" / f"{relation}-seed{seed}.json"
         if args.resume and target.exists():
@@ -433,7 +450,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         with accelerator.autocast():
             record = probe.run_relation(relation, seed, accelerator)
         record["process"] = [accelerator.process_index, accelerator.num_processes]
-        atomic_write_text(target, json.dumps(record))
+        if not args.data_parallel or accelerator.is_main_process:
+            atomic_write_text(target, json.dumps(record))
+        if args.data_parallel:
+            accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -175,11 +176,16 @@ def fit(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     description: str = "train",
+    accelerator: Accelerator | None = None,
 ) -> FitResult:
     """Train the active adapter; keep (and finally load) the parameters with the best dev P@1.
 
     Stops after ``patience`` further epochs without a strict dev improvement. With ``checkpoint_dir`` the state is
     saved after every epoch and an existing checkpoint is resumed from.
+
+    With an ``accelerator`` of several processes the run is data-parallel: every global batch is split over the
+    processes and the gradients summed, so the update equals the single-process one (up to float summation order)
+    whatever the number of processes.
     """
     if len(train) == 0:
         raise ValueError("no training examples")
@@ -197,7 +203,10 @@ def fit(
         loop["best_epoch"] = 0
         best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
     responsibilities = None
-    bar = tqdm(total=settings.epochs, initial=loop["epoch"], disable=not progress, desc=description, leave=False)
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    bar = tqdm(total=settings.epochs, initial=loop["epoch"], disable=not progress or rank != 0, desc=description,
+               leave=False)
     while loop["epoch"] < settings.epochs and not _patience_exhausted(loop, settings):
         epoch = loop["epoch"]
         if settings.em:
@@ -207,13 +216,15 @@ def fit(
         total = 0.0
         for start in range(0, len(train), settings.batch_size):
             index = order[start : start + settings.batch_size].tolist()
-            out = model(**collator([train[i] for i in index]))
-            if responsibilities is not None:
-                loss = -(responsibilities[index] * out.template_log_probs).sum(1).mean()
-            else:
-                loss = out.loss
+            local = index[rank::world]
             optimizer.zero_grad()
+            loss = _batch_loss(model, collator, train, local, responsibilities, params) * (len(local) / len(index))
             loss.backward()
+            if world > 1:
+                for param in params.values():
+                    if param.grad is not None:
+                        param.grad = accelerator.reduce(param.grad, "sum")  # type: ignore[union-attr]
+                loss = accelerator.reduce(loss.detach(), "sum")  # type: ignore[union-attr]
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
@@ -227,8 +238,10 @@ def fit(
             best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
         else:
             loop["bad_epochs"] += 1
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and rank == 0:
             save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params})
+        if world > 1:
+            accelerator.wait_for_everyone()  # type: ignore[union-attr]
         bar.update(1)
         bar.set_postfix(loss=f"{total / len(train):.3f}", dev=f"{dev_p1:.3f}")
     bar.close()
@@ -237,6 +250,23 @@ def fit(
             param.copy_(best_params[name])
     model.eval()
     return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], _patience_exhausted(loop, settings))
+
+
+def _batch_loss(
+    model: nn.Module,
+    collator: PromptCollator,
+    train: Sequence[Any],
+    index: list[int],
+    responsibilities: torch.Tensor | None,
+    params: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Mean loss of the examples ``index`` (EM: responsibility-weighted); a zero that keeps the graph if empty."""
+    if not index:
+        return sum(param.sum() * 0.0 for param in params.values())  # type: ignore[return-value]
+    out = model(**collator([train[i] for i in index]))
+    if responsibilities is not None:
+        return -(responsibilities[index] * out.template_log_probs).sum(1).mean()
+    return out.loss
 
 
 def _patience_exhausted(loop: dict[str, Any], settings: TrainSettings) -> bool:

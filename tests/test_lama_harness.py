@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -140,3 +141,53 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, share
     cut, full = _records(out), _records(tmp_path / "whole")
     for name in full:
         assert cut[name]["ranks"] == full[name]["ranks"] and cut[name]["history"] == full[name]["history"], name
+
+
+def test_data_parallel_training_does_not_depend_on_the_number_of_processes(
+    tiny_bert: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    args = ["--method", "deep", "--relations", "P1376", "--batch-size", "8", "--epochs", "3", "--data-parallel"]
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"dp{processes}"
+        proc = _launch(_args(tiny_bert, shared_data, out, *args), processes)
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, log[-3000:]
+        runs[processes] = _records(out)["P1376-seed42.json"]
+    assert runs[2]["process"] == [0, 2]
+    assert runs[1]["ranks"] == runs[2]["ranks"]
+    for one, two in zip(runs[1]["history"], runs[2]["history"], strict=True):
+        assert one["dev_p1"] == two["dev_p1"]
+        assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-5)
+
+
+def test_bf16_mixed_precision_run(tiny_bert: Path, shared_data: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    summary = lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "mixture", "--relations", "P1376"))
+    assert 0 <= summary["headline"]["method.macro.P@1"]["mean"] <= 100
+    history = json.loads((tmp_path / "relations" / "P1376-seed42.json").read_text())["history"]
+    assert len(history) == 2 and all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_relation_whose_objects_all_split_is_skipped_and_counted(
+    tiny_bert: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "lama"
+    facts = data / "trex" / "autoprompt_original_subobj"
+    (facts / "P19").mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        lines = [json.dumps({"sub": f"Person{i}", "obj": f"Qzxv{i}wq"}) for i in range(5)]
+        (facts / "P19" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (facts / "P1376").symlink_to(shared_data / "lama" / "trex" / "autoprompt_original_subobj" / "P1376")
+    (data / "vocab").symlink_to(shared_data / "lama" / "vocab")
+    (data / "relations.jsonl").symlink_to(shared_data / "lama" / "relations.jsonl")
+    summary = lama.main(["--model", str(tiny_bert), "--data-dir", str(data), "--candidates", "full",
+                         "--output", str(tmp_path / "out"), "--max-test", "20", "--max-train", "8", "--epochs", "1",
+                         "--method", "mixture"])
+    assert set(summary["skipped_relations"]) == {"P19"}
+    assert "not_single_token': 5" in summary["skipped_relations"]["P19"]
+    assert summary["dropped_facts"]["test"]["not_single_token"] >= 5
+    assert "Skipped relations (not in the averages): {\"P19\"" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(SystemExit, match="every relation was skipped"):
+        lama.main(["--model", str(tiny_bert), "--data-dir", str(data), "--candidates", "full", "--relations", "P19",
+                   "--output", str(tmp_path / "out2")])
