@@ -24,7 +24,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 #: forward keyword arguments the hooks consume before the model sees them
-SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids")
+SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids", "num_choices", "choice_labels")
 
 
 @dataclass
@@ -34,6 +34,8 @@ class ScoreRequest:
     positions: torch.Tensor
     targets: torch.Tensor | None
     candidate_ids: torch.Tensor | None
+    num_choices: int | None = None
+    choice_labels: torch.Tensor | None = None
 
 
 class PromptSource(Protocol):
@@ -218,13 +220,16 @@ class PromptHooks:
         targets = kwargs.pop("score_targets", None)
         candidates = kwargs.pop("candidate_ids", None)
         prompt_ids = kwargs.pop("prompt_ids", None)
+        num_choices = kwargs.pop("num_choices", None)
+        choice_labels = kwargs.pop("choice_labels", None)
         if prompt_ids is not None:
             kwargs["inputs_embeds"] = self._embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
         if positions is not None:
             if positions.dim() == 1:
                 positions = positions.unsqueeze(-1)
                 targets = targets.unsqueeze(-1) if targets is not None and targets.dim() == 1 else targets
-            self.request = ScoreRequest(positions, targets, candidates)
+            choices = None if num_choices is None else int(num_choices)
+            self.request = ScoreRequest(positions, targets, candidates, choices, choice_labels)
         return args, kwargs
 
     def _embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:

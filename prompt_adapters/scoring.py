@@ -38,3 +38,43 @@ def candidate_positions(candidate_ids: torch.Tensor | None, gold_ids: torch.Tens
             "ids; filter such facts first (see prompt_adapters.data.lama filtering)"
         )
     return torch.where(known, matches.float().argmax(-1), gold_ids)
+
+
+@torch.no_grad()
+def fill_most_confident_first(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    positions: list[int],
+    targets: list[int] | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[list[int], float]:
+    """Fill the masks at ``positions`` of one masked-LM row one at a time, most confident first (PET's decoding).
+
+    With ``targets`` (COPA scoring) the confidence is the probability of each position's gold token and that token
+    is filled in; without (WSC decoding) it is the best token's probability and the argmax is filled in. Returns
+    the filled tokens in position order and the summed log-probability of the choices made. Soft prompts work as
+    usual: the row may hold pseudo ids.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"expected one row of shape (1, N), got {tuple(input_ids.shape)}")
+    if targets is not None and len(targets) != len(positions):
+        raise ValueError(f"{len(targets)} targets for {len(positions)} positions")
+    ids = input_ids.clone()
+    remaining = list(range(len(positions)))
+    filled = [0] * len(positions)
+    total = 0.0
+    while remaining:
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits[0]
+        log_probs = torch.log_softmax(logits[[positions[i] for i in remaining]].float(), dim=-1)
+        if targets is not None:
+            scores = log_probs[torch.arange(len(remaining)), [targets[i] for i in remaining]]
+            tokens = [targets[i] for i in remaining]
+        else:
+            scores, best = log_probs.max(-1)
+            tokens = best.tolist()
+        pick = int(scores.argmax())
+        slot = remaining.pop(pick)
+        filled[slot] = int(tokens[pick])
+        total += float(scores[pick])
+        ids[0, positions[slot]] = filled[slot]
+    return filled, total

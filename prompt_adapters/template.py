@@ -259,6 +259,7 @@ def compile_templates(
 # ----------------------------------------------------------------------------------------------- rendering
 
 LMKind = Literal["masked", "causal", "seq2seq"]
+IGNORE_ID = -100
 
 
 @dataclass(frozen=True)
@@ -295,15 +296,17 @@ def render(
     tokenizer: PreTrainedTokenizerBase,
     layout: Layout,
     soft_offset: int = 0,
-    answer_id: int = -100,
+    answer_ids: Sequence[int] = (IGNORE_ID,),
     max_length: int | None = None,
     score_fields: bool = False,
 ) -> Row:
     """Fill ``template`` with field ``values`` and lay it out for ``layout``.
 
-    Soft rows become pseudo ids ``vocab_size + soft_offset + j``. Fields are truncated (longest first, from the end)
-    to fit ``max_length``; prompt tokens and the answer slot are never cut. With ``score_fields`` the row scores the
-    input field tokens instead of the answer (the query likelihood q_t(x) of the data-dependent mixture).
+    Soft rows become pseudo ids ``vocab_size + soft_offset + j``. The answer slot holds ``len(answer_ids)`` tokens
+    (IGNORE_ID where unknown): one mask per token for masked LMs, teacher-forced answer tokens for causal and seq2seq
+    decoders. Fields are truncated (longest first, from the end) to fit ``max_length``; prompt tokens and the answer
+    slot are never cut. With ``score_fields`` the row scores the input field tokens instead of the answer (the query
+    likelihood q_t(x) of the data-dependent mixture).
     """
     missing = [name for name in template.fields if name not in values]
     if missing:
@@ -311,22 +314,27 @@ def render(
             f"example has no value for field(s) {missing} of template {template.source!r}; "
             f"it has {sorted(values)}"
         )
+    answer = list(answer_ids)
+    width = len(answer)
+    if width < 1:
+        raise ValueError("the answer slot needs at least one token")
+    if width > 1 and layout.lm_kind != "masked" and answer[0] == IGNORE_ID:
+        raise ValueError(f"a {layout.lm_kind} LM scores a multi-token answer by teacher forcing: give its tokens")
     field_ids = {
         piece.name: encode_fragment(tokenizer, str(values[piece.name]), piece.space_before)
         for piece in template.pieces
         if piece.kind == "field"
     }
-    fixed = sum(len(p.ids) for p in template.pieces if p.kind in ("hard", "soft")) + 1
+    fixed = sum(len(p.ids) for p in template.pieces if p.kind in ("hard", "soft")) + width
     truncated = _truncate(field_ids, fixed + len(layout.prefix) + len(layout.suffix), max_length, template)
 
     body: list[int] = []
     answer_at = -1
     field_at: list[tuple[int, int]] = []
     soft_row = layout.vocab_size + soft_offset
+    slots = width if layout.lm_kind == "masked" else 1
     for piece in template.pieces:
-        if piece.kind == "hard":
-            body.extend(piece.ids)
-        elif piece.kind == "soft":
+        if piece.kind == "soft":
             body.extend(range(soft_row, soft_row + len(piece.ids)))
             soft_row += len(piece.ids)
         elif piece.kind == "field":
@@ -335,19 +343,20 @@ def render(
             body.extend(ids)
         elif piece.kind == "answer":
             answer_at = len(layout.prefix) + len(body)
-            body.append(layout.slot_id if layout.slot_id is not None else answer_id)
+            body.extend([layout.slot_id if layout.slot_id is not None else answer[0]] * slots)
         else:
             body.extend(piece.ids)
     sequence = [*layout.prefix, *body, *layout.suffix]
+    span = list(range(width))
+    forced = [token if token != IGNORE_ID else answer[0] for token in answer[:-1]]  # padding: input is irrelevant
 
     if layout.lm_kind == "causal":
         if answer_at == 0:
             raise TemplateError(f"template {template.source!r} starts with [Y]; a causal LM needs a token before it")
-        positions, targets = [answer_at - 1], [answer_id]
         if score_fields:
-            positions = [p - 1 for p, _ in field_at if p > 0]
-            targets = [t for p, t in field_at if p > 0]
-        return Row(sequence[:answer_at], positions, targets, truncated=truncated)
+            kept = [(p, t) for p, t in field_at if p > 0]
+            return Row(sequence[:answer_at], [p - 1 for p, _ in kept], [t for _, t in kept], truncated=truncated)
+        return Row([*sequence[:answer_at], *forced], [answer_at - 1 + j for j in span], answer, truncated=truncated)
 
     if score_fields:
         if layout.lm_kind != "masked":
@@ -357,11 +366,13 @@ def render(
         return Row(sequence, [p for p, _ in field_at], [t for _, t in field_at], truncated=truncated)
 
     if layout.lm_kind == "masked":
-        return Row(sequence, [answer_at], [answer_id], truncated=truncated)
+        return Row(sequence, [answer_at + j for j in span], answer, truncated=truncated)
     start = int(layout.decoder_start_id)  # type: ignore[arg-type]
     if layout.seq2seq_copies_input:
-        return Row(sequence, [answer_at], [answer_id], [start, *sequence[:answer_at]], truncated)
-    return Row(sequence, [1], [answer_id], [start, int(layout.slot_id)], truncated)  # type: ignore[arg-type]
+        decoder = [start, *sequence[:answer_at], *forced]
+        return Row(sequence, [answer_at + j for j in span], answer, decoder, truncated)
+    decoder = [start, int(layout.slot_id), *forced]  # type: ignore[arg-type]
+    return Row(sequence, [1 + j for j in span], answer, decoder, truncated)
 
 
 def _truncate(

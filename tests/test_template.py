@@ -94,7 +94,7 @@ def test_render_masked_places_pseudo_ids_and_mask() -> None:
     tok = build_tokenizer("bert")
     compiled = compile_template("[X] was born in [Y] .", tok)
     layout = _masked_layout(tok)
-    row = render(compiled, {"X": "Dante"}, tok, layout, soft_offset=2, answer_id=7)
+    row = render(compiled, {"X": "Dante"}, tok, layout, soft_offset=2, answer_ids=[7])
     vocab = len(tok)
     assert row.input_ids[0] == tok.cls_token_id and row.input_ids[-1] == tok.sep_token_id
     assert row.input_ids[row.score_positions[0]] == tok.mask_token_id
@@ -120,7 +120,7 @@ def test_causal_render_scores_from_previous_position() -> None:
     tok = build_tokenizer("gpt2")
     compiled = compile_template("[X] was born in [Y] . [P*2]", tok, words="hard")
     layout = Layout("causal", len(tok), (), (), None)
-    row = render(compiled, {"X": "Dante"}, tok, layout, answer_id=5)
+    row = render(compiled, {"X": "Dante"}, tok, layout, answer_ids=[5])
     assert row.score_positions == [len(row.input_ids) - 1]
     assert tok.convert_ids_to_tokens([row.input_ids[-1]]) == ["Ġin"]
     with pytest.raises(TemplateError, match="starts with"):

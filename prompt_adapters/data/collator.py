@@ -24,6 +24,7 @@ from prompt_adapters.template import (
     Layout,
     Row,
     answer_token_id,
+    encode_fragment,
     render,
     special_affixes,
 )
@@ -68,6 +69,12 @@ class PromptCollator:
     Rows are example-major: row ``b * K + t`` is example b under template t. With data-dependent mixture weights
     a second block of B * K rows scores the input fields. ``truncated_tokens`` counts input tokens cut to fit
     ``max_length`` so nothing is dropped silently.
+
+    With ``answers="many"`` answers are token sequences: the answer slot holds ``answer_length`` tokens (default: the
+    longest answer of the example), the model returns sequence log-probabilities, and an example with ``choices``
+    (a list of answer texts) and ``label`` (the index of the right one) becomes C rows per template, scored as a
+    multiple choice: row ``(b * C + c) * K + t``. Targets shorter than the slot are padded with IGNORE (``pad_answer=
+    "ignore"``, PET's COPA) or with the pad token (``"pad"``, PET's WSC).
     """
 
     def __init__(
@@ -77,7 +84,13 @@ class PromptCollator:
         adapter_name: str | None = None,
         candidate_ids: Sequence[int] | torch.Tensor | None = None,
         max_length: int | None = None,
+        answers: str = "one",
+        pad_answer: str = "ignore",
     ) -> None:
+        if answers not in ("one", "many"):
+            raise ValueError(f"answers must be 'one' (single tokens) or 'many' (token sequences), got {answers!r}")
+        if pad_answer not in ("ignore", "pad"):
+            raise ValueError(f"pad_answer must be 'ignore' or 'pad', got {pad_answer!r}")
         tuner = _tuner(model)
         name = adapter_name or tuner.active_adapter
         if name not in tuner.peft_config:
@@ -96,6 +109,8 @@ class PromptCollator:
         self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
         self.max_length = max_length or config.max_length
         self.fields = self.templates[0].fields
+        self.answers = answers
+        self.pad_answer = pad_answer
         self.truncated_tokens = 0
 
     # ------------------------------------------------------------------------------------------ examples
@@ -131,11 +146,56 @@ class PromptCollator:
             raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(ids)}")
         return ids.pop()
 
+    def answer_tokens(self, answer: str) -> list[int]:
+        """Token ids of a (possibly multi-token) answer as read at the answer slot of every template."""
+        forms = set()
+        for template in self.templates:
+            piece = next(p for p in template.pieces if p.kind == "answer")
+            forms.add(tuple(encode_fragment(self.tokenizer, answer, piece.space_before)))
+        if len(forms) != 1:
+            raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(forms)}")
+        ids = list(forms.pop())
+        if not ids:
+            raise ValueError(f"answer {answer!r} tokenises to nothing")
+        return ids
+
+    def choices(self, example: Any) -> tuple[list[str | None], int | None]:
+        """The candidate answers of an example and the index of the right one (None when unknown)."""
+        if isinstance(example, Mapping) and "choices" in example:
+            choices = list(example["choices"])
+            label = example.get("label")
+            if label is not None and not 0 <= int(label) < len(choices):
+                raise ValueError(f"label {label} is not an index into choices {choices}")
+            return choices, None if label is None else int(label)
+        return [self.split_example(example)[1]], 0
+
+    def targets(self, example: Any) -> tuple[list[list[int]], int | None]:
+        """One target sequence per choice, all as long as the answer slot."""
+        choices, label = self.choices(example)
+        tokens = [None if c is None else self.answer_tokens(str(c)) for c in choices]
+        known = [t for t in tokens if t is not None]
+        requested = example.get("answer_length") if isinstance(example, Mapping) else None
+        width = requested or max(map(len, known or [[0]]))
+        filler = IGNORE if self.pad_answer == "ignore" else int(self.tokenizer.pad_token_id)
+        sequences = []
+        for choice, ids in zip(choices, tokens, strict=True):
+            if ids is None:
+                sequences.append([IGNORE] * width)
+                continue
+            if len(ids) > width:
+                raise ValueError(f"answer {choice!r} has {len(ids)} tokens but the answer slot holds {width}")
+            sequences.append(ids + [filler] * (width - len(ids)))
+        return sequences, label
+
     def rows(self, example: Any) -> list[Row]:
         values, answer = self.split_example(example)
-        gold = self.answer_id(answer)
+        if self.answers == "one":
+            per_choice = [[self.answer_id(answer)]]
+        else:
+            per_choice, _ = self.targets(example)
         return [
-            render(template, values, self.tokenizer, self.layout, offset, gold, self.max_length)
+            render(template, values, self.tokenizer, self.layout, offset, targets, self.max_length)
+            for targets in per_choice
             for template, offset in zip(self.templates, self.offsets, strict=True)
         ]
 
@@ -151,12 +211,21 @@ class PromptCollator:
             if self.data_dependent:
                 values, _ = self.split_example(example)
                 query_rows.extend(
-                    render(t, values, self.tokenizer, self.layout, o, IGNORE, self.max_length, score_fields=True)
+                    render(t, values, self.tokenizer, self.layout, o, [IGNORE], self.max_length, score_fields=True)
                     for t, o in zip(self.templates, self.offsets, strict=True)
                 )
         rows.extend(query_rows)
         self.truncated_tokens += sum(row.truncated for row in rows[: len(rows) - len(query_rows)])
-        return self.pad(rows)
+        batch = self.pad(rows)
+        if self.answers == "many":
+            picked = [self.choices(example) for example in examples]
+            counts = {len(choices) for choices, _ in picked}
+            if len(counts) != 1:
+                raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
+            batch["num_choices"] = torch.tensor(counts.pop())
+            if batch["num_choices"] > 1:
+                batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+        return batch
 
     def pad(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
         pad_id = int(self.tokenizer.pad_token_id)

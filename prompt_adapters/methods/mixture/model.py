@@ -46,27 +46,43 @@ class MixturePromptLayer(PromptLayer):
         return torch.log_softmax(logits, dim=0)
 
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
-        """Mixture answer distribution, per-template gold log-probs and the marginal likelihood loss."""
+        """Mixture over templates of the answer distribution (single-token answers) or of answer-sequence
+        log-probabilities (``num_choices`` set: multi-token answers, multiple choice), with its loss."""
         num_templates = self.num_templates(name)
         logits = output["logits"]
-        rows = logits.shape[0]
+        choices = request.num_choices or 1
         data_dependent = self.settings[name]["data_dependent"]
-        answer_rows = rows // 2 if data_dependent else rows
-        if answer_rows % num_templates:
+        query_rows = logits.shape[0] // (choices + 1) if data_dependent else 0
+        answer_rows = logits.shape[0] - query_rows
+        if answer_rows % (num_templates * choices):
             raise ValueError(
-                f"batch has {answer_rows} answer rows, not a multiple of the adapter's {num_templates} templates; "
-                "build batches with prompt_adapters.PromptCollator"
+                f"batch has {answer_rows} answer rows, not a multiple of {choices} choice(s) x the adapter's "
+                f"{num_templates} templates; build batches with prompt_adapters.PromptCollator"
             )
-        batch = answer_rows // num_templates
-        per_template = slot_log_probs(logits[:answer_rows, 0], request.candidate_ids)
-        per_template = per_template.view(batch, num_templates, -1)
-        log_weights = self.log_weights(name).to(per_template.device).expand(batch, -1)
+        batch = answer_rows // (num_templates * choices)
+        log_weights = self.log_weights(name).to(logits.device).expand(batch, -1)
         if data_dependent:
             query = target_log_probs(logits[answer_rows:], request.targets[answer_rows:]).sum(-1)
             log_weights = torch.log_softmax(log_weights + query.view(batch, num_templates), dim=1)
+        if request.num_choices is None:
+            fields = self._single_token(request, logits[:answer_rows, 0], log_weights, batch, num_templates)
+        else:
+            fields = self._sequences(request, logits[:answer_rows], log_weights, batch, choices, num_templates)
+        result = type(output)(loss=fields.pop("loss", None), **{k: v for k, v in output.items() if k != "loss"})
+        for key, value in fields.items():
+            result[key] = value
+        result["mixture_log_weights"] = log_weights
+        return result
+
+    @staticmethod
+    def _single_token(
+        request: ScoreRequest, logits: torch.Tensor, log_weights: torch.Tensor, batch: int, num_templates: int
+    ) -> dict[str, torch.Tensor]:
+        per_template = slot_log_probs(logits, request.candidate_ids).view(batch, num_templates, -1)
         mixture = torch.logsumexp(log_weights.unsqueeze(-1) + per_template, dim=1)
-        fields: dict[str, torch.Tensor] = {}
+        fields = {"answer_log_probs": mixture}
         if request.targets is not None:
+            answer_rows = batch * num_templates
             gold = candidate_positions(request.candidate_ids, request.targets[:answer_rows:num_templates, 0])
             known = gold != IGNORE
             if known.any():
@@ -75,12 +91,35 @@ class MixturePromptLayer(PromptLayer):
                 fields["template_log_probs"] = per_template.gather(
                     2, index.view(batch, 1, 1).expand(-1, num_templates, 1)
                 ).squeeze(-1)
-        result = type(output)(loss=fields.pop("loss", None), **{k: v for k, v in output.items() if k != "loss"})
-        for key, value in fields.items():
-            result[key] = value
-        result["answer_log_probs"] = mixture
-        result["mixture_log_weights"] = log_weights
-        return result
+        return fields
+
+    @staticmethod
+    def _sequences(
+        request: ScoreRequest,
+        logits: torch.Tensor,
+        log_weights: torch.Tensor,
+        batch: int,
+        choices: int,
+        num_templates: int,
+    ) -> dict[str, torch.Tensor]:
+        if request.targets is None:
+            raise ValueError("sequence scoring needs score_targets (the answer tokens of every choice)")
+        targets = request.targets[: logits.shape[0]]
+        sequence = target_log_probs(logits, targets).sum(-1).view(batch, choices, num_templates)
+        mixture = torch.logsumexp(log_weights.unsqueeze(1) + sequence, dim=2)
+        fields = {"sequence_log_probs": mixture, "template_log_probs": sequence[:, 0] if choices == 1 else sequence}
+        if choices == 1:
+            known = (targets.view(batch, num_templates, -1)[:, 0] != IGNORE).any(-1)
+            if known.any():
+                fields["loss"] = -mixture[known, 0].mean()
+            return fields
+        choice_log_probs = torch.log_softmax(mixture, dim=1)
+        fields["choice_log_probs"] = choice_log_probs
+        labels = request.choice_labels
+        if labels is not None and (labels != IGNORE).any():
+            known = labels != IGNORE
+            fields["loss"] = -choice_log_probs[known].gather(1, labels[known].unsqueeze(1).to(mixture.device)).mean()
+        return fields
 
 
 class MixturePromptModel(PromptTuner):
