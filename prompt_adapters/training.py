@@ -8,6 +8,7 @@ order comes from a generator seeded by (seed, epoch), so a resumed run continues
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -33,6 +34,10 @@ class TrainSettings:
 
     ``dropout`` puts the frozen LM in train mode while training (P-tuning does; Qin & Eisner keep eval mode);
     ``improve_on_tie`` counts an equal dev score as an improvement (P-tuning keeps the later checkpoint on ties).
+    Base-model parameters left trainable (joint fine-tuning, P-tuning's SuperGLUE setting) get their own group with
+    ``base_learning_rate`` and ``base_weight_decay`` (AdamW on biases and norms excluded, as in the reference).
+    ``schedule`` is ``exponential`` (``lr_decay`` per epoch) or ``linear`` (warm-up over ``warmup_ratio`` of the
+    steps, then linear decay to 0).
     """
 
     epochs: int = 16
@@ -48,10 +53,16 @@ class TrainSettings:
     max_grad_norm: float | None = None
     dropout: bool = False
     improve_on_tie: bool = False
+    base_learning_rate: float | None = None
+    base_weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    schedule: str = "exponential"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("exponential", "linear"):
+            raise ValueError(f"schedule must be 'exponential' or 'linear', got {self.schedule!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -71,9 +82,37 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _make_optimizer(params: list[torch.Tensor], settings: TrainSettings) -> torch.optim.Optimizer:
+def _make_optimizer(params: dict[str, torch.Tensor], settings: TrainSettings) -> torch.optim.Optimizer:
+    """One group for the adapter; base-model parameters (if any are trainable) in groups of their own."""
     cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    adapter = [p for n, p in params.items() if "_state." in n or "modules_to_save" in n]
+    base = {n: p for n, p in params.items() if not ("_state." in n or "modules_to_save" in n)}
+    groups: list[dict[str, Any]] = [{"params": adapter, "lr": settings.learning_rate}]
+    if base:
+        lr = settings.base_learning_rate if settings.base_learning_rate is not None else settings.learning_rate
+        decayed = [p for n, p in base.items() if p.dim() > 1 and "norm" not in n.lower()]
+        plain = [p for n, p in base.items() if not (p.dim() > 1 and "norm" not in n.lower())]
+        groups += [
+            {"params": decayed, "lr": lr, "weight_decay": settings.base_weight_decay},
+            {"params": plain, "lr": lr, "weight_decay": 0.0},
+        ]
+    return cls(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if settings.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
+    total = max(1, settings.epochs * steps_per_epoch)
+    warmup = int(settings.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.no_grad()
@@ -177,6 +216,7 @@ def fit(
     progress: bool = True,
     description: str = "train",
     accelerator: Accelerator | None = None,
+    dev_metric: Callable[[], float] | None = None,
 ) -> FitResult:
     """Train the active adapter; keep (and finally load) the parameters with the best dev P@1.
 
@@ -185,21 +225,30 @@ def fit(
 
     With an ``accelerator`` of several processes the run is data-parallel: every global batch is split over the
     processes and the gradients summed, so the update equals the single-process one (up to float summation order)
-    whatever the number of processes.
+    whatever the number of processes. ``dev_metric`` replaces dev P@1 as the selection score (e.g. accuracy of a
+    multiple-choice task); it is called with the model in eval mode.
     """
     if len(train) == 0:
         raise ValueError("no training examples")
     params = trainable_parameters(model)
-    optimizer = _make_optimizer(list(params.values()), settings)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_decay)
+    optimizer = _make_optimizer(params, settings)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    scheduler = _make_scheduler(optimizer, settings, steps_per_epoch)
+
+    def dev_score() -> float:
+        model.eval()
+        if dev_metric is not None:
+            return dev_metric()
+        return precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+
     loop: dict[str, Any] = {"epoch": 0, "best_dev": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_params: dict[str, torch.Tensor] = {}
     if checkpoint_dir is not None and (Path(checkpoint_dir) / "meta.json").exists():
         loop = load_checkpoint(Path(checkpoint_dir), model, optimizer)
         best_params = loop.pop("best_params")
-        scheduler.last_epoch = loop["epoch"]
+        scheduler.last_epoch = loop["epoch"] if settings.schedule == "exponential" else loop["epoch"] * steps_per_epoch
     if loop["epoch"] == 0 and loop["best_dev"] < 0:
-        loop["best_dev"] = precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+        loop["best_dev"] = dev_score()
         loop["best_epoch"] = 0
         best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
     responsibilities = None
@@ -228,9 +277,12 @@ def fit(
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
+            if settings.schedule == "linear":
+                scheduler.step()
             total += float(loss) * len(index)
-        scheduler.step()
-        dev_p1 = precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+        if settings.schedule == "exponential":
+            scheduler.step()
+        dev_p1 = dev_score()
         loop["epoch"] = epoch + 1
         loop["history"].append({"epoch": epoch + 1, "train_loss": total / len(train), "dev_p1": dev_p1})
         if dev_p1 > loop["best_dev"] or (settings.improve_on_tie and dev_p1 == loop["best_dev"]):

@@ -90,6 +90,8 @@ class Task:
     ``choices`` ("copa"), or the record's ``answer_source`` ("wsc"). ``metrics`` are the result keys of the task's
     metric (``prompt_adapters.metrics.superglue``). ``one_row_per_answer`` flattens MultiRC's passages into answer
     options; ``hub_columns`` maps a record path of ours to the Hub column holding it where the two differ.
+    ``merged_template`` is the single template a prompt adapter uses for a task with several (COPA), where the word
+    that differs is the field ``[connective]``, filled from ``switch_words`` by the record's ``template_key``.
     """
 
     name: str
@@ -110,6 +112,8 @@ class Task:
     answer_source: str | None = None
     one_row_per_answer: bool = False
     hub_columns: Mapping[str, str] = field(default_factory=dict)
+    switch_words: Mapping[str, str] = field(default_factory=dict)
+    merged_template: str | None = None
 
     def __post_init__(self) -> None:
         if (self.answer == "verbalizer") != (self.verbalizer is not None):
@@ -128,6 +132,16 @@ class Task:
                 raise ValueError(
                     f"task {self.name!r}: {option} names {unknown}, not fields of its template {sorted(known)}"
                 )
+
+    @property
+    def adapter_template(self) -> str:
+        """One template for a prompt adapter: where records pick one of several templates (COPA's "because" /
+        "so"), the word that differs becomes the hard field ``[connective]``, so every record shares the soft rows."""
+        if isinstance(self.template, str):
+            return self.template
+        if self.merged_template is None or not self.switch_words:
+            raise ValueError(f"task {self.name!r} has several templates but no merged_template / switch_words")
+        return self.merged_template
 
     @property
     def templates(self) -> tuple[str, ...]:
@@ -173,6 +187,8 @@ TASKS: dict[str, Task] = {
     "COPA": Task(
         name="COPA",
         template={"cause": _COPA.format(connective="because"), "effect": _COPA.format(connective="so")},
+        switch_words={"cause": "because", "effect": "so"},
+        merged_template=_COPA.format(connective="[connective]"),
         template_key="question",
         answer="copa",
         labels={0: 0, 1: 1},
@@ -428,6 +444,8 @@ def example_fields(task: str | Task, record: Mapping[str, Any]) -> dict[str, str
         values[name] = values[name].rstrip(string.punctuation)
     for name in spec.lowercase_first:
         values[name] = values[name][:1].lower() + values[name][1:]
+    if spec.switch_words:
+        values["connective"] = spec.switch_words[str(_lookup(record, spec.template_key or ""))]
     return {name: value.strip() for name, value in values.items()}
 
 
