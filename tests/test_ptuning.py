@@ -109,3 +109,16 @@ def test_export_static_table_gives_identical_outputs(tmp_path: Path) -> None:
     static = PeftModel.from_pretrained(build_tiny_model("gpt2")[0], tmp_path)
     assert static.peft_config["default"].peft_type == "MIXTURE_PROMPT"
     torch.testing.assert_close(static(**PromptCollator(tok, static)(FACTS)).answer_log_probs, expected)
+
+
+def test_inference_caches_the_encoder_output_until_parameters_change() -> None:
+    model, tok = build_tiny_model("bert")
+    peft_model = get_peft_model(model, PTuningEncoderConfig(tokenizer=tok))
+    state = peft_model.base_model.state
+    with torch.no_grad():
+        first = state.prompt_table("default")
+        assert state.prompt_table("default") is first
+        next(state.encoder["default"].parameters()).add_(1.0)
+        second = state.prompt_table("default")
+    assert second is not first and not torch.equal(second, first)
+    assert state.prompt_table("default").requires_grad

@@ -62,6 +62,7 @@ class PTuningEncoderLayer(MixturePromptLayer):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.ModuleDict()
+        self._cache: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         size = int(model.get_input_embeddings().weight.shape[1])
@@ -76,9 +77,24 @@ class PTuningEncoderLayer(MixturePromptLayer):
         }
 
     def prompt_table(self, name: str) -> torch.Tensor:
+        """The encoder output; without autograd it is cached until an encoder parameter changes (inference only
+        needs the output embeddings, so evaluation does not re-run the LSTM on every forward)."""
+        if torch.is_grad_enabled():
+            return self._encode(name)
+        versions = tuple(param._version for param in self.encoder[name].parameters())
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != versions:
+            cached = self._cache[name] = (versions, self._encode(name))
+        return cached[1]
+
+    def _encode(self, name: str) -> torch.Tensor:
         parts = [enc() for enc, template in zip(self.encoder[name], self.templates[name], strict=True)
                  if template.num_soft]
         return torch.cat(parts, dim=0)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._cache.pop(adapter_name, None)
 
 
 class PTuningEncoderModel(MixturePromptModel):
