@@ -99,6 +99,10 @@ class PromptHooks:
                 "ModuleList; deep perturbation cannot locate its layers"
             )
 
+    def __deepcopy__(self, memo: dict) -> PromptHooks:
+        """Modules copied with their hooks (peft's modules_to_save copies) keep feeding this adapter state."""
+        return self
+
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def attach(self) -> None:

@@ -122,3 +122,22 @@ def test_inference_caches_the_encoder_output_until_parameters_change() -> None:
         second = state.prompt_table("default")
     assert second is not first and not torch.equal(second, first)
     assert state.prompt_table("default").requires_grad
+
+
+def test_joint_fine_tuning_with_modules_to_save(tmp_path: Path) -> None:
+    """The base model trains with the prompt (P-tuning's SuperGLUE setting); hooks follow peft's module copies."""
+    model, tok = build_tiny_model("bert")
+    peft_model = get_peft_model(model, PTuningEncoderConfig(tokenizer=tok, modules_to_save=["bert"]))
+    collate = PromptCollator(tok, peft_model)
+    batch = collate(FACTS)
+    optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+    tuned = peft_model(**batch).answer_log_probs
+    with peft_model.disable_adapter():
+        assert not torch.allclose(peft_model(**batch).answer_log_probs, tuned)
+    peft_model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(build_tiny_model("bert")[0], tmp_path)
+    assert torch.equal(again(**batch).answer_log_probs, tuned)
