@@ -11,6 +11,7 @@ register_methods()
 from prompt_adapters.data.collator import PromptCollator  # noqa: E402
 from prompt_adapters.methods.deep import DeepPerturbConfig  # noqa: E402
 from prompt_adapters.methods.mixture import MixturePromptConfig  # noqa: E402
+from prompt_adapters.methods.promptgen import PromptGenCollator, PromptGenConfig  # noqa: E402
 from prompt_adapters.methods.ptuning import PTuningEncoderConfig  # noqa: E402
 from prompt_adapters.template import TemplateError, compile_template, parse_template  # noqa: E402
 
@@ -19,6 +20,8 @@ __all__ = [
     "MixturePromptConfig",
     "PTuningEncoderConfig",
     "PromptCollator",
+    "PromptGenCollator",
+    "PromptGenConfig",
     "TemplateError",
     "compile_template",
     "parse_template",

@@ -49,6 +49,15 @@ class PromptSource(Protocol):
 
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any: ...
 
+    #: extra forward kwargs the method consumes (e.g. PromptGen's generator inputs)
+    forward_keys: tuple[str, ...]
+
+    def prepare(
+        self, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any], request: ScoreRequest | None
+    ) -> tuple[dict[str, Any], ScoreRequest | None]: ...
+
+    def end_forward(self) -> None: ...
+
 
 def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
     """Every embedding module whose weight is the model's input-embedding weight."""
@@ -165,12 +174,20 @@ class PromptHooks:
         if table is None:
             return embeds
         selected = rows[pseudo]
-        if selected.numel() and int(selected.max()) >= table.shape[0]:
+        available = table.shape[-2]
+        if selected.numel() and int(selected.max()) >= available:
             raise IndexError(
                 f"input has pseudo id {self.vocab_size + int(selected.max())} but the active adapter has only "
-                f"{table.shape[0]} soft rows (ids {self.vocab_size}..{self.vocab_size + table.shape[0] - 1}); "
+                f"{available} soft rows (ids {self.vocab_size}..{self.vocab_size + available - 1}); "
                 "were these inputs built for another adapter?"
             )
+        if table.dim() == 3:  # one table per input row (input-dependent prompts, e.g. PromptGen)
+            if table.shape[0] != embeds.shape[0]:
+                raise ValueError(
+                    f"per-row prompt tables for {table.shape[0]} rows, but the input has {embeds.shape[0]}"
+                )
+            owner = torch.arange(embeds.shape[0], device=embeds.device).unsqueeze(1).expand_as(pseudo)
+            return embeds.index_put((pseudo,), table[owner[pseudo], selected].to(embeds.dtype))
         return embeds.index_put((pseudo,), table[selected].to(embeds.dtype))
 
     # ------------------------------------------------------------------------------------------ deep deltas
@@ -217,9 +234,11 @@ class PromptHooks:
         return (hidden.gather(1, index), *args[1:])
 
     def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if not any(key in kwargs for key in SCORING_KEYS):
+        method_keys = self.source.forward_keys
+        if not any(key in kwargs for key in (*SCORING_KEYS, *method_keys)):
             return args, kwargs
         kwargs = dict(kwargs)
+        extra = {key: kwargs.pop(key) for key in method_keys if key in kwargs}
         positions = kwargs.pop("score_positions", None)
         targets = kwargs.pop("score_targets", None)
         candidates = kwargs.pop("candidate_ids", None)
@@ -234,6 +253,8 @@ class PromptHooks:
                 targets = targets.unsqueeze(-1) if targets is not None and targets.dim() == 1 else targets
             choices = None if num_choices is None else int(num_choices)
             self.request = ScoreRequest(positions, targets, candidates, choices, choice_labels)
+        if extra:
+            kwargs, self.request = self.source.prepare(extra, kwargs, self.request)
         return args, kwargs
 
     def _embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -253,6 +274,7 @@ class PromptHooks:
         request, self.request = self.request, None
         self.positions = None
         self._pending.clear()
+        self.source.end_forward()
         if request is None or output is None:
             return output
         return self.source.finish_scoring(request, output)

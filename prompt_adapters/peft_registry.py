@@ -26,12 +26,14 @@ SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
 MIXTURE_PROMPT = "MIXTURE_PROMPT"
 DEEP_PERTURB = "DEEP_PERTURB"
 PTUNING_ENCODER = "PTUNING_ENCODER"
+PROMPT_GEN = "PROMPT_GEN"
 
 #: (peft type, module, config class, tuner class); the tuner's ``prefix`` is the state-dict prefix
 METHODS: tuple[tuple[str, str, str, str], ...] = (
     (MIXTURE_PROMPT, "prompt_adapters.methods.mixture", "MixturePromptConfig", "MixturePromptModel"),
     (DEEP_PERTURB, "prompt_adapters.methods.deep", "DeepPerturbConfig", "DeepPerturbModel"),
     (PTUNING_ENCODER, "prompt_adapters.methods.ptuning", "PTuningEncoderConfig", "PTuningEncoderModel"),
+    (PROMPT_GEN, "prompt_adapters.methods.promptgen", "PromptGenConfig", "PromptGenModel"),
 )
 
 

@@ -202,6 +202,18 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
         return self.combine(self.active_name, request, output)
 
+    #: extra forward kwargs the method consumes; ``prepare`` receives them before the model runs
+    forward_keys: tuple[str, ...] = ()
+
+    def prepare(
+        self, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any], request: ScoreRequest | None
+    ) -> tuple[dict[str, Any], ScoreRequest | None]:
+        """Method hook before the model runs (may rewrite the inputs and the score request)."""
+        return kwargs, request
+
+    def end_forward(self) -> None:
+        """Method hook after every forward (drops per-batch state)."""
+
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
         """Turn gathered logits into the method's answer distribution and loss (see methods.mixture)."""
         raise NotImplementedError

@@ -1,0 +1,7 @@
+"""Zhang et al. (2022): PromptGen, input-conditioned soft prompts from a generator."""
+
+from prompt_adapters.methods.promptgen.config import PromptGenConfig
+from prompt_adapters.methods.promptgen.model import PromptGenCollator, PromptGenLayer, PromptGenModel
+from prompt_adapters.methods.promptgen.vocab import common_vocabulary
+
+__all__ = ["PromptGenCollator", "PromptGenConfig", "PromptGenLayer", "PromptGenModel", "common_vocabulary"]

@@ -1,0 +1,73 @@
+"""PromptGenConfig: Zhang et al. (2022), prompts generated per input by a seq2seq model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from prompt_adapters.methods.promptgen.vocab import common_vocabulary
+from prompt_adapters.peft_registry import PROMPT_GEN
+from prompt_adapters.template import CompiledTemplate
+from prompt_adapters.tuner import PromptConfig
+
+LEAK_FORMS = ("paper", "bounded")
+STOPPING = ("paper", "fixed")
+
+
+@dataclass
+class PromptGenConfig(PromptConfig):
+    """A fine-tuned encoder-decoder writes ``num_before`` soft tokens, the answer slot, then ``num_after`` soft
+    tokens for every input; the downstream model stays frozen.
+
+    Args:
+        generator_name_or_path: the generator (a BART-style model + tokenizer; the paper uses bart-large).
+        num_before, num_after: the maximal soft tokens before / after the answer slot (paper: m = 10, n = 5).
+        stopping: ``paper`` ends a segment when the generator's most likely next token is ``</s>`` (or at its
+            maximum); ``fixed`` always writes exactly ``num_before`` / ``num_after`` tokens.
+        leak_penalty: alpha in L = -log P(o | T(s)) + alpha * leak(T(None)), T(None) being the same generated prompt
+            with the subject replaced by ``none_subject``.
+        leak_form: ``paper``: leak = log P(o | T(None)) (unbounded below; the paper's form, the default for
+            reproduction); ``bounded``: leak = -log(1 - P(o | T(None))), which stops pushing once the leak is gone.
+        common_vocab: filled automatically: (downstream ids, generator ids) of the shared vocabulary, computed
+            from the two tokenizers when the templates are compiled and saved with the adapter.
+    """
+
+    generator_name_or_path: str | None = field(default=None)
+    num_before: int = field(default=10)
+    num_after: int = field(default=5)
+    stopping: str = field(default="paper")
+    leak_penalty: float = field(default=0.3)
+    leak_form: str = field(default="paper")
+    none_subject: str = field(default="None")
+    common_vocab: list[list[int]] | None = field(default=None, metadata={"help": "filled automatically"})
+    templates: list[str] = field(default_factory=list)
+    words: str = field(default="hard")
+
+    def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        self.peft_type = PROMPT_GEN
+        if not self.generator_name_or_path:
+            raise ValueError("PromptGenConfig needs generator_name_or_path (e.g. 'facebook/bart-large')")
+        if self.num_before < 0 or self.num_after < 0 or self.num_before + self.num_after == 0:
+            raise ValueError(
+                f"num_before={self.num_before} and num_after={self.num_after} must be >= 0 and not both 0"
+            )
+        if self.stopping not in STOPPING:
+            raise ValueError(f"stopping must be one of {STOPPING}, got {self.stopping!r}")
+        if self.leak_form not in LEAK_FORMS:
+            raise ValueError(f"leak_form must be one of {LEAK_FORMS}, got {self.leak_form!r}")
+        if self.leak_penalty < 0:
+            raise ValueError(f"leak_penalty must be >= 0, got {self.leak_penalty}")
+        if not self.templates:
+            after = f" [P*{self.num_after}]" if self.num_after else ""
+            before = f" [P*{self.num_before}]" if self.num_before else ""
+            self.templates = [f"[X]{before} [Y]{after}"]
+        super().__post_init__(tokenizer)
+
+    def compile(self, tokenizer: PreTrainedTokenizerBase) -> list[CompiledTemplate]:
+        """Compile the template and build the vocabulary the downstream and generator tokenizers share."""
+        compiled = super().compile(tokenizer)
+        generator = AutoTokenizer.from_pretrained(self.generator_name_or_path)
+        down_ids, gen_ids = common_vocabulary(tokenizer, generator)
+        self.common_vocab = [down_ids, gen_ids]
+        return compiled
