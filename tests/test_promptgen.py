@@ -1,0 +1,137 @@
+"""PromptGen: shared vocabulary, cached decoding, stopping, leak penalty, save/load, readable prompts, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from prompt_adapters import PromptGenCollator, PromptGenConfig
+from prompt_adapters.methods.promptgen import common_vocabulary
+from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
+
+EXAMPLES = [
+    {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
+    {"X": "Obama", "Y": "London", "template": "[X] died in [Y] ."},
+]
+
+
+@pytest.fixture(scope="module")
+def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("bart", tmp_path_factory.mktemp("generator") / "bart")
+
+
+def _model(bart_dir: Path, **kwargs):  # type: ignore[no-untyped-def]
+    model, tok = build_tiny_model("bert")
+    config = PromptGenConfig(generator_name_or_path=str(bart_dir), tokenizer=tok, num_before=4, num_after=2, **kwargs)
+    return get_peft_model(model, config), tok
+
+
+def test_common_vocabulary_pairs_word_forms() -> None:
+    bert, bart = build_tokenizer("bert"), build_tokenizer("bart")
+    down, gen = common_vocabulary(bert, bart)
+    pairs = dict(zip(bert.convert_ids_to_tokens(down), bart.convert_ids_to_tokens(gen), strict=True))
+    assert pairs["Paris"] == "ĠParis" and pairs["born"] == "Ġborn"
+    assert not any(token.startswith("##") or token in bert.all_special_tokens for token in pairs)
+    other = Tokenizer(models.WordLevel({"[UNK]": 0, "qqq": 1}, unk_token="[UNK]"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    disjoint = PreTrainedTokenizerFast(tokenizer_object=other, unk_token="[UNK]")
+    with pytest.raises(ValueError, match="share no word"):
+        common_vocabulary(disjoint, bart)
+
+
+def test_only_the_generator_trains_and_the_loss_has_the_leak_term(bart_dir: Path) -> None:
+    model, tok = _model(bart_dir, leak_penalty=0.3)
+    trainable = {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"generator"}
+    out = model(**PromptGenCollator(tok, model)(EXAMPLES))
+    gold = torch.tensor(tok.convert_tokens_to_ids(["Paris", "London"]))
+    main = -out.answer_log_probs.gather(1, gold[:, None]).mean()
+    leak = out.none_log_probs.gather(1, gold[:, None]).mean()
+    torch.testing.assert_close(out.loss, main + 0.3 * leak)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    bounded, _ = _model(bart_dir, leak_penalty=0.3, leak_form="bounded")
+    out = bounded(**PromptGenCollator(tok, bounded)(EXAMPLES))
+    leaked = out.none_log_probs.gather(1, gold[:, None]).exp()
+    main = -out.answer_log_probs.gather(1, gold[:, None]).mean()
+    torch.testing.assert_close(out.loss, main + 0.3 * (-torch.log1p(-leaked)).mean())
+
+
+def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full_rerun(bart_dir: Path) -> None:
+    model, tok = _model(bart_dir, stopping="fixed")
+    state = model.base_model.state
+    batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
+    with torch.no_grad():
+        steps, lengths = state.generate("default", batch["generator_input_ids"], batch["generator_attention_mask"])
+    assert lengths.tolist() == [[4, 2], [4, 2]]
+    generator = state.generator["default"]
+    decoder_embed = generator.get_decoder().embed_tokens
+    common = state.options["default"]["gen_ids"]
+    start, mask = decoder_embed(torch.tensor([generator.config.decoder_start_token_id,
+                                              state.options["default"]["mask_id"]]))
+    encoder = generator.get_encoder()(input_ids=batch["generator_input_ids"],
+                                      attention_mask=batch["generator_attention_mask"])
+    inputs = [start.expand(2, -1)]
+    expected = []
+    with torch.no_grad():
+        for slot in range(6):
+            out = generator(encoder_outputs=encoder, attention_mask=batch["generator_attention_mask"],
+                            decoder_inputs_embeds=torch.stack(inputs, 1), use_cache=False)
+            dist = torch.softmax(out.logits[:, -1].float().index_select(-1, common), -1)
+            expected.append(dist)
+            inputs.append(dist @ decoder_embed(common))
+            if slot == 3:  # the step after the 4th soft token is dropped; the decoder then reads the mask token
+                inputs.append(mask.expand(2, -1))
+    torch.testing.assert_close(steps, torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_paper_stopping_removes_unwritten_positions(bart_dir: Path) -> None:
+    model, tok = _model(bart_dir)
+    batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
+    state = model.base_model.state
+    seen = {}
+
+    def capture(module, args):  # type: ignore[no-untyped-def]
+        seen["ids"] = args[0]
+
+    handle = model.base_model.model.get_input_embeddings().register_forward_pre_hook(capture)
+    with torch.no_grad():
+        out = model(**batch)
+    handle.remove()
+    lengths = state.last_generation[1]
+    kept = (batch["input_ids"] >= len(tok)).sum(1)
+    assert kept.tolist() == [6, 6]
+    assert out.answer_log_probs.shape == (2, len(tok))
+    assert seen["ids"].shape[1] == batch["input_ids"].shape[1] - int((6 - lengths.sum(1)).min())
+
+
+def test_save_load_roundtrip_and_readable_prompts(bart_dir: Path, tmp_path: Path) -> None:
+    model, tok = _model(bart_dir, stopping="fixed")
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    batch = PromptGenCollator(tok, model)(EXAMPLES)
+    expected = model(**batch).answer_log_probs
+    model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(build_tiny_model("bert")[0], tmp_path)
+    assert torch.equal(again(**batch).answer_log_probs, expected)
+    texts = again.base_model.generated_prompts(PromptGenCollator(tok, again, leak_rows=False)(EXAMPLES), tok)
+    assert len(texts) == 2 and all(text.count("[MASK]") == 1 and len(text.split()) == 7 for text in texts)
+
+
+def test_bad_input(bart_dir: Path) -> None:
+    _, tok = build_tiny_model("bert")
+    with pytest.raises(ValueError, match="generator_name_or_path"):
+        PromptGenConfig(tokenizer=tok)
+    with pytest.raises(ValueError, match="0 answer slots"):
+        PromptGenConfig(generator_name_or_path=str(bart_dir), templates=["[X] [P*3]"], tokenizer=tok)
+    model, tok = _model(bart_dir)
+    with pytest.raises(KeyError, match="manual template under 'template'"):
+        PromptGenCollator(tok, model)([{"X": "Dante", "Y": "Paris"}])
