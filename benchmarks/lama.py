@@ -37,10 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from published import published
 
 import prompt_adapters
-from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator, PTuningEncoderConfig
+from prompt_adapters import (
+    DeepPerturbConfig,
+    MixturePromptConfig,
+    PromptCollator,
+    PromptGenCollator,
+    PromptGenConfig,
+    PTuningEncoderConfig,
+)
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
-from prompt_adapters.training import TrainSettings, atomic_write_text, fit, rank_answers
+from prompt_adapters.training import TrainSettings, atomic_write_text, fit, precision_at_1, rank_answers
 from prompt_adapters.tuner import detect_lm_kind
 
 
@@ -51,6 +58,7 @@ class Method:
     build: Callable[[list[str], argparse.Namespace], Any]
     train: bool
     defaults: TrainSettings
+    joint: bool = False
 
 
 def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
@@ -79,13 +87,27 @@ P_TUNING = TrainSettings(
     improve_on_tie=True,
 )
 
+#: PromptGen paper (A.1): Adam lr 5e-5, warm-up ratio 0.1, weight decay 1e-3; epochs and batch are not stated
+PROMPTGEN = TrainSettings(
+    epochs=10, learning_rate=5e-5, batch_size=16, optimizer="adamw", weight_decay=1e-3, schedule="linear",
+    warmup_ratio=0.1, patience=3, seed=42,
+)
+
+
+def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfig:
+    return PromptGenConfig(generator_name_or_path=args.generator, leak_penalty=args.leak_penalty,
+                           leak_form=args.leak_form, stopping=args.stopping)
+
+
 #: --method name -> Method; a new method is one entry here
 METHODS: dict[str, Method] = {
     "manual": Method(_manual, train=False, defaults=QIN_EISNER),
     "mixture": Method(_mixture, train=True, defaults=QIN_EISNER),
     "deep": Method(_deep, train=True, defaults=QIN_EISNER),
     "ptuning": Method(_ptuning, train=True, defaults=P_TUNING),
+    "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, joint=True),
 }
+NONE = "None"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init-vectors", default="words", choices=("words", "random", "vocab"))
     parser.add_argument("--data-dependent", action="store_true", help="per-example mixture weights")
     parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"), help="P-tuning encoder")
+    parser.add_argument("--generator", default="facebook/bart-large", help="PromptGen generator (Hub id or dir)")
+    parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
+    parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
+    parser.add_argument("--stopping", default="paper", choices=("paper", "fixed"), help="PromptGen stopping rule")
     parser.add_argument("--data-dir", default="../shared/data/lama", help="LAMA data (layout of shared/data/lama)")
     parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))
     parser.add_argument("--candidates", default="common_vocab_cased", choices=sorted(lama_data.CANDIDATE_SETS))
@@ -233,6 +259,7 @@ class Probe:
                              accelerator=accelerator if args.data_parallel else None)
                 history = result.history
             ranks = rank_answers(model, collator, test, exclude=exclude) if method.train else init_ranks
+            none_ranks = rank_answers(model, collator, [{**f, "sub": NONE} for f in test], exclude=exclude)
         finally:
             model.unload()
         return {
@@ -241,12 +268,65 @@ class Probe:
             "type": self.relation_type(relation),
             "templates": config.templates,
             "ranks": ranks.tolist(),
+            "none_ranks": none_ranks.tolist(),
             "init_ranks": init_ranks.tolist(),
             "manual_ranks": manual.tolist(),
             "history": history,
             "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
             "dropped": dropped,
         }
+
+    def run_joint(self, relations: list[str], seed: int, accelerator: Accelerator) -> list[dict[str, Any]]:
+        """One adapter trained on every relation's facts together (PromptGen), evaluated per relation."""
+        args = self.args
+        method = METHODS[args.method]
+        splits: dict[str, dict[str, list[dict[str, str]]]] = {}
+        dropped: dict[str, dict[str, Any]] = {}
+        for relation in relations:
+            template = self.manual_template(relation)
+            splits[relation], dropped[relation] = {}, {}
+            for split in ("train", "dev", "test"):
+                facts, drop = self.facts(relation, split)
+                splits[relation][split] = [{**fact, "template": template} for fact in facts]
+                dropped[relation][split] = drop
+        train = [fact for relation in relations for fact in splits[relation]["train"]]
+        dev = [fact for relation in relations for fact in splits[relation]["dev"]] or train
+        torch.manual_seed(relation_seed(seed, "joint"))
+        config = method.build([], args)
+        config.compile(self.tokenizer)
+        model = get_peft_model(self.base, config)
+        try:
+            scored = PromptGenCollator(self.tokenizer, model, leak_rows=False, candidate_ids=self.candidate_tensor)
+            leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
+            init = {rel: rank_answers(model, scored, splits[rel]["test"]) for rel in relations if splits[rel]["test"]}
+            world = accelerator if accelerator.num_processes > 1 else None
+            result = fit(model, leaky, train, dev, train_settings(args, seed),
+                         Path(args.output) / "checkpoints" / f"joint-seed{seed}",
+                         progress=accelerator.is_local_main_process, description="joint", accelerator=world,
+                         dev_metric=lambda: precision_at_1(rank_answers(model, scored, dev)))
+            ranked = {
+                rel: (rank_answers(model, scored, splits[rel]["test"]),
+                      rank_answers(model, leaky, splits[rel]["test"], scores="none_log_probs"))
+                for rel in init
+            }
+        finally:
+            model.unload()
+        records = []
+        for relation in relations:
+            if relation not in ranked:
+                records.append({"relation": relation, "seed": seed, "type": self.relation_type(relation),
+                                "skipped": "no test fact left after filtering", "dropped": dropped[relation]})
+                continue
+            test = splits[relation]["test"]
+            manual = self.evaluate(_manual([self.manual_template(relation)], args), relation, test)
+            records.append({
+                "relation": relation, "seed": seed, "type": self.relation_type(relation),
+                "templates": config.templates, "ranks": ranked[relation][0].tolist(),
+                "none_ranks": ranked[relation][1].tolist(), "init_ranks": init[relation].tolist(),
+                "manual_ranks": manual.tolist(), "history": result.history, "dropped": dropped[relation],
+                "facts": {split: len(splits[relation][split]) for split in ("train", "dev", "test")},
+            })
+        return records
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
         model = get_peft_model(self.base, config)
@@ -280,10 +360,11 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
         raise SystemExit(f"every relation was skipped, nothing to report: {skipped}")
     seeds = sorted({r["seed"] for r in records})
     per_seed = {s: {k: summarise([r for r in records if r["seed"] == s], k, cap) for k in
-                    ("ranks", "init_ranks", "manual_ranks")} for s in seeds}
+                    ("ranks", "init_ranks", "manual_ranks", "none_ranks")} for s in seeds}
     uncapped = {s: summarise([r for r in records if r["seed"] == s], "ranks", None) for s in seeds}
     headline = {}
-    for label, key in (("method", "ranks"), ("init", "init_ranks"), ("manual", "manual_ranks")):
+    for label, key in (("method", "ranks"), ("init", "init_ranks"), ("manual", "manual_ranks"),
+                       ("none", "none_ranks")):
         for avg in ("macro", "micro"):
             for metric in ("P@1", "P@10", "MRR"):
                 values = [100 * per_seed[s][key][avg][metric] for s in seeds]
@@ -362,7 +443,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     for label, name in (("manual", "manual prompt (LAMA template)"), ("init", "before training (init)"),
-                        ("method", f"{p['method']} (ours)")):
+                        ("method", f"{p['method']} (ours)"), ("none", f"{p['method']}, subject replaced by None")):
         lines.append(f"| {name} | {cell(label + '.macro.P@1')} | {cell(label + '.macro.P@10')} | "
                      f"{cell(label + '.macro.MRR')} |")
     if pub:
@@ -442,7 +523,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
     jobs = [(rel, seed) for seed in seeds for rel in wanted]
-    mine = jobs if args.data_parallel else jobs[accelerator.process_index :: accelerator.num_processes]
+    if METHODS[args.method].joint:
+        for seed in seeds:
+            targets = [out / "relations" / f"{relation}-seed{seed}.json" for relation in wanted]
+            if args.resume and all(t.exists() for t in targets):
+                continue
+            with accelerator.autocast():
+                records = probe.run_joint(wanted, seed, accelerator)
+            if accelerator.is_main_process:
+                for target, record in zip(targets, records, strict=True):
+                    atomic_write_text(target, json.dumps({**record, "process": [0, accelerator.num_processes]}))
+            accelerator.wait_for_everyone()
+    mine = [] if METHODS[args.method].joint else jobs if args.data_parallel else jobs[
+        accelerator.process_index :: accelerator.num_processes]
     for relation, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations"):
         target = out / "relations" / f"{relation}-seed{seed}.json"
         if args.resume and target.exists():

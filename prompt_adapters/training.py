@@ -123,8 +123,12 @@ def rank_answers(
     batch_size: int = 64,
     exclude: Callable[[Sequence[Any]], torch.Tensor | None] | None = None,
     progress: bool = False,
+    scores: str = "answer_log_probs",
 ) -> torch.Tensor:
-    """1-based rank of every example's gold answer under the adapter's answer distribution (candidates if set)."""
+    """1-based rank of every example's gold answer under the adapter's answer distribution (candidates if set).
+
+    ``scores`` names the output to rank by (e.g. PromptGen's ``none_log_probs`` for the None diagnostic).
+    """
     was_training = model.training
     model.eval()
     ranks = []
@@ -132,12 +136,13 @@ def rank_answers(
         chunk = examples[start : start + batch_size]
         batch = collator(chunk)
         out = model(**batch)
-        gold = batch["score_targets"][:: _rows_per_example(collator), 0]
+        step = _rows_per_example(collator)
+        gold = batch["score_targets"][: len(chunk) * step : step, 0]
         index = candidate_positions(collator.candidate_ids, gold)
         if (index == IGNORE).any():
             raise ValueError("every scored example needs a gold answer")
         mask = exclude(chunk) if exclude is not None else None
-        ranks.append(gold_rank(out.answer_log_probs.float(), index, mask))
+        ranks.append(gold_rank(out[scores].float(), index, mask))
     model.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 

@@ -191,3 +191,15 @@ def test_relation_whose_objects_all_split_is_skipped_and_counted(
     with pytest.raises(SystemExit, match="every relation was skipped"):
         lama.main(["--model", str(tiny_bert), "--data-dir", str(data), "--candidates", "full", "--relations", "P19",
                    "--output", str(tmp_path / "out2")])
+
+
+def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    bart = save_tiny_model("bart", tmp_path / "bart")
+    summary = lama.main(_args(tiny_bert, shared_data, tmp_path / "pg", "--method", "promptgen", "--generator",
+                              str(bart), "--epochs", "1"))
+    records = _records(tmp_path / "pg")
+    assert set(records) == {"P19-seed42.json", "P1376-seed42.json"}
+    assert all(len(r["none_ranks"]) == len(r["ranks"]) for r in records.values())
+    assert records["P19-seed42.json"]["history"] == records["P1376-seed42.json"]["history"]  # one joint run
+    assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
+    assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
