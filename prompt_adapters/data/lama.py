@@ -60,7 +60,7 @@ def _require_dir(data_dir: PathLike) -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """Parse a JSON-lines file into (1-based line number, record) pairs, skipping blank lines."""
     records = []
     with path.open(encoding="utf-8") as f:
@@ -86,7 +86,7 @@ def load_relations(data_dir: PathLike) -> dict[str, Relation]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected LAMA's relations.jsonl in the data directory")
     relations: dict[str, Relation] = {}
-    for line_no, r in _read_jsonl(path):
+    for line_no, r in read_jsonl(path):
         missing = [k for k in ("relation", "template", "label", "type") if k not in r]
         if missing:
             raise ValueError(f"{path}:{line_no}: relation record lacks {missing}")
@@ -229,7 +229,7 @@ def _normalise(record: dict[str, Any], path: Path, line_no: int) -> tuple[str, s
 
 def _read_facts(path: Path, relation: str | None, extra_columns: Sequence[str], columns: dict[str, list[Any]]) -> None:
     """Append the facts of one file to ``columns`` (sub, obj, relation and the extra columns)."""
-    for line_no, record in _read_jsonl(path):
+    for line_no, record in read_jsonl(path):
         sub, obj = _normalise(record, path, line_no)
         rel = relation if relation is not None else record.get("predicate_id")
         if rel is None:
@@ -371,7 +371,7 @@ def _read_prompt_file(path: Path, source: PromptFile, relation: str) -> list[str
                     templates.append(validate_template(text, f"{path}:{line_no}"))
         return templates
     templates = []
-    for line_no, record in _read_jsonl(path):
+    for line_no, record in read_jsonl(path):
         if source.keyed and record.get("relation") != relation:
             continue
         if source.field not in record:

@@ -10,7 +10,6 @@ into one ``datasets.Dataset`` row per example (per answer option for MultiRC) wi
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from collections.abc import Iterator, Mapping
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import datasets
 from datasets import Dataset
 
+from prompt_adapters.data.lama import read_jsonl
 from prompt_adapters.template import WordMode, parse_template
 
 PathLike = str | os.PathLike
@@ -272,22 +272,6 @@ class SuperGlueDataUnavailable(RuntimeError):
     """SuperGLUE cannot be loaded from the Hub (offline mode or no network); use a local copy instead."""
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
-
-
 def _normalise_label(task: Task, raw: Any) -> Any:
     if raw not in task.labels:
         raise ValueError(f"{task.name} label {raw!r} is not one of the expected raw labels {list(task.labels)}")
@@ -342,7 +326,7 @@ def load_task(data_dir: PathLike, task: str | Task, split: str) -> Dataset:
         if (root / "superglue").is_dir():
             hint += f"; did you mean {str(root / 'superglue')!r}?"
         raise FileNotFoundError(f"{path} not found: {spec.name} has no {split!r} split under {str(root)!r}{hint}")
-    return Dataset.from_list([row for record in _read_jsonl(path) for row in _rows(spec, record)])
+    return Dataset.from_list([row for _, record in read_jsonl(path) for row in _rows(spec, record)])
 
 
 def _offline_flag() -> str | None:

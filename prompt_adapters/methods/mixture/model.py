@@ -25,6 +25,10 @@ class MixturePromptLayer(PromptLayer):
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         super().create(name, config, model, init_ids)
+        self.create_mixture(name, config)
+
+    def create_mixture(self, name: str, config: PromptConfig) -> None:
+        """Uniform mixture logits over the adapter's templates and its mixture settings."""
         self.mixture[name] = nn.Parameter(torch.zeros(len(self.templates[name])))
         self.settings[name] = {
             "learn_weights": bool(getattr(config, "learn_weights", True)),

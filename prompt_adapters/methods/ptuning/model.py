@@ -70,11 +70,7 @@ class PTuningEncoderLayer(MixturePromptLayer):
         if not any(rows):
             raise ValueError(f"P-tuning templates {config.templates} have no soft tokens; add [P] or [P*n]")
         self.encoder[name] = nn.ModuleList(PromptEncoder(max(n, 1), size, config) for n in rows)
-        self.mixture[name] = nn.Parameter(torch.zeros(len(rows)))
-        self.settings[name] = {
-            "learn_weights": bool(getattr(config, "learn_weights", True)),
-            "data_dependent": bool(getattr(config, "data_dependent", False)),
-        }
+        self.create_mixture(name, config)
 
     def prompt_table(self, name: str) -> torch.Tensor:
         """The encoder output; without autograd it is cached until an encoder parameter changes (inference only
