@@ -520,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs")):
+        raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    accelerator.wait_for_everyone()
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
     jobs = [(rel, seed) for seed in seeds for rel in wanted]

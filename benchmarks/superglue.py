@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     accelerator = Accelerator()
     started = time.time()
     out = Path(args.output)
+    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs")):
+        raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    accelerator.wait_for_everyone()
     jobs = [(name, args.seed + i) for i in range(args.seeds) for name in names]
     mine = jobs[accelerator.process_index :: accelerator.num_processes]
     for name, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="tasks"):

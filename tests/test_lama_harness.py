@@ -203,3 +203,11 @@ def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, shared_data: P
     assert records["P19-seed42.json"]["history"] == records["P1376-seed42.json"]["history"]  # one joint run
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
+
+
+def test_a_used_output_directory_needs_resume(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+    lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376"))
+    with pytest.raises(SystemExit, match="pass --resume"):
+        lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376"))
+    assert lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376",
+                           "--resume")) is not None
