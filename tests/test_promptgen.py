@@ -135,3 +135,24 @@ def test_bad_input(bart_dir: Path) -> None:
     model, tok = _model(bart_dir)
     with pytest.raises(KeyError, match="manual template under 'template'"):
         PromptGenCollator(tok, model)([{"X": "Dante", "Y": "Paris"}])
+
+
+def test_multiple_adapters_and_push_to_hub(bart_dir: Path, tmp_path: Path) -> None:
+    from fakehub import FakeHub
+
+    model, tok = _model(bart_dir, stopping="fixed")
+    model.add_adapter("other", PromptGenConfig(generator_name_or_path=str(bart_dir), tokenizer=tok, num_before=2,
+                                               num_after=1, stopping="fixed"))
+    model.set_adapter("other")
+    other = model(**PromptGenCollator(tok, model)(EXAMPLES))
+    assert model.base_model.state.last_generation[0].shape[1] == 3
+    other.loss.backward()
+    model.set_adapter("default")
+    batch = PromptGenCollator(tok, model)(EXAMPLES)
+    expected = model(**batch).answer_log_probs
+    model.delete_adapter("other")
+    with FakeHub() as hub, hub.patch_client(tmp_path / "hf_home"):
+        model.push_to_hub("me/promptgen")
+        assert "import prompt_adapters" in hub.files("me/promptgen")["README.md"].decode()
+        again = PeftModel.from_pretrained(build_tiny_model("bert")[0], "me/promptgen")
+    assert torch.equal(again(**batch).answer_log_probs, expected)
