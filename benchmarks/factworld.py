@@ -1,21 +1,46 @@
 """FactWorld: a synthetic world of facts, small LMs pretrained on it here, and LAMA-format probing data.
 
     python benchmarks/factworld.py build --out DIR [--size small|default] [--seed S]
+    python benchmarks/factworld.py table --world DIR [--output benchmarks/results/factworld.md]
 
-writes DIR/world.json, DIR/corpus.txt, DIR/lama/ (LAMA layout), DIR/{bert,gpt2,bart}/ (model + tokenizer,
+``build`` writes DIR/world.json, DIR/corpus.txt, DIR/lama/ (LAMA layout), DIR/{bert,gpt2,bart}/ (model + tokenizer,
 loadable with AutoModelForMaskedLM / AutoModelForCausalLM / AutoModelForSeq2SeqLM and AutoTokenizer) and
-DIR/report.json, and prints the build times and the P@1 checks. See docs/factworld.md.
+DIR/report.json, and prints the build times and the P@1 checks. ``table`` runs every prompt method through
+benchmarks/lama.py on the world's test split and writes one row per method. See docs/factworld.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
 
 from prompt_adapters.factworld import SIZES, build_world, format_report
+from prompt_adapters.training import atomic_write_text
+
+#: settings for the soft-prompt rows: the tiny models need a larger learning rate than BERT-base's 1e-3
+SOFT = ("--lr", "1e-2", "--epochs", "30", "--patience", "6")
+ENCODER = ("--lr", "1e-3", "--epochs", "40", "--patience", "8")
+#: (row, model folder of the world, benchmarks/lama.py arguments); every row runs lama.py on the same test split
+TABLE_ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("manual prompt (masked LM)", "bert", ("--method", "manual")),
+    ("soft prompt, K = 1, manual init", "bert", ("--method", "mixture", "--init", "manual", *SOFT)),
+    ("mixture of mined prompts", "bert", ("--method", "mixture", "--init", "lpaqa_mined", *SOFT)),
+    ("deep perturbation, manual init", "bert", ("--method", "deep", "--init", "manual", *SOFT)),
+    ("P-tuning (masked LM)", "bert", ("--method", "ptuning", *ENCODER)),
+    ("manual prompt (causal LM)", "gpt2", ("--method", "manual")),
+    ("P-tuning (causal LM)", "gpt2", ("--method", "ptuning", *ENCODER)),
+    ("PromptGen, alpha = 0.3", "bert", ("--method", "promptgen", "--generator", "{world}/bart", *ENCODER)),
+    ("PromptGen, alpha = 0", "bert",
+     ("--method", "promptgen", "--generator", "{world}/bart", "--leak-penalty", "0", *ENCODER)),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +50,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     build.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     build.add_argument("--size", default="default", choices=sorted(SIZES), help="preset (small: ~1-3 min, for tests)")
     build.add_argument("--seed", default=0, type=int, help="world, corpus and training seed")
+    table = commands.add_parser("table", help="one row per prompt method on the world's test split")
+    table.add_argument("--world", required=True, type=Path, help="a directory written by `build`")
+    table.add_argument("--output", type=Path, default=Path("benchmarks/results/factworld.md"))
+    table.add_argument("--runs", type=Path, default=Path("runs/factworld"), help="lama.py output folders")
+    table.add_argument("--seeds", type=int, default=1)
+    table.add_argument("--rows", default=None, help="comma-separated row numbers (1-based) to run; default all")
     return parser.parse_args(argv)
+
+
+def method_table(world: Path, output: Path, runs: Path, seeds: int = 1, rows: list[int] | None = None) -> str:
+    """Run the TABLE_ROWS methods on ``world`` and write the markdown table (with every command) to ``output``."""
+    import lama
+
+    lines = [
+        f"# FactWorld: prompt methods on the test split of `{world}`",
+        "",
+        "Macro P@1 / P@10 / MRR (%) over relations on held-out subjects (candidates: the world's objects); "
+        "'None' = P@1 when the subject is replaced by \"None\" (label-leak diagnostic).",
+        "",
+        "| # | method | P@1 | P@10 | MRR | None P@1 | time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    commands = []
+    for number, (label, folder, extra) in enumerate(TABLE_ROWS, start=1):
+        if rows and number not in rows:
+            continue
+        argv = ["--model", str(world / folder), "--data-dir", str(world / "lama"), "--candidates",
+                "common_vocab_cased", "--seeds", str(seeds), "--output", str(runs / f"row{number}"),
+                *(arg.format(world=world) for arg in extra)]
+        started = time.perf_counter()
+        summary = lama.main(argv)
+        head = summary["headline"]
+        cells = [f"{head[f'method.macro.{m}']['mean']:.1f}" for m in ("P@1", "P@10", "MRR")]
+        lines.append(f"| {number} | {label} | {' | '.join(cells)} | {head['none.macro.P@1']['mean']:.1f} | "
+                     f"{time.perf_counter() - started:.0f} |")
+        commands.append(f"{number}. `python benchmarks/lama.py {' '.join(argv)}`")
+    lines += ["", "Produced by `python " + " ".join(sys.argv) + "`; the rows' commands:", "", *commands, "",
+              f"Machine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}."]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(output, text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "build":
         report = build_world(args.out, size=args.size, seed=args.seed)
         print(format_report(report))
+    else:
+        rows = [int(r) for r in args.rows.split(",")] if args.rows else None
+        print(method_table(args.world, args.output, args.runs, args.seeds, rows))
 
 
 if __name__ == "__main__":
