@@ -231,10 +231,12 @@ class PromptLayer(nn.Module, BaseTunerLayer):
 
 
 def _fallback_id(model: nn.Module) -> int:
+    """A real token id standing in for soft rows without a word: unk, pad or eos if inside the vocabulary, else 0."""
     config = getattr(model, "config", None)
+    vocab = model.get_input_embeddings().weight.shape[0]
     for name in ("unk_token_id", "pad_token_id", "eos_token_id"):
         value = getattr(config, name, None)
-        if isinstance(value, int):
+        if isinstance(value, int) and 0 <= value < vocab:
             return value
     return 0
 

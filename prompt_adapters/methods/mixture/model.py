@@ -83,18 +83,21 @@ class MixturePromptLayer(PromptLayer):
         request: ScoreRequest, logits: torch.Tensor, log_weights: torch.Tensor, batch: int, num_templates: int
     ) -> dict[str, torch.Tensor]:
         per_template = slot_log_probs(logits, request.candidate_ids).view(batch, num_templates, -1)
-        mixture = torch.logsumexp(log_weights.unsqueeze(-1) + per_template, dim=1)
+        if num_templates == 1:
+            mixture = per_template[:, 0]
+        else:
+            mixture = torch.logsumexp(log_weights.unsqueeze(-1) + per_template, dim=1)
         fields = {"answer_log_probs": mixture}
         if request.targets is not None:
             answer_rows = batch * num_templates
             gold = candidate_positions(request.candidate_ids, request.targets[:answer_rows:num_templates, 0])
             known = gold != IGNORE
             if known.any():
-                index = gold.clamp(min=0)
-                fields["loss"] = -mixture.gather(1, index.unsqueeze(1)).squeeze(1)[known].mean()
-                fields["template_log_probs"] = per_template.gather(
-                    2, index.view(batch, 1, 1).expand(-1, num_templates, 1)
-                ).squeeze(-1)
+                index = gold.clamp(min=0).view(batch, 1, 1).expand(-1, num_templates, 1)
+                gold_log_probs = per_template.gather(2, index).squeeze(-1)
+                # the loss needs only the gold entries: log sum_t pi_t p_t(y|x), not the whole (B, K, V) mixture
+                fields["loss"] = -torch.logsumexp(log_weights + gold_log_probs, dim=1)[known].mean()
+                fields["template_log_probs"] = gold_log_probs
         return fields
 
     @staticmethod
