@@ -78,6 +78,21 @@ def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
     return list(stacks.values())
 
 
+def lm_head_entry(model: nn.Module) -> nn.Module | None:
+    """The module where the LM head starts: the model's direct child that holds the output embedding (BERT's
+    ``cls``, RoBERTa's ``lm_head``, GPT-2's ``lm_head``), so gathering score positions there also spares the
+    head's transform layers on positions nobody asked for. Falls back to the output embedding itself."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None:
+        return None
+    backbone = model.get_input_embeddings()
+    for child in model.children():
+        owned = list(child.modules())
+        if any(m is output for m in owned) and not any(m is backbone for m in owned):
+            return child
+    return output
+
+
 def _replace_first(args: tuple, kwargs: dict, key: str, value: torch.Tensor) -> tuple[tuple, dict]:
     if args:
         return (value, *args[1:]), kwargs
@@ -126,7 +141,7 @@ class PromptHooks:
             add(stack[0].register_forward_pre_hook(self._block_pre_hook(stack_index), with_kwargs=True))
             for depth, block in enumerate(stack, start=1):
                 add(block.register_forward_hook(self._block_hook(stack_index, depth)))
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        head = lm_head_entry(self.model)
         if head is not None:
             add(head.register_forward_pre_hook(self._head_pre_hook))
         add(self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
