@@ -25,7 +25,7 @@ tokenizer's word-initial form (``Ġwas`` for byte-level BPE, ``▁was`` for Sent
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -127,6 +127,11 @@ def _anchor_token(tokenizer: PreTrainedTokenizerBase) -> str:
     raise TemplateError(f"tokenizer {type(tokenizer).__name__} has no special token to anchor fragments on")
 
 
+@lru_cache(maxsize=64)
+def _anchor_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return list(tokenizer(_anchor_token(tokenizer), add_special_tokens=False)["input_ids"])
+
+
 def encode_fragment(tokenizer: PreTrainedTokenizerBase, text: str, space_before: bool) -> list[int]:
     """Token ids of ``text`` as it reads in the middle of a sentence.
 
@@ -137,7 +142,7 @@ def encode_fragment(tokenizer: PreTrainedTokenizerBase, text: str, space_before:
         return []
     anchor = _anchor_token(tokenizer)
     anchored = tokenizer(anchor + (" " if space_before else "") + text, add_special_tokens=False)["input_ids"]
-    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+    anchor_ids = _anchor_ids(tokenizer)
     if anchored[: len(anchor_ids)] != anchor_ids:
         raise TemplateError(f"tokenizer merged the anchor token {anchor!r} into {text!r}")
     return list(anchored[len(anchor_ids) :])
@@ -299,6 +304,7 @@ def render(
     answer_ids: Sequence[int] = (IGNORE_ID,),
     max_length: int | None = None,
     score_fields: bool = False,
+    encode: Callable[[str, bool], list[int]] | None = None,
 ) -> Row:
     """Fill ``template`` with field ``values`` and lay it out for ``layout``.
 
@@ -306,7 +312,8 @@ def render(
     (IGNORE_ID where unknown): one mask per token for masked LMs, teacher-forced answer tokens for causal and seq2seq
     decoders. Fields are truncated (longest first, from the end) to fit ``max_length``; prompt tokens and the answer
     slot are never cut. With ``score_fields`` the row scores the input field tokens instead of the answer (the query
-    likelihood q_t(x) of the data-dependent mixture).
+    likelihood q_t(x) of the data-dependent mixture). ``encode(text, space_before)`` tokenises field values (the
+    collator passes a per-batch cache so a field read by K templates is tokenised once).
     """
     missing = [name for name in template.fields if name not in values]
     if missing:
@@ -320,8 +327,9 @@ def render(
         raise ValueError("the answer slot needs at least one token")
     if width > 1 and layout.lm_kind != "masked" and answer[0] == IGNORE_ID:
         raise ValueError(f"a {layout.lm_kind} LM scores a multi-token answer by teacher forcing: give its tokens")
+    encode = encode or (lambda text, space: encode_fragment(tokenizer, text, space))
     field_ids = {
-        piece.name: encode_fragment(tokenizer, str(values[piece.name]), piece.space_before)
+        piece.name: list(encode(str(values[piece.name]), piece.space_before))
         for piece in template.pieces
         if piece.kind == "field"
     }

@@ -23,7 +23,6 @@ from prompt_adapters.template import (
     CompiledTemplate,
     Layout,
     Row,
-    answer_token_id,
     encode_fragment,
     render,
     special_affixes,
@@ -112,6 +111,14 @@ class PromptCollator:
         self.answers = answers
         self.pad_answer = pad_answer
         self.truncated_tokens = 0
+        self._fragments: dict[tuple[str, bool], list[int]] = {}
+
+    def encode(self, text: str, space_before: bool) -> list[int]:
+        """Token ids of a fragment, cached for the current batch (K templates read the same fields and answers)."""
+        key = (text, space_before)
+        if key not in self._fragments:
+            self._fragments[key] = encode_fragment(self.tokenizer, text, space_before)
+        return self._fragments[key]
 
     # ------------------------------------------------------------------------------------------ examples
 
@@ -141,17 +148,24 @@ class PromptCollator:
         """Single token id of the answer, the same under every template (IGNORE when there is none)."""
         if answer is None:
             return IGNORE
-        ids = {answer_token_id(self.tokenizer, template, answer) for template in self.templates}
+        forms = {tuple(self.answer_tokens(answer))}
+        if len(forms) != 1:
+            raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(forms)}")
+        ids = forms.pop()
         if len(ids) != 1:
-            raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(ids)}")
-        return ids.pop()
+            pieces = self.tokenizer.convert_ids_to_tokens(list(ids))
+            raise ValueError(
+                f"answer {answer!r} is {len(ids)} tokens {pieces} for this tokenizer where one token is required; "
+                "filter such facts or use answers='many'"
+            )
+        return ids[0]
 
     def answer_tokens(self, answer: str) -> list[int]:
         """Token ids of a (possibly multi-token) answer as read at the answer slot of every template."""
         forms = set()
         for template in self.templates:
             piece = next(p for p in template.pieces if p.kind == "answer")
-            forms.add(tuple(encode_fragment(self.tokenizer, answer, piece.space_before)))
+            forms.add(tuple(self.encode(answer, piece.space_before)))
         if len(forms) != 1:
             raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(forms)}")
         ids = list(forms.pop())
@@ -194,7 +208,7 @@ class PromptCollator:
         else:
             per_choice, _ = self.targets(example)
         return [
-            render(template, values, self.tokenizer, self.layout, offset, targets, self.max_length)
+            render(template, values, self.tokenizer, self.layout, offset, targets, self.max_length, encode=self.encode)
             for targets in per_choice
             for template, offset in zip(self.templates, self.offsets, strict=True)
         ]
@@ -204,6 +218,7 @@ class PromptCollator:
     def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
             raise ValueError("cannot build a batch from an empty list of examples")
+        self._fragments.clear()
         rows: list[Row] = []
         query_rows: list[Row] = []
         for example in examples:
@@ -211,7 +226,7 @@ class PromptCollator:
             if self.data_dependent:
                 values, _ = self.split_example(example)
                 query_rows.extend(
-                    render(t, values, self.tokenizer, self.layout, o, [IGNORE], self.max_length, score_fields=True)
+                    render(t, values, self.tokenizer, self.layout, o, [IGNORE], self.max_length, True, self.encode)
                     for t, o in zip(self.templates, self.offsets, strict=True)
                 )
         rows.extend(query_rows)
