@@ -12,6 +12,7 @@ benchmarks/lama.py on the world's test split and writes one row per method. See 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -63,8 +64,14 @@ def method_table(world: Path, output: Path, runs: Path, seeds: int = 1, rows: li
     """Run the TABLE_ROWS methods on ``world`` and write the markdown table (with every command) to ``output``."""
     import lama
 
+    report = json.loads((world / "report.json").read_text())
+    targets = report["targets"]
     lines = [
         f"# FactWorld: prompt methods on the test split of `{world}`",
+        "",
+        f"World: `python benchmarks/factworld.py build --out {world} --size {report['size']} --seed {report['seed']}` "
+        f"({report['timings_s']['total']:.0f} s); masked LM memorisation P@1 {targets['memorisation']['value']:.3f} "
+        f"(top corpus paraphrase, train split), manual-template P@1 {targets['manual']['value']:.3f} (test split).",
         "",
         "Macro P@1 / P@10 / MRR (%) over relations on held-out subjects (candidates: the world's objects); "
         "'None' = P@1 when the subject is replaced by \"None\" (label-leak diagnostic).",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from torch import nn
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prompt_adapters import MixturePromptConfig, PromptCollator
 from prompt_adapters.factworld import build_world
@@ -27,7 +28,10 @@ def read_facts(world: Path, relation: str, split: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def answers(model, collate: PromptCollator, facts: list[dict[str, str]], tokenizer) -> list[str]:  # type: ignore[no-untyped-def]
+def answers(
+    model: nn.Module, collate: PromptCollator, facts: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase
+) -> list[str]:
+    """The top candidate for each fact (no gradients)."""
     with torch.no_grad():
         best = model(**collate(facts)).answer_log_probs.argmax(-1)
     return [tokenizer.convert_ids_to_tokens(int(collate.candidate_ids[i])) for i in best]

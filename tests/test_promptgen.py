@@ -8,10 +8,11 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.methods.promptgen import common_vocabulary
+from prompt_adapters.methods.promptgen.model import decoder_prefix
 from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
 
 EXAMPLES = [
@@ -65,6 +66,7 @@ def test_only_the_generator_trains_and_the_loss_has_the_leak_term(bart_dir: Path
 
 def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full_rerun(bart_dir: Path) -> None:
     model, tok = _model(bart_dir, stopping="fixed")
+    tok_bart = AutoTokenizer.from_pretrained(bart_dir)
     state = model.base_model.state
     batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
     with torch.no_grad():
@@ -73,11 +75,13 @@ def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full
     generator = state.generator["default"]
     decoder_embed = generator.get_decoder().embed_tokens
     common = state.options["default"]["gen_ids"]
-    start, mask = decoder_embed(torch.tensor([generator.config.decoder_start_token_id,
-                                              state.options["default"]["mask_id"]]))
+    start, bos, mask = decoder_embed(torch.tensor([generator.config.decoder_start_token_id, tok_bart.bos_token_id,
+                                                   state.options["default"]["mask_id"]]))
+    assert state.options["default"]["prefix_ids"].tolist() == [generator.config.decoder_start_token_id,
+                                                                tok_bart.bos_token_id]
     encoder = generator.get_encoder()(input_ids=batch["generator_input_ids"],
                                       attention_mask=batch["generator_attention_mask"])
-    inputs = [start.expand(2, -1)]
+    inputs = [start.expand(2, -1), bos.expand(2, -1)]
     expected = []
     with torch.no_grad():
         for slot in range(6):
@@ -89,6 +93,14 @@ def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full
             if slot == 3:  # the step after the 4th soft token is dropped; the decoder then reads the mask token
                 inputs.append(mask.expand(2, -1))
     torch.testing.assert_close(steps, torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_prefix_follows_the_generator_targets() -> None:
+    """BART's targets are ``<s> words </s>`` after the start token ``</s>``; T5's start with the words (no bos)."""
+    bart, bart_tok = build_tiny_model("bart")
+    t5, t5_tok = build_tiny_model("t5")
+    assert decoder_prefix(bart, bart_tok) == [bart.config.decoder_start_token_id, bart_tok.bos_token_id]
+    assert decoder_prefix(t5, t5_tok) == [t5.config.decoder_start_token_id]
 
 
 def test_paper_stopping_removes_unwritten_positions(bart_dir: Path) -> None:

@@ -15,7 +15,7 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import tokenizers
@@ -51,14 +51,14 @@ class BuildConfig:
     split_fractions: tuple[float, float] = (0.5, 0.2)
     mined_top_k: int = 10
     workers: int = 2
-    eval_splits: tuple[str, ...] = field(default=("train", "dev", "test"))
+    eval_splits: tuple[str, ...] = ("train", "dev", "test")
 
 
 SIZES: dict[str, BuildConfig] = {
     "small": BuildConfig(
         world=WorldSize(persons=60, companies=15, cities=20, countries=12, languages=10, first_names=15),
         models={
-            "bert": TrainSpec(layers=2, hidden=128, heads=4, epochs=60, batch_size=16, lr=1e-3),
+            "bert": TrainSpec(layers=2, hidden=128, heads=4, epochs=70, batch_size=16, lr=1e-3, schedule="wsd"),
             "gpt2": TrainSpec(layers=2, hidden=128, heads=4, epochs=25, batch_size=16, lr=3e-3),
             "bart": TrainSpec(layers=1, hidden=128, heads=4, epochs=25, batch_size=16, lr=1e-3),
         },
@@ -66,7 +66,7 @@ SIZES: dict[str, BuildConfig] = {
     "default": BuildConfig(
         world=WorldSize(persons=240, companies=30, cities=40, countries=20, languages=16, first_names=50),
         models={
-            "bert": TrainSpec(layers=3, hidden=128, heads=4, epochs=40, batch_size=32, lr=1e-3),
+            "bert": TrainSpec(layers=3, hidden=128, heads=4, epochs=40, batch_size=32, lr=1e-3, schedule="wsd"),
             "gpt2": TrainSpec(layers=2, hidden=128, heads=4, epochs=25, batch_size=32, lr=3e-3),
             "bart": TrainSpec(layers=1, hidden=128, heads=4, epochs=25, batch_size=32, lr=1e-3),
         },

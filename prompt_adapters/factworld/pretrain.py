@@ -47,6 +47,7 @@ class TrainSpec:
     weight_decay: float = 0.01
     init_std: float = 0.02
     adam_beta2: float = 0.999
+    schedule: Literal["onecycle", "wsd"] = "onecycle"
 
 
 def build_model(kind: ModelKind, tokenizer: PreTrainedTokenizerFast, spec: TrainSpec) -> PreTrainedModel:
@@ -196,6 +197,18 @@ def _step_loss(
     return model(input_ids=inputs, attention_mask=attention, labels=labels).loss
 
 
+def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle (10% warm-up, cosine decay) or warm-up / stable / decay (10% up, flat, last 20% linear down)."""
+    if spec.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total, pct_start=0.1)
+    warmup, decay = max(1, int(0.1 * total)), max(1, int(0.2 * total))
+
+    def factor(step: int) -> float:
+        return min((step + 1) / warmup, 1.0, (total - step) / decay)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def pretrain(
     kind: ModelKind,
     model: PreTrainedModel,
@@ -227,7 +240,7 @@ def pretrain(
         lr=spec.lr,
         betas=(0.9, spec.adam_beta2),
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total, pct_start=0.1)
+    schedule = _schedule(optimizer, spec, total)
     epoch_loss = 0.0
     with tqdm(total=total, desc=f"pretrain {kind}", unit="step", mininterval=2.0, position=position) as bar:
         for epoch in range(1, spec.epochs + 1):

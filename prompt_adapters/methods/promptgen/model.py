@@ -42,6 +42,7 @@ class PromptGenLayer(MixturePromptLayer):
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         generator = AutoModelForSeq2SeqLM.from_pretrained(config.generator_name_or_path).float()
+        generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)
         self.generator[name] = generator
         down_ids, gen_ids = config.common_vocab  # type: ignore[attr-defined]
         embedding = model.get_input_embeddings()
@@ -55,7 +56,8 @@ class PromptGenLayer(MixturePromptLayer):
             "paper_stopping": config.stopping == "paper",  # type: ignore[attr-defined]
             "alpha": config.leak_penalty,  # type: ignore[attr-defined]
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
-            "mask_id": AutoTokenizer.from_pretrained(config.generator_name_or_path).mask_token_id,
+            "mask_id": generator_tokenizer.mask_token_id,
+            "prefix_ids": torch.tensor(decoder_prefix(generator, generator_tokenizer)),
         }
         self.settings[name] = {"learn_weights": False, "data_dependent": False}
         self.mixture[name] = nn.Parameter(torch.zeros(1), requires_grad=False)
@@ -92,7 +94,7 @@ class PromptGenLayer(MixturePromptLayer):
         phase = torch.zeros(rows, dtype=torch.long, device=input_ids.device)
         count = torch.zeros_like(phase)
         lengths = torch.zeros(rows, 2, dtype=torch.long, device=input_ids.device)
-        inputs = special[0].expand(rows, 1, -1)
+        inputs = decoder.embed_tokens(options["prefix_ids"].to(input_ids.device)).expand(rows, -1, -1)
         cache = None
         for _ in range(m + n + 2):
             out = generator(encoder_outputs=encoder_out, attention_mask=attention_mask, decoder_inputs_embeds=inputs,
@@ -169,6 +171,19 @@ class PromptGenLayer(MixturePromptLayer):
         for key, value in fields.items():
             result[key] = value
         return result
+
+
+def decoder_prefix(generator: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The decoder tokens before the first generated word: the start token, then the tokenizer's bos when the
+    generator's targets begin with it (BART decodes ``</s> <s> words``; T5 has no bos). Generating the first word
+    right after the start token would ask the generator for a position it was never trained to fill."""
+    start = generator.config.decoder_start_token_id
+    bos = tokenizer.bos_token_id
+    if start is None:
+        raise ValueError(f"the generator {type(generator).__name__} has no decoder_start_token_id in its config")
+    if bos is not None and bos != start and tokenizer("a").input_ids[:1] == [bos]:
+        return [start, bos]
+    return [start]
 
 
 def _drop_unused(

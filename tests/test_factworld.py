@@ -1,0 +1,223 @@
+"""FactWorld: file formats, splits, tokenization, determinism and the measured quality of the small build."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from prompt_adapters import MixturePromptConfig, PromptCollator, PTuningEncoderConfig
+from prompt_adapters.factworld import SIZES, World, build_world, object_token_id, with_epochs
+from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
+from prompt_adapters.tuner import PromptConfig
+
+SPLITS = ("train", "dev", "test")
+MODEL_CLASSES = {"bert": AutoModelForMaskedLM, "gpt2": AutoModelForCausalLM, "bart": AutoModelForSeq2SeqLM}
+
+
+@pytest.fixture(scope="session")
+def factworld_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The small FactWorld (seed 0), built once per session: its directory and its report.
+
+    ``FACTWORLD_SMALL`` may name a directory that ``build --size small --seed 0`` already wrote (CI builds it once
+    for the README demo and the tests); anything else there is refused.
+    """
+    prebuilt = os.environ.get("FACTWORLD_SMALL")
+    if prebuilt:
+        report = json.loads((Path(prebuilt) / "report.json").read_text())
+        if (report["size"], report["seed"]) != ("small", 0):
+            raise ValueError(f"FACTWORLD_SMALL={prebuilt} holds size={report['size']} seed={report['seed']}, "
+                             "expected the small build with seed 0")
+        return Path(prebuilt), report
+    out = tmp_path_factory.mktemp("factworld_small")
+    return out, build_world(out, size="small", seed=0)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_files_exist_in_lama_formats(factworld_small: tuple[Path, dict]) -> None:
+    out, report = factworld_small
+    world = World.load(out / "world.json")
+    relations = _read_jsonl(out / "lama" / "relations.jsonl")
+    assert len(relations) >= 6
+    assert all(set(r) == {"relation", "template", "label", "description", "type"} for r in relations)
+    assert all(r["type"] in ("1-1", "N-1", "N-M") for r in relations)
+    for r in relations:
+        rel = r["relation"]
+        for split in SPLITS:
+            records = _read_jsonl(out / "lama" / "trex" / "autoprompt_original_subobj" / rel / f"{split}.jsonl")
+            assert records and all(set(x) == {"sub", "obj"} for x in records)
+        for kind in ("lpaqa_paraphrase", "lpaqa_mined"):
+            prompts = _read_jsonl(out / "lama" / "prompts" / kind / f"{rel}.jsonl")
+            assert prompts and all(set(p) == {"template", "weight"} for p in prompts)
+            assert all(p["template"].count("[X]") == 1 and p["template"].count("[Y]") == 1 for p in prompts)
+        assert _read_jsonl(out / "lama" / "prompts" / "qin_eisner" / "trex" / f"{rel}.jsonl") == [
+            {"template": r["template"]}
+        ]
+    top1 = _read_jsonl(out / "lama" / "prompts" / "lpaqa_top1" / "LPAQA_relations.jsonl")
+    assert [p["relation"] for p in top1] == [r["relation"] for r in relations]
+    vocab = (out / "lama" / "vocab" / "common_vocab_cased.txt").read_text().split("\n")[:-1]
+    assert vocab == world.all_objects()
+    types = [spec.object_type for spec in world.relations]
+    assert any(types.count(t) >= 2 for t in set(types)), "objects of different relations must share a type"
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_models_and_tokenizers_load_with_auto_classes(factworld_small: tuple[Path, dict]) -> None:
+    out, _ = factworld_small
+    for kind, auto in MODEL_CLASSES.items():
+        tokenizer = AutoTokenizer.from_pretrained(out / kind)
+        model = auto.from_pretrained(out / kind)
+        assert model.config.vocab_size == len(tokenizer)
+    assert AutoTokenizer.from_pretrained(out / "bert").mask_token == "[MASK]"
+    assert AutoTokenizer.from_pretrained(out / "bart").mask_token == "<mask>"
+
+
+def test_splits_have_disjoint_subjects(factworld_small: tuple[Path, dict]) -> None:
+    out, _ = factworld_small
+    world = World.load(out / "world.json")
+    for spec in world.relations:
+        subjects = {s: {f["sub"] for f in world.split(spec.relation, s)} for s in SPLITS}
+        assert not subjects["train"] & subjects["dev"]
+        assert not subjects["train"] & subjects["test"]
+        assert not subjects["dev"] & subjects["test"]
+
+
+def test_every_object_is_one_token_for_every_tokenizer(factworld_small: tuple[Path, dict]) -> None:
+    out, _ = factworld_small
+    world = World.load(out / "world.json")
+    for kind in MODEL_CLASSES:
+        tokenizer = AutoTokenizer.from_pretrained(out / kind)
+        for name in world.all_objects():
+            object_token_id(tokenizer, name)
+            object_token_id(tokenizer, name, leading_space=False)
+    bert = AutoTokenizer.from_pretrained(out / "bert")
+    manual_words = {w for spec in world.relations for w in spec.manual.split() if w not in ("[X]", "[Y]")}
+    assert bert.unk_token_id not in bert.convert_tokens_to_ids(sorted(manual_words)), "manual words must be known"
+
+
+def test_manual_template_is_not_in_the_corpus(factworld_small: tuple[Path, dict]) -> None:
+    out, _ = factworld_small
+    world = World.load(out / "world.json")
+    corpus = (out / "corpus.txt").read_text()
+    for spec in world.relations:
+        assert spec.manual not in spec.paraphrases
+        pattern = re.escape(spec.manual).replace(re.escape("[X]"), r"\S+ \S+").replace(re.escape("[Y]"), r"\S+")
+        assert not re.search(rf"^{pattern}$", corpus, flags=re.MULTILINE), spec.manual
+        paraphrases = _read_jsonl(out / "lama" / "prompts" / "lpaqa_paraphrase" / f"{spec.relation}.jsonl")
+        assert spec.manual not in {p["template"] for p in paraphrases}
+        weights = [p["weight"] for p in paraphrases]
+        assert weights == sorted(weights, reverse=True) and weights[0] > weights[-1], "template mix must be skewed"
+
+
+def test_same_seed_same_world_and_corpus(factworld_small: tuple[Path, dict], tmp_path: Path) -> None:
+    out, report = factworld_small
+    again = build_world(tmp_path / "again", size="small", seed=0, models=())
+    assert again["hashes"] == report["hashes"]
+    files = ("lama/relations.jsonl", "lama/prompts/lpaqa_mined/P19.jsonl", "bert/tokenizer.json", "bart/tokenizer.json")
+    for path in files:
+        assert _digest(tmp_path / "again" / path) == _digest(out / path), path
+    other = build_world(tmp_path / "other", size="small", seed=1, models=())
+    assert other["hashes"]["corpus.txt"] != report["hashes"]["corpus.txt"]
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    config = dataclasses.replace(with_epochs(SIZES["small"], 1), workers=1)
+    first = build_world(tmp_path / "a", seed=3, config=config, models=("bert", "gpt2"))
+    second = build_world(tmp_path / "b", seed=3, config=config, models=("bert", "gpt2"))
+    for kind in ("bert", "gpt2"):
+        weights = [_digest(tmp_path / run / kind / "model.safetensors") for run in ("a", "b")]
+        assert weights[0] == weights[1], kind
+        assert first["models"][kind]["p_at_1"] == second["models"][kind]["p_at_1"]
+
+
+def test_masked_lm_memorised_the_facts_but_not_the_manual_wording(factworld_small: tuple[Path, dict]) -> None:
+    _, report = factworld_small
+    scores = report["models"]["bert"]["p_at_1"]
+    assert scores["top_paraphrase"]["train"]["type"]["macro"] >= 0.9
+    assert scores["manual"]["test"]["type"]["macro"] <= 0.5
+    assert report["targets"]["memorisation"]["met"] and report["targets"]["manual"]["met"]
+
+
+def test_causal_and_seq2seq_models_know_the_facts(factworld_small: tuple[Path, dict]) -> None:
+    _, report = factworld_small
+    for kind in ("gpt2", "bart"):
+        assert report["models"][kind]["p_at_1"]["top_paraphrase"]["train"]["type"]["macro"] >= 0.8, kind
+
+
+def test_saved_masked_lm_reproduces_the_reported_score(factworld_small: tuple[Path, dict]) -> None:
+    out, report = factworld_small
+    world = World.load(out / "world.json")
+    tokenizer = AutoTokenizer.from_pretrained(out / "bert")
+    model = AutoModelForMaskedLM.from_pretrained(out / "bert").eval()
+    spec = world.relations[0]
+    facts = world.split(spec.relation, "train")
+    names = world.objects_of_type(spec.object_type)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(n) for n in names])
+    texts = [spec.paraphrases[0].replace("[X]", f["sub"]).replace("[Y]", tokenizer.mask_token) for f in facts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**enc).logits
+    rows = torch.arange(len(facts))
+    mask_pos = (enc["input_ids"] == tokenizer.mask_token_id).int().argmax(1)
+    predicted = logits[rows, mask_pos][:, ids].argmax(1).tolist()
+    p_at_1 = sum(names[i] == f["obj"] for i, f in zip(predicted, facts, strict=True)) / len(facts)
+    reported = report["models"]["bert"]["p_at_1"]["top_paraphrase"]["train"]["type"]["per_relation"][spec.relation]
+    assert p_at_1 == pytest.approx(reported)
+
+
+def _macro_p_at_1(world: Path, config_for: Callable[[str], PromptConfig], settings: TrainSettings | None) -> float:
+    """Macro P@1 on the test split over all objects, after tuning on train (early stopping on dev) if settings."""
+    tokenizer = AutoTokenizer.from_pretrained(world / "bert")
+    base = AutoModelForMaskedLM.from_pretrained(world / "bert").eval()
+    candidates = tokenizer.convert_tokens_to_ids(World.load(world / "world.json").all_objects())
+    scores = []
+    for relation in _read_jsonl(world / "lama" / "relations.jsonl"):
+        facts = {s: _read_jsonl(world / "lama" / "trex" / "autoprompt_original_subobj" / relation["relation"]
+                                / f"{s}.jsonl") for s in SPLITS}
+        torch.manual_seed(0)
+        model = get_peft_model(base, config_for(relation["template"]))
+        collate = PromptCollator(tokenizer, model, candidate_ids=candidates)
+        if settings is not None:
+            fit(model, collate, facts["train"], facts["dev"], settings, progress=False)
+        scores.append(precision_at_1(rank_answers(model, collate, facts["test"])))
+        base = model.unload()
+    return sum(scores) / len(scores)
+
+
+def test_tuned_prompts_beat_the_manual_prompt_on_held_out_facts(factworld_small: tuple[Path, dict]) -> None:
+    """The project's regression test that the methods extract what the frozen model knows, not only that they run."""
+    out, report = factworld_small
+    tokenizer = AutoTokenizer.from_pretrained(out / "bert")
+
+    def manual(template: str) -> MixturePromptConfig:
+        return MixturePromptConfig(templates=[template], words="hard", learn_weights=False, tokenizer=tokenizer)
+
+    def soft(template: str) -> MixturePromptConfig:
+        return MixturePromptConfig(templates=[template], tokenizer=tokenizer)
+
+    def ptuning(template: str) -> PTuningEncoderConfig:
+        return PTuningEncoderConfig(templates=["[P*3] [X] [P*3] [Y] [P*3]"], tokenizer=tokenizer)
+
+    manual_p1 = _macro_p_at_1(out, manual, None)
+    assert manual_p1 == pytest.approx(report["models"]["bert"]["p_at_1"]["manual"]["test"]["all"]["macro"])
+    soft_p1 = _macro_p_at_1(out, soft, TrainSettings(epochs=30, learning_rate=1e-2, patience=6, seed=42))
+    ptuning_p1 = _macro_p_at_1(out, ptuning, TrainSettings(epochs=40, learning_rate=1e-3, patience=8, seed=34))
+    assert manual_p1 <= 0.5
+    assert soft_p1 >= manual_p1 + 0.3, (manual_p1, soft_p1)
+    assert ptuning_p1 >= manual_p1 + 0.3, (manual_p1, ptuning_p1)
