@@ -70,7 +70,8 @@ def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full
     state = model.base_model.state
     batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
     with torch.no_grad():
-        steps, lengths = state.generate("default", batch["generator_input_ids"], batch["generator_attention_mask"])
+        steps, lengths = state.generate("default", batch["generator_input_ids"], batch["generator_attention_mask"],
+                                        batch["generator_subject_ids"])
     assert lengths.tolist() == [[4, 2], [4, 2]]
     generator = state.generator["default"]
     decoder_embed = generator.get_decoder().embed_tokens
@@ -79,20 +80,45 @@ def test_fixed_stopping_writes_every_position_and_cached_decoding_matches_a_full
                                                    state.options["default"]["mask_id"]]))
     assert state.options["default"]["prefix_ids"].tolist() == [generator.config.decoder_start_token_id,
                                                                 tok_bart.bos_token_id]
-    encoder = generator.get_encoder()(input_ids=batch["generator_input_ids"],
-                                      attention_mask=batch["generator_attention_mask"])
-    inputs = [start.expand(2, -1), bos.expand(2, -1)]
-    expected = []
+    subjects = tok_bart([e["X"] for e in EXAMPLES], add_special_tokens=False)["input_ids"]
+    assert [[i for i in row if i >= 0] for row in batch["generator_subject_ids"].tolist()] == subjects
+    for row, subject in enumerate(subjects):  # a full rerun per row: start, bos, the copied subject, soft tokens
+        attention = batch["generator_attention_mask"][row : row + 1]
+        encoder = generator.get_encoder()(input_ids=batch["generator_input_ids"][row : row + 1],
+                                          attention_mask=attention)
+        inputs = [start, bos, *decoder_embed(torch.tensor(subject))]
+        expected = []
+        with torch.no_grad():
+            for slot in range(6):
+                out = generator(encoder_outputs=encoder, attention_mask=attention,
+                                decoder_inputs_embeds=torch.stack(inputs).unsqueeze(0), use_cache=False)
+                dist = torch.softmax(out.logits[0, -1].float().index_select(-1, common), -1)
+                expected.append(dist)
+                inputs.append(dist @ decoder_embed(common))
+                if slot == 3:  # the step after the 4th soft token is dropped; the decoder then reads the mask token
+                    inputs.append(mask)
+        torch.testing.assert_close(steps[row], torch.stack(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_subjects_of_different_lengths_decode_as_if_alone(bart_dir: Path) -> None:
+    """Rows are grouped by subject length, so each row gets the same prompt it would get in a batch of its own."""
+    model, tok = _model(bart_dir)
+    state = model.base_model.state
+    examples = [*EXAMPLES, {"X": "Barack Obama Senior", "Y": "Paris", "template": "[X] lived in [Y] ."}]
+    collate = PromptGenCollator(tok, model, leak_rows=False)
+    batch = collate(examples)
+    widths = (batch["generator_subject_ids"] >= 0).sum(1).tolist()
+    assert len(set(widths)) > 1, widths
+    keys = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids")
     with torch.no_grad():
-        for slot in range(6):
-            out = generator(encoder_outputs=encoder, attention_mask=batch["generator_attention_mask"],
-                            decoder_inputs_embeds=torch.stack(inputs, 1), use_cache=False)
-            dist = torch.softmax(out.logits[:, -1].float().index_select(-1, common), -1)
-            expected.append(dist)
-            inputs.append(dist @ decoder_embed(common))
-            if slot == 3:  # the step after the 4th soft token is dropped; the decoder then reads the mask token
-                inputs.append(mask.expand(2, -1))
-    torch.testing.assert_close(steps, torch.stack(expected, 1), rtol=1e-4, atol=1e-5)
+        steps, lengths = state.generate("default", *(batch[k] for k in keys))
+        for row, example in enumerate(examples):
+            alone = collate([example])
+            width = int(batch["generator_attention_mask"][row].sum())
+            assert alone["generator_input_ids"].shape[1] == width
+            one_steps, one_lengths = state.generate("default", *(alone[k] for k in keys))
+            assert one_lengths.tolist() == lengths[row : row + 1].tolist()
+            torch.testing.assert_close(one_steps, steps[row : row + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_decoder_prefix_follows_the_generator_targets() -> None:

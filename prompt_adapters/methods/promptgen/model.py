@@ -1,10 +1,10 @@
 """PromptGen: a fine-tuned encoder-decoder generates, for every input, soft prompt tokens for a frozen model.
 
-Each generated token is a distribution D_t over the vocabulary both models share; the generator reads it back as
-the expectation of its own embeddings (fed as the next decoder input, reusing the key/value cache, so m + n tokens
-cost m + n + 2 decoder steps) and the downstream model receives the expectation of *its* embeddings at the pseudo
-positions of ``[X] [P*m] [Y] [P*n]``. With the paper's stopping rule, unused soft positions are removed from the
-downstream input before it runs.
+Each generated token is a distribution D_t over the vocabulary both models share. The decoder starts from the copied
+subject; it reads each D_t back as the expectation of its own embeddings (the next decoder input, reusing the
+key/value cache, so m + n tokens cost m + n + 2 decoder steps per subject length in the batch), and the downstream
+model receives the expectation of *its* embeddings at the pseudo positions of ``[X] [P*m] [Y] [P*n]``. With the
+paper's stopping rule, unused soft positions are removed from the downstream input before it runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePro
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
 from prompt_adapters.tuner import PromptConfig, _embed_scale
 
-GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "prompt_rows")
+GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids", "prompt_rows")
 
 
 class PromptGenLayer(MixturePromptLayer):
@@ -76,9 +76,33 @@ class PromptGenLayer(MixturePromptLayer):
     # ------------------------------------------------------------------------------------------ generation
 
     def generate(
-        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, subject_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft tokens (G, m + n, |V_common|) and the lengths (G, 2) of the two segments actually written."""
+        """Soft tokens (G, m + n, |V_common|) and the lengths (G, 2) of the two segments actually written.
+
+        As in the paper's Figure 1, the decoder first reads its start tokens and the subject (copied, hard), so
+        the first soft token continues "<s> Dante ..." where the generator's pretraining put the relation's words.
+        ``subject_ids`` holds the generator's tokens of each subject, padded with -1; rows with subjects of the same
+        length decode together, so every row keeps exact decoder positions.
+        """
+        options = self.options[name]
+        m, n = options["m"], options["n"]
+        steps = torch.zeros(input_ids.shape[0], m + n, options["gen_ids"].numel(), device=input_ids.device)
+        lengths = torch.zeros(input_ids.shape[0], 2, dtype=torch.long, device=input_ids.device)
+        subject_lengths = (subject_ids >= 0).sum(1)
+        for length in subject_lengths.unique().tolist():
+            rows = (subject_lengths == length).nonzero().squeeze(-1)
+            prefix = torch.cat([options["prefix_ids"].to(input_ids.device).expand(rows.numel(), -1),
+                                subject_ids[rows, :length]], dim=1)
+            group_steps, group_lengths = self._decode(name, input_ids[rows], attention_mask[rows], prefix)
+            steps = steps.index_put((rows,), group_steps)
+            lengths[rows] = group_lengths
+        return steps, lengths
+
+    def _decode(
+        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy soft decoding after the hard ``prefix_ids`` (same length in every row), with the key/value cache."""
         options, generator = self.options[name], self.generator[name]
         m, n = options["m"], options["n"]
         common = options["gen_ids"].to(input_ids.device)
@@ -94,7 +118,7 @@ class PromptGenLayer(MixturePromptLayer):
         phase = torch.zeros(rows, dtype=torch.long, device=input_ids.device)
         count = torch.zeros_like(phase)
         lengths = torch.zeros(rows, 2, dtype=torch.long, device=input_ids.device)
-        inputs = decoder.embed_tokens(options["prefix_ids"].to(input_ids.device)).expand(rows, -1, -1)
+        inputs = decoder.embed_tokens(prefix_ids)
         cache = None
         for _ in range(m + n + 2):
             out = generator(encoder_outputs=encoder_out, attention_mask=attention_mask, decoder_inputs_embeds=inputs,
@@ -132,7 +156,8 @@ class PromptGenLayer(MixturePromptLayer):
         name = self.active_name
         if self.disable_adapters:
             return kwargs, request
-        steps, lengths = self.generate(name, inputs["generator_input_ids"], inputs["generator_attention_mask"])
+        steps, lengths = self.generate(name, inputs["generator_input_ids"], inputs["generator_attention_mask"],
+                                       inputs["generator_subject_ids"])
         self.last_generation = (steps.detach(), lengths)
         weight, scale, vocab = self._downstream[name]
         down_ids = self.options[name]["down_ids"].to(weight.device)
@@ -234,9 +259,10 @@ class PromptGenModel(MixturePromptModel):
 class PromptGenCollator(PromptCollator):
     """Downstream rows as PromptCollator builds them, plus the generator's input for every example.
 
-    The generator reads the example's manual template (key ``template``, e.g. ``"[X] was born in [Y] ."``) with
-    the subject filled in and ``[Y]`` as its mask token. With ``leak_rows`` every example also gets a downstream row
-    whose subject is the config's ``none_subject`` ("None"), scored by the leak penalty and the None diagnostic.
+    The generator reads the example's manual template (key ``template``, e.g. ``"[X] was born in [Y] ."``) with the
+    subject filled in and ``[Y]`` as its mask token; its decoder starts from the subject's tokens. With
+    ``leak_rows`` every example also gets a downstream row whose subject is the config's ``none_subject`` ("None"),
+    scored by the leak penalty and the None diagnostic.
     """
 
     def __init__(
@@ -272,10 +298,14 @@ class PromptGenCollator(PromptCollator):
             none = self.config.none_subject
             downstream += [{**example, "X": none, "sub": none, "subject": none} for example in examples]
         batch = super().__call__(downstream)
-        texts = [self.generator_text(example, self.split_example(example)[0]["X"]) for example in examples]
+        subjects = [self.split_example(example)[0]["X"] for example in examples]
+        texts = [self.generator_text(example, subject) for example, subject in zip(examples, subjects, strict=True)]
         encoded = self.generator_tokenizer(texts, padding=True, return_tensors="pt")
         batch["generator_input_ids"] = encoded["input_ids"]
         batch["generator_attention_mask"] = encoded["attention_mask"]
+        subject_ids = self.generator_tokenizer(subjects, add_special_tokens=False)["input_ids"]
+        width = max(len(ids) for ids in subject_ids)
+        batch["generator_subject_ids"] = torch.tensor([ids + [-1] * (width - len(ids)) for ids in subject_ids])
         rows = torch.arange(len(examples))
         batch["prompt_rows"] = torch.cat([rows, rows]) if self.leak_rows else rows
         return batch
