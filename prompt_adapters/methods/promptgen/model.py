@@ -2,7 +2,7 @@
 
 Each generated token is a distribution D_t over the vocabulary both models share. The decoder starts from the copied
 subject; it reads each D_t back as the expectation of its own embeddings (the next decoder input, reusing the
-key/value cache, so m + n tokens cost m + n + 2 decoder steps per subject length in the batch), and the downstream
+key/value cache, so m + n tokens cost m + n + 2 decoder steps after the longest subject), and the downstream
 model receives the expectation of *its* embeddings at the pseudo positions of ``[X] [P*m] [Y] [P*n]``. With the
 paper's stopping rule, unused soft positions are removed from the downstream input before it runs.
 """
@@ -82,64 +82,55 @@ class PromptGenLayer(MixturePromptLayer):
 
         As in the paper's Figure 1, the decoder first reads its start tokens and the subject (copied, hard), so
         the first soft token continues "<s> Dante ..." where the generator's pretraining put the relation's words.
-        ``subject_ids`` holds the generator's tokens of each subject, padded with -1; rows with subjects of the same
-        length decode together, so every row keeps exact decoder positions.
+        ``subject_ids`` holds the generator's tokens of each subject, padded with -1. Rows are not padded on the
+        decoder side: a row with a shorter subject starts writing earlier, so every row keeps its exact positions
+        and the whole batch decodes in one loop (rows still reading their subject ignore the step's output).
         """
-        options = self.options[name]
-        m, n = options["m"], options["n"]
-        steps = torch.zeros(input_ids.shape[0], m + n, options["gen_ids"].numel(), device=input_ids.device)
-        lengths = torch.zeros(input_ids.shape[0], 2, dtype=torch.long, device=input_ids.device)
-        subject_lengths = (subject_ids >= 0).sum(1)
-        for length in subject_lengths.unique().tolist():
-            rows = (subject_lengths == length).nonzero().squeeze(-1)
-            prefix = torch.cat([options["prefix_ids"].to(input_ids.device).expand(rows.numel(), -1),
-                                subject_ids[rows, :length]], dim=1)
-            group_steps, group_lengths = self._decode(name, input_ids[rows], attention_mask[rows], prefix)
-            steps = steps.index_put((rows,), group_steps)
-            lengths[rows] = group_lengths
-        return steps, lengths
-
-    def _decode(
-        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy soft decoding after the hard ``prefix_ids`` (same length in every row), with the key/value cache."""
         options, generator = self.options[name], self.generator[name]
         m, n = options["m"], options["n"]
-        common = options["gen_ids"].to(input_ids.device)
+        device = input_ids.device
+        common = options["gen_ids"].to(device)
         decoder = generator.get_decoder()
         vocab_embeds = decoder.embed_tokens(common)
         special = decoder.embed_tokens(
-            torch.tensor([generator.config.decoder_start_token_id, options["mask_id"]], device=input_ids.device)
+            torch.tensor([generator.config.decoder_start_token_id, options["mask_id"]], device=device)
         )
         eos = generator.config.eos_token_id
-        encoder_out = generator.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
         rows = input_ids.shape[0]
-        steps = torch.zeros(rows, m + n, common.numel(), device=input_ids.device)
-        phase = torch.zeros(rows, dtype=torch.long, device=input_ids.device)
+        prefix_ids = torch.cat([options["prefix_ids"].to(device).expand(rows, -1), subject_ids], dim=1)
+        prefix_lengths = (prefix_ids >= 0).sum(1)
+        prefix = decoder.embed_tokens(prefix_ids.clamp(min=0))
+        encoder_out = generator.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        steps = torch.zeros(rows, m + n, common.numel(), device=device)
+        phase = torch.zeros(rows, dtype=torch.long, device=device)
         count = torch.zeros_like(phase)
-        lengths = torch.zeros(rows, 2, dtype=torch.long, device=input_ids.device)
-        inputs = decoder.embed_tokens(prefix_ids)
+        lengths = torch.zeros(rows, 2, dtype=torch.long, device=device)
+        position = int(prefix_lengths.min()) - 1
+        inputs = prefix[:, : position + 1]
         cache = None
-        for _ in range(m + n + 2):
+        for _ in range(int(prefix_lengths.max()) - position - 1 + m + n + 2):
             out = generator(encoder_outputs=encoder_out, attention_mask=attention_mask, decoder_inputs_embeds=inputs,
                             past_key_values=cache, use_cache=True)
             cache = out.past_key_values
+            generating = prefix_lengths - 1 <= position
             logits = out.logits[:, -1].float()
             restricted = logits.index_select(-1, common)
             stop = logits[:, eos] > restricted.max(-1).values if options["paper_stopping"] else torch.zeros_like(phase)
             dist = torch.softmax(restricted, dim=-1)
-            write0 = (phase == 0) & ~stop.bool() & (count < m)
-            write1 = (phase == 1) & ~stop.bool() & (count < n)
+            write0 = generating & (phase == 0) & ~stop.bool() & (count < m)
+            write1 = generating & (phase == 1) & ~stop.bool() & (count < n)
             write = write0 | write1
             slot = torch.where(phase == 0, count, m + count)
             index = write.nonzero().squeeze(-1)
             steps = steps.index_put((index, slot[index]), dist[index])
-            ends0 = (phase == 0) & ~write0
+            ends0 = generating & (phase == 0) & ~write0
             lengths[:, 0] = torch.where(write0, count + 1, lengths[:, 0])
             lengths[:, 1] = torch.where(write1, count + 1, lengths[:, 1])
-            expected = dist @ vocab_embeds
+            position += 1
+            reading = prefix[:, min(position, prefix.shape[1] - 1)]
             filler = torch.where(ends0.unsqueeze(-1), special[1], special[0])
-            inputs = torch.where(write.unsqueeze(-1), expected, filler).unsqueeze(1)
+            next_input = torch.where(write.unsqueeze(-1), dist @ vocab_embeds, filler)
+            inputs = torch.where(generating.unsqueeze(-1), next_input, reading).unsqueeze(1)
             count = torch.where(write, count + 1, torch.zeros_like(count))
             phase = torch.where(ends0, torch.ones_like(phase), torch.where((phase == 1) & ~write1, 2, phase))
             if bool((phase == 2).all()):
