@@ -706,3 +706,12 @@ def save_tiny_model(family: str, directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@torch.no_grad()
+def perturb_trainable(model: torch.nn.Module, scale: float = 0.1) -> None:
+    """Add Gaussian noise of ``scale`` to every trainable parameter, so a test of saving or exporting an adapter
+    compares trained-looking values rather than its initialisation."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.add_(torch.randn_like(param) * scale)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokeniz
 import prompt_adapters
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
 from prompt_adapters.peft_registry import check_peft_version, extend_peft_type
-from prompt_adapters.testing import build_tiny_model, save_tiny_model
+from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model
 
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y]."]
 FACTS = [("Dante", "Paris"), ("Obama", "London")]
@@ -33,10 +33,7 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trained(base_dir: Path, config_cls=DeepPerturbConfig, **kwargs):  # type: ignore[no-untyped-def]
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = get_peft_model(AutoModelForMaskedLM.from_pretrained(base_dir), config_cls(templates=TEMPLATES, **kwargs))
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.1)
+    perturb_trainable(model)
     return model, tok
 
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.methods.promptgen import common_vocabulary
 from prompt_adapters.methods.promptgen.model import decoder_prefix
-from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
+from prompt_adapters.testing import build_tiny_model, build_tokenizer, perturb_trainable, save_tiny_model
 
 EXAMPLES = [
     {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
@@ -151,10 +151,7 @@ def test_paper_stopping_removes_unwritten_positions(bart_dir: Path) -> None:
 
 def test_save_load_roundtrip_and_readable_prompts(bart_dir: Path, tmp_path: Path) -> None:
     model, tok = _model(bart_dir, stopping="fixed")
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
+    perturb_trainable(model, 0.05)
     batch = PromptGenCollator(tok, model)(EXAMPLES)
     expected = model(**batch).answer_log_probs
     model.save_pretrained(tmp_path)

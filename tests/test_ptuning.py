@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from prompt_adapters import PromptCollator, PTuningEncoderConfig
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, perturb_trainable
 from prompt_adapters.training import TrainSettings, fit
 
 FACTS = [("Dante", "Paris"), ("Obama", "London"), ("Einstein", "Rome")]
@@ -53,10 +53,7 @@ def test_anchor_words_stay_hard() -> None:
 def test_saved_adapter_keeps_the_encoder_and_loads_under_another_name(tmp_path: Path) -> None:
     model, tok = build_tiny_model("bert")
     peft_model = get_peft_model(model, PTuningEncoderConfig(tokenizer=tok))
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.1)
+    perturb_trainable(peft_model)
     batch = PromptCollator(tok, peft_model)(FACTS)
     expected = peft_model(**batch).answer_log_probs
     peft_model.save_pretrained(tmp_path)
@@ -97,10 +94,7 @@ def test_export_static_table_gives_identical_outputs(tmp_path: Path) -> None:
     model, tok = build_tiny_model("gpt2")
     config = PTuningEncoderConfig(templates=["[P*3] [X] [P*3] [Y]"], tokenizer=tok)
     peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.1)
+    perturb_trainable(peft_model)
     batch = PromptCollator(tok, peft_model)(FACTS)
     expected = peft_model(**batch).answer_log_probs
     peft_model.base_model.export_static(tmp_path)

@@ -11,7 +11,7 @@ from fakehub import FakeHub
 from peft import PeftConfig, PeftModel, get_peft_model
 
 from prompt_adapters import DeepPerturbConfig, PromptCollator
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, perturb_trainable
 
 
 @pytest.fixture
@@ -23,10 +23,7 @@ def hub(tmp_path: pathlib.Path) -> Iterator[FakeHub]:
 def test_push_to_hub_and_reload_by_repo_id(hub: FakeHub) -> None:
     base, tok = build_tiny_model("t5")
     model = get_peft_model(base, DeepPerturbConfig(templates=["[X] was born in [Y] ."], tokenizer=tok))
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param))
+    perturb_trainable(model, 1.0)
     batch = PromptCollator(tok, model)([("Dante", "Paris")])
     expected = model(**batch).answer_log_probs
 
