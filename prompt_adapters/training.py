@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
 from prompt_adapters.data.collator import PromptCollator
 from prompt_adapters.metrics.lama import gold_rank
+from prompt_adapters.run_dir import CheckpointStore, ResumeMismatchError, differences
+from prompt_adapters.run_dir import atomic_write_text as atomic_write_text
 from prompt_adapters.scoring import IGNORE, candidate_positions
 
 
@@ -158,11 +159,29 @@ def precision_at_1(ranks: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Write adapter params, optimiser state and loop counters atomically (a temp dir renamed into place)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+def _checkpoint_store(directory: Path) -> CheckpointStore:
+    return CheckpointStore(Path(directory), ("state.safetensors", "meta.json"), _readable_checkpoint)
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """A version directory whose meta.json parses and whose safetensors header is intact."""
+    try:
+        json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        with safe_open(str(path / "state.safetensors"), "pt") as handle:
+            handle.keys()
+    except (OSError, ValueError, SafetensorError):
+        return False
+    return True
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, settings: dict | None = None
+) -> Path:
+    """Write adapter params, optimiser state, loop counters and the run's settings as a new checkpoint version.
+
+    See ``prompt_adapters.run_dir``: the version is complete before it becomes visible, and older versions are
+    removed only after it is, so a kill at any point leaves a loadable checkpoint.
+    """
     tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainable_parameters(model).items()}
     for key, value in state.pop("best_params", {}).items():
         tensors[f"best.{key}"] = value.contiguous()
@@ -174,23 +193,44 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
                 tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = float(value)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"loop": state, "optim_scalars": scalars, "param_groups": optim["param_groups"]}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
+    meta = {"loop": state, "optim_scalars": scalars, "param_groups": optim["param_groups"], "settings": settings}
+    files = {"state.safetensors": save_bytes(tensors), "meta.json": json.dumps(meta).encode("utf-8")}
+    return _checkpoint_store(directory).save(files)
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore what save_checkpoint wrote; returns the loop counters (with ``best_params``)."""
-    tensors = load_file(str(Path(directory) / "state.safetensors"))
-    meta = json.loads((Path(directory) / "meta.json").read_text())
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint version in ``directory`` (None when there is none)."""
+    return _checkpoint_store(directory).latest()
+
+
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict | None = None
+) -> dict | None:
+    """Restore the newest complete checkpoint in ``directory``; returns its loop counters (with ``best_params``).
+
+    None when there is no checkpoint. With ``settings``, a checkpoint saved under other settings is refused,
+    naming the keys that differ.
+    """
+    path = latest_checkpoint(directory)
+    if path is None:
+        return None
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    if settings is not None and meta.get("settings") is not None:
+        changed = differences(meta["settings"], settings)
+        if changed:
+            raise ResumeMismatchError(
+                f"checkpoint {path} was trained with other settings (" + "; ".join(changed) + "); resume with the "
+                "saved settings, or remove the checkpoint to start over"
+            )
+    tensors = load_file(str(path / "state.safetensors"))
     params = trainable_parameters(model)
+    expected = {f"param.{name}" for name in params}
+    stored = {key for key in tensors if key.startswith("param.")}
+    if expected != stored:
+        raise ResumeMismatchError(
+            f"checkpoint {path} holds the parameters {sorted(stored - expected)} the model lacks and lacks "
+            f"{sorted(expected - stored)}; it was saved by another adapter configuration"
+        )
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[f"param.{name}"])
@@ -248,8 +288,11 @@ def fit(
 
     loop: dict[str, Any] = {"epoch": 0, "best_dev": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_params: dict[str, torch.Tensor] = {}
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / "meta.json").exists():
-        loop = load_checkpoint(Path(checkpoint_dir), model, optimizer)
+    saved = None
+    if checkpoint_dir is not None:
+        saved = load_checkpoint(Path(checkpoint_dir), model, optimizer, asdict(settings))
+    if saved is not None:
+        loop = saved
         best_params = loop.pop("best_params")
         scheduler.last_epoch = loop["epoch"] if settings.schedule == "exponential" else loop["epoch"] * steps_per_epoch
     if loop["epoch"] == 0 and loop["best_dev"] < 0:
@@ -268,7 +311,7 @@ def fit(
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
         model.train(settings.dropout)
         total = 0.0
-        for start in range(0, len(train), settings.batch_size):
+        for step, start in enumerate(range(0, len(train), settings.batch_size), start=1):
             index = order[start : start + settings.batch_size].tolist()
             local = index[rank::world]
             optimizer.zero_grad()
@@ -279,6 +322,7 @@ def fit(
                     if param.grad is not None:
                         param.grad = accelerator.reduce(param.grad, "sum")  # type: ignore[union-attr]
                 loss = accelerator.reduce(loss.detach(), "sum")  # type: ignore[union-attr]
+            check_finite_loss(loss, epoch + 1, step, optimizer.param_groups[0]["lr"])
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
             optimizer.step()
@@ -296,7 +340,8 @@ def fit(
         else:
             loop["bad_epochs"] += 1
         if checkpoint_dir is not None and rank == 0:
-            save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params})
+            save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params},
+                            asdict(settings))
         if world > 1:
             accelerator.wait_for_everyone()  # type: ignore[union-attr]
         bar.update(1)
@@ -326,6 +371,36 @@ def _batch_loss(
     return out.loss
 
 
+class DivergedError(FloatingPointError):
+    """Training produced a non-finite loss."""
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, learning_rate: float) -> None:
+    """Stop at the first NaN/inf loss, saying where it happened and at which learning rate."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergedError(
+            f"the training loss became {value} at epoch {epoch}, step {step} with learning rate {learning_rate:g}: "
+            "training diverged. Expected a finite loss; lower the learning rate (--lr in the benchmarks)"
+        )
+
+
+def mixed_precision_used(accelerator: Accelerator | None) -> dict[str, str]:
+    """The mixed precision requested from accelerate and the one actually used.
+
+    accelerate runs fp16 on CPU in fp32 without a word (no CPU autocast for fp16); this reports it.
+    """
+    if accelerator is None:
+        return {"requested": "no", "used": "fp32", "device": "cpu", "note": ""}
+    requested = str(accelerator.mixed_precision)
+    active = requested != "no" and bool(getattr(accelerator, "native_amp", False))
+    used = requested if active else "fp32"
+    note = ""
+    if requested != "no" and not active:
+        note = f"{requested} was requested but {accelerator.device.type} has no {requested} autocast: ran in fp32"
+    return {"requested": requested, "used": used, "device": accelerator.device.type, "note": note}
+
+
 def _patience_exhausted(loop: dict[str, Any], settings: TrainSettings) -> bool:
     return settings.patience is not None and loop["bad_epochs"] > settings.patience
 
@@ -349,12 +424,3 @@ def em_step(model: nn.Module, collator: PromptCollator, train: Sequence[Any], ba
     state.mixture[name].copy_(torch.log(gamma.mean(0).clamp(min=1e-12)))
     state.mixture[name].requires_grad_(False)
     return gamma
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so readers never see it half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +14,16 @@ import torch
 from peft import get_peft_model
 
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
+from prompt_adapters.run_dir import ResumeMismatchError
 from prompt_adapters.testing import build_tiny_model
-from prompt_adapters.training import TrainSettings, em_step, fit, precision_at_1, rank_answers
+from prompt_adapters.training import (
+    DivergedError,
+    TrainSettings,
+    em_step,
+    fit,
+    precision_at_1,
+    rank_answers,
+)
 
 FACTS = [
     {"sub": s, "obj": o}
@@ -48,6 +61,23 @@ def test_early_stopping_after_patience() -> None:
     assert result.stopped_early and len(result.history) == 3
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupting_dev_metric(model, collate, calls: int):  # type: ignore[no-untyped-def]
+    """dev P@1 as fit computes it, raising on call ``calls`` (the crash of an interrupted run)."""
+    seen = []
+
+    def metric() -> float:
+        seen.append(1)
+        if len(seen) == calls:
+            raise _Interrupt
+        return precision_at_1(rank_answers(model, collate, FACTS))
+
+    return metric
+
+
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     settings = TrainSettings(epochs=4, learning_rate=0.05, batch_size=2, patience=None)
     model, collate = _model()
@@ -55,15 +85,63 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     uninterrupted = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     model, collate = _model()
-    first = TrainSettings(**{**settings.__dict__, "epochs": 2})
-    fit(model, collate, FACTS, FACTS, first, checkpoint_dir=tmp_path / "ckpt", progress=False)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["meta.json", "state.safetensors"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    with pytest.raises(_Interrupt):  # crash while evaluating epoch 3: epochs 1 and 2 are checkpointed
+        fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False,
+            dev_metric=_interrupting_dev_metric(model, collate, calls=4))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["LATEST", "v000002"]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "v000002").iterdir()) == ["meta.json", "state.safetensors"]
     model, collate = _model()
-    fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    result = fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert torch.equal(param, uninterrupted[name]), name
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=2, learning_rate=0.01, batch_size=2, patience=None)
+    model, collate = _model()
+    fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    model, collate = _model()
+    other = TrainSettings(epochs=8, learning_rate=0.1, batch_size=2, patience=None)
+    with pytest.raises(ResumeMismatchError) as error:
+        fit(model, collate, FACTS, FACTS, other, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert "learning_rate: 0.01 in the saved run, 0.1 now" in str(error.value)
+    assert "epochs: 2 in the saved run, 8 now" in str(error.value)
+
+
+def test_checkpoint_of_another_adapter_is_refused(tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=1, learning_rate=0.01, batch_size=2, patience=None)
+    model, collate = _model(MixturePromptConfig)
+    fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    model, collate = _model(DeepPerturbConfig)
+    with pytest.raises(ResumeMismatchError, match=r"lacks.*delta"):
+        fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
+
+
+@pytest.mark.parametrize("lr", [1e30, float("inf")])
+def test_divergence_stops_with_epoch_step_and_learning_rate(lr: float) -> None:
+    model, collate = _model()
+    settings = TrainSettings(epochs=3, learning_rate=lr, batch_size=2, patience=None)
+    with pytest.raises(DivergedError) as error:
+        fit(model, collate, FACTS, FACTS, settings, progress=False)
+    message = str(error.value)
+    assert f"learning rate {lr:g}" in message and "lower the learning rate" in message
+    assert re.search(r"at epoch 1, step [23] ", message), message
+
+
+@pytest.mark.parametrize(("requested", "used"), [("fp16", "fp32"), ("no", "fp32"), ("bf16", "bf16")])
+def test_mixed_precision_report_names_what_ran(requested: str, used: str) -> None:
+    """A real Accelerator on CPU, in a fresh process (accelerate's state is process-wide)."""
+    code = (
+        "import json; from accelerate import Accelerator; from prompt_adapters.training import mixed_precision_used;"
+        f"print(json.dumps(mixed_precision_used(Accelerator(mixed_precision={requested!r}, cpu=True))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["requested"] == requested and report["used"] == used and report["device"] == "cpu"
+    assert ("ran in fp32" in report["note"]) == (requested == "fp16")
 
 
 def test_em_schedule_sets_weights_to_mean_responsibilities() -> None:
