@@ -178,7 +178,11 @@ class CheckpointStore:
         return final
 
     def clean(self, keep: Path) -> None:
-        """Remove every version but ``keep``, staging directories, pointer temporaries and legacy leftovers."""
+        """Remove every version but ``keep``, staging directories, pointer temporaries and legacy leftovers.
+
+        Legacy leftovers are the flat files, ``<dir>.old`` and ``.tmp-*`` staging directories in the parent, which
+        earlier versions of this library wrote; nothing else ever writes ``.tmp-*`` there.
+        """
         for entry in os.listdir(self.directory):
             path = self.directory / entry
             if path == keep or entry == POINTER:
@@ -190,6 +194,9 @@ class CheckpointStore:
         old = self.directory.with_name(self.directory.name + ".old")
         if old.is_dir():
             shutil.rmtree(old)
+        for entry in os.listdir(self.directory.parent):  # the earlier layout staged in the parent as .tmp-*
+            if entry.startswith(".tmp-") and (self.directory.parent / entry).is_dir():
+                shutil.rmtree(self.directory.parent / entry)
 
 
 # ------------------------------------------------------------------------------------------------ lock
