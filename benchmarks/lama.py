@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from accelerate import Accelerator
 from peft import get_peft_model
@@ -34,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import peft_baselines
 from published import published
 
 import prompt_adapters
@@ -59,6 +61,7 @@ class Method:
     train: bool
     defaults: TrainSettings
     joint: bool = False
+    native_peft: bool = False
 
 
 def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
@@ -73,10 +76,24 @@ def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConf
     return MixturePromptConfig(templates=templates, words="hard", learn_weights=False)
 
 
+#: the P-tuning paper's LAMA templates: (3, sub, 3, obj, 3) for masked LMs, (3, sub, 3) + next token for causal LMs
+PTUNING_TEMPLATES = {"causal": "[P*3] [X] [P*3] [Y]", "masked": "[P*3] [X] [P*3] [Y] [P*3]"}
+
+
 def _ptuning(templates: list[str], args: argparse.Namespace) -> PTuningEncoderConfig:
-    """The paper's LAMA templates: (3, sub, 3, obj, 3) for masked LMs, (3, sub, 3) + next token for causal LMs."""
-    template = "[P*3] [X] [P*3] [Y]" if args.lm_kind == "causal" else "[P*3] [X] [P*3] [Y] [P*3]"
+    template = PTUNING_TEMPLATES["causal" if args.lm_kind == "causal" else "masked"]
     return PTuningEncoderConfig(templates=[template], encoder=args.encoder)
+
+
+def _peft_prompt_tuning(templates: list[str], args: argparse.Namespace) -> Any:
+    """peft's PROMPT_TUNING, text init from the manual prompt (see peft_baselines)."""
+    return peft_baselines.prompt_tuning_config(templates[0], args.tokenizer, args.model)
+
+
+def _peft_p_tuning(templates: list[str], args: argparse.Namespace) -> Any:
+    """peft's P_TUNING with as many virtual tokens as our causal P-tuning template has pseudo tokens."""
+    count = PTUNING_TEMPLATES["causal"].count("[P*3]") * 3
+    return peft_baselines.p_tuning_config(count, args.encoder, args.embed_size)
 
 
 QIN_EISNER = TrainSettings(epochs=16, learning_rate=1e-3, batch_size=32, patience=4, seed=42)
@@ -106,6 +123,8 @@ METHODS: dict[str, Method] = {
     "deep": Method(_deep, train=True, defaults=QIN_EISNER),
     "ptuning": Method(_ptuning, train=True, defaults=P_TUNING),
     "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, joint=True),
+    "peft_prompt_tuning": Method(_peft_prompt_tuning, train=True, defaults=QIN_EISNER, native_peft=True),
+    "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
 }
 NONE = "None"
 
@@ -131,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mrr-cap", type=int, default=1000, help="LAMA caps MRR at rank 1000; 0 = no cap")
     parser.add_argument("--max-train", type=int, default=None, help="use at most N train facts per relation")
     parser.add_argument("--max-test", type=int, default=None, help="use at most N test facts per relation")
+    parser.add_argument("--max-dev", type=int, default=None, help="use at most N dev facts per relation")
+    parser.add_argument("--max-prompts", type=int, default=None,
+                        help="use the first N prompts of --init that this LM can read (default: all)")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with N seeds, report mean ± std")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
@@ -157,6 +179,9 @@ def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
     }
     values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}, "seed": seed}
     values["em"] = args.em
+    if METHODS[args.method].native_peft:
+        # fit() puts parameters outside our adapters in the "base" group: give them the adapter's weight decay
+        values["base_weight_decay"] = values["weight_decay"]
     return TrainSettings(**values)
 
 
@@ -187,6 +212,11 @@ class Probe:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.base = load_base(args.model).eval()
         args.lm_kind = detect_lm_kind(self.base)
+        if METHODS[args.method].native_peft and args.lm_kind != "causal":
+            raise SystemExit(f"--method {args.method} reads the answer after the prompt, so it needs a causal LM; "
+                             f"{args.model} is a {args.lm_kind} LM")
+        args.tokenizer = self.tokenizer
+        args.embed_size = int(self.base.get_input_embeddings().weight.shape[1])
         self.relations = lama_data.load_relations(self.data_dir)
         words = lama_data.load_candidates(self.data_dir, args.candidates, args.model)
         self.candidate_words = words
@@ -199,7 +229,7 @@ class Probe:
         result = lama_data.filter_facts(raw, self.tokenizer, self.candidate_words, dedupe=not self.args.no_dedupe)
         kept = result.kept.select_columns(["sub", "obj", "relation"]).to_list()
         dropped = {**result.dropped, "total": len(raw)}
-        limit = self.args.max_train if split == "train" else self.args.max_test if split == "test" else None
+        limit = {"train": self.args.max_train, "dev": self.args.max_dev, "test": self.args.max_test}.get(split)
         if limit is not None and len(kept) > limit:
             dropped["over_limit"] = len(kept) - limit
             kept = kept[:limit]
@@ -214,10 +244,20 @@ class Probe:
     def relation_type(self, relation: str) -> str:
         return self.relations[relation].type if relation in self.relations else "n/a"
 
-    def templates(self, relation: str) -> list[str]:
+    def templates(self, relation: str) -> tuple[list[str], int]:
+        """The --init prompts this LM can read (first --max-prompts of them) and how many were left out.
+
+        A causal LM reads the answer after the prompt, so prompts that start with [Y] are left out (and counted).
+        """
         if self.args.init == "manual":
-            return [self.manual_template(relation)]
-        return lama_data.load_prompts(self.data_dir, self.args.init, relation)
+            return [self.manual_template(relation)], 0
+        prompts = lama_data.load_prompts(self.data_dir, self.args.init, relation)
+        usable = [p for p in prompts if not (self.args.lm_kind == "causal" and p.lstrip().startswith("[Y]"))]
+        kept = usable[: self.args.max_prompts] if self.args.max_prompts else usable
+        if not kept:
+            raise SystemExit(f"none of the {len(prompts)} {self.args.init!r} prompts of {relation} can be read by a "
+                             f"{self.args.lm_kind} LM (each starts with [Y])")
+        return kept, len(prompts) - len(kept)
 
     def exclusion(self, relation: str) -> Callable[[list[dict[str, str]]], torch.Tensor] | None:
         if not self.args.exclude_other_valid:
@@ -244,34 +284,49 @@ class Probe:
             return {"relation": relation, "seed": seed, "type": self.relation_type(relation), "skipped":
                     f"no test fact left after filtering (dropped: {test_drop})", "dropped": dropped}
         torch.manual_seed(relation_seed(seed, relation))
-        manual = self.evaluate(_manual([self.manual_template(relation)], args), relation, test)
-        config = method.build(self.templates(relation), args)
-        model = get_peft_model(self.base, config)
+        manual_template = self.manual_template(relation)
+        templates, prompts_left_out = self.templates(relation)
+        # the manual method on the manual template is the manual row: score it once
+        same_as_manual = args.method == "manual" and templates == [manual_template]
+        manual = None if same_as_manual else self.evaluate(_manual([manual_template], args), relation, test)
+        config = method.build(templates, args)
+        peft_model = get_peft_model(self.base, config)
         try:
-            collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
+            if method.native_peft:
+                model, collator = peft_baselines.native_adapter(peft_model, self.tokenizer, manual_template,
+                                                                self.candidate_tensor)
+            else:
+                model = peft_model
+                collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
             exclude = self.exclusion(relation)
             init_ranks = rank_answers(model, collator, test, exclude=exclude)
+            manual = init_ranks if manual is None else manual
             history: list[dict[str, float]] = []
+            train_started = time.perf_counter()
             if method.train and train:
                 checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
                 result = fit(model, collator, train, dev or train, train_settings(args, seed), checkpoint,
-                             progress=accelerator.is_local_main_process, description=relation,
+                             progress=False, description=relation,  # the run's one bar counts relations
                              accelerator=accelerator if args.data_parallel else None)
                 history = result.history
+            train_seconds = time.perf_counter() - train_started
             ranks = rank_answers(model, collator, test, exclude=exclude) if method.train else init_ranks
             none_ranks = rank_answers(model, collator, [{**f, "sub": NONE} for f in test], exclude=exclude)
         finally:
-            model.unload()
+            if not method.native_peft:  # peft's prompt-learning models wrap the base without changing it
+                peft_model.unload()
         return {
             "relation": relation,
             "seed": seed,
             "type": self.relation_type(relation),
-            "templates": config.templates,
+            "templates": templates,
+            "prompts_left_out": prompts_left_out,
             "ranks": ranks.tolist(),
             "none_ranks": none_ranks.tolist(),
             "init_ranks": init_ranks.tolist(),
             "manual_ranks": manual.tolist(),
             "history": history,
+            "train_seconds": round(train_seconds, 1),
             "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
             "dropped": dropped,
         }
@@ -394,6 +449,7 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads()},
         "elapsed_seconds": round(elapsed, 1),
+        "train_seconds": mean_std([sum(r.get("train_seconds", 0.0) for r in records if r["seed"] == s) for s in seeds]),
         "headline": headline,
         "dropped_facts": dropped,
         "skipped_relations": skipped,
@@ -430,6 +486,7 @@ def markdown(summary: dict[str, Any]) -> str:
         value = h[key]
         return f"{value['mean']:.1f}" + (f" ± {value['std']:.1f}" if len(p["seeds"]) > 1 else "")
 
+    origin = "peft" if METHODS[p["method"]].native_peft else "ours"
     lines = [
         f"# LAMA: {p['method']} ({p['prompts']}) on {p['model']}",
         "",
@@ -443,7 +500,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     for label, name in (("manual", "manual prompt (LAMA template)"), ("init", "before training (init)"),
-                        ("method", f"{p['method']} (ours)"), ("none", f"{p['method']}, subject replaced by None")):
+                        ("method", f"{p['method']} ({origin})"), ("none", f"{p['method']}, subject replaced by None")):
         lines.append(f"| {name} | {cell(label + '.macro.P@1')} | {cell(label + '.macro.P@10')} | "
                      f"{cell(label + '.macro.MRR')} |")
     if pub:
@@ -469,7 +526,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "Skipped relations (not in the averages): "
         + (json.dumps(summary["skipped_relations"]) if summary["skipped_relations"] else "none"),
         "",
-        f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s.",
+        f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s in all, training "
+        f"{summary['train_seconds']['mean']:.0f} s per seed (sum over relations).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -504,6 +562,7 @@ def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    datasets.disable_progress_bars()  # filtering facts is instant; the run shows one bar, over its relations
     if args.download:
         lama_data.download_lama(args.data_dir)
         return None
@@ -539,7 +598,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             accelerator.wait_for_everyone()
     mine = [] if METHODS[args.method].joint else jobs if args.data_parallel else jobs[
         accelerator.process_index :: accelerator.num_processes]
-    for relation, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations"):
+    bar = tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations")
+    for relation, seed in bar:
+        bar.set_postfix(relation=relation, seed=seed)
         target = out / "relations" / f"{relation}-seed{seed}.json"
         if args.resume and target.exists():
             continue
