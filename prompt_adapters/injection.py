@@ -14,7 +14,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+import functools
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,8 +41,22 @@ class ScoreRequest:
     choice_labels: torch.Tensor | None = None
 
 
+#: how a user turns text into inputs that carry the adapter's prompt positions (named by the no-prompt warning)
+PROMPT_INPUTS_HINT = (
+    "build the inputs through the adapter's template with PromptCollator(tokenizer, model).inputs(texts) "
+    "(PromptGenCollator for PromptGen), see docs/peft.md#inputs-from-raw-text"
+)
+
+
 class PromptSource(Protocol):
     """What the hooks need from the adapter state (implemented by the tuner layer)."""
+
+    #: whether the adapters are disabled (``disable_adapter()``): prompt positions then get the template's words
+    disable_adapters: bool
+
+    def current_adapter(self) -> str | None:
+        """The active adapter's name, None when no adapter is left (all deleted)."""
+        ...
 
     def hard_ids(self, rows: torch.Tensor) -> torch.Tensor: ...
 
@@ -117,6 +134,10 @@ class PromptHooks:
         self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._paused = False
+        self.saw_prompt = False
+        self.generating = False
+        self._continuation = False
+        self.warned: set[str] = set()
         if deep and not self.stacks:
             raise ValueError(
                 f"{type(model).__name__} has no transformer blocks of type GradientCheckpointingLayer in a "
@@ -124,8 +145,18 @@ class PromptHooks:
             )
 
     def __deepcopy__(self, memo: dict) -> PromptHooks:
-        """Modules copied with their hooks (peft's modules_to_save copies) keep feeding this adapter state."""
-        return self
+        """A copy of the whole model (``copy.deepcopy(peft_model)``) gets its own hooks, reading the copied adapter
+        state; a module copied on its own with its hooks (peft's ``modules_to_save`` copies) keeps feeding this one.
+
+        The model is always reached before the hooks (the tuner registers it first), so ``memo`` tells the cases apart.
+        """
+        if id(self.model) not in memo:
+            return self
+        clone = PromptHooks.__new__(PromptHooks)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -138,9 +169,10 @@ class PromptHooks:
             add(module.register_forward_pre_hook(self._embedding_pre_hook))
             add(module.register_forward_hook(self._embedding_hook))
         for stack_index, stack in enumerate(self.stacks):
-            add(stack[0].register_forward_pre_hook(self._block_pre_hook(stack_index), with_kwargs=True))
+            pre_hook = functools.partial(self._block_pre_hook, stack_index)
+            add(stack[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
             for depth, block in enumerate(stack, start=1):
-                add(block.register_forward_hook(self._block_hook(stack_index, depth)))
+                add(block.register_forward_hook(functools.partial(self._block_hook, stack_index, depth)))
         head = lm_head_entry(self.model)
         if head is not None:
             add(head.register_forward_pre_hook(self._head_pre_hook))
@@ -168,10 +200,19 @@ class PromptHooks:
     # ------------------------------------------------------------------------------------------ embeddings
 
     def _embedding_pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Map pseudo ids to real ids; ids without a prompt position pass untouched (no link to the adapter)."""
         if self._paused:
             return None
         ids = args[0]
         pseudo = ids >= self.vocab_size
+        if not bool(pseudo.any()):
+            return None
+        self.saw_prompt = True
+        if self.source.current_adapter() is None:
+            raise ValueError(
+                f"the input has prompt positions (pseudo ids >= {self.vocab_size}) but the model has no prompt adapter "
+                "left (all were deleted); add or load an adapter, or pass ids of the base vocabulary only"
+            )
         rows = (ids - self.vocab_size).clamp(min=0)
         self._pending[id(module)] = (pseudo, rows)
         return (torch.where(pseudo, self.source.hard_ids(rows), ids), *args[1:])
@@ -179,9 +220,11 @@ class PromptHooks:
     def _embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if self._paused:
             return output
-        pseudo, rows = self._pending.pop(id(module))
-        self.positions = (pseudo, rows)
-        return self.substitute(output, pseudo, rows)
+        pending = self._pending.pop(id(module), None)
+        self.positions = pending
+        if pending is None:
+            return output
+        return self.substitute(output, *pending)
 
     def substitute(self, embeds: torch.Tensor, pseudo: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Overwrite ``embeds`` at pseudo positions with the active adapter's vectors."""
@@ -197,6 +240,9 @@ class PromptHooks:
                 "were these inputs built for another adapter?"
             )
         if table.dim() == 3:  # one table per input row (input-dependent prompts, e.g. PromptGen)
+            expand = embeds.shape[0] // table.shape[0]
+            if self.generating and expand > 1 and embeds.shape[0] == expand * table.shape[0]:
+                table = table.repeat_interleave(expand, dim=0)  # generate() expanded the rows (beams, samples)
             if table.shape[0] != embeds.shape[0]:
                 raise ValueError(
                     f"per-row prompt tables for {table.shape[0]} rows, but the input has {embeds.shape[0]}"
@@ -219,20 +265,14 @@ class PromptHooks:
             )
         return hidden.index_put((pseudo,), delta[rows[pseudo]].to(hidden.dtype), accumulate=True)
 
-    def _block_pre_hook(self, stack: int) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            hidden = _first(args, kwargs, "hidden_states")
-            return _replace_first(args, kwargs, "hidden_states", self._add_delta(hidden, stack, 0))
+    def _block_pre_hook(self, stack: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = _first(args, kwargs, "hidden_states")
+        return _replace_first(args, kwargs, "hidden_states", self._add_delta(hidden, stack, 0))
 
-        return hook
-
-    def _block_hook(self, stack: int, depth: int) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            if isinstance(output, tuple):
-                return (self._add_delta(output[0], stack, depth), *output[1:])
-            return self._add_delta(output, stack, depth)
-
-        return hook
+    def _block_hook(self, stack: int, depth: int, module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (self._add_delta(output[0], stack, depth), *output[1:])
+        return self._add_delta(output, stack, depth)
 
     # ------------------------------------------------------------------------------------------ scoring
 
@@ -249,6 +289,8 @@ class PromptHooks:
         return (hidden.gather(1, index), *args[1:])
 
     def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        self.saw_prompt = False
+        self._continuation = _continues_a_sequence(kwargs)
         method_keys = self.source.forward_keys
         if not any(key in kwargs for key in (*SCORING_KEYS, *method_keys)):
             return args, kwargs
@@ -260,19 +302,22 @@ class PromptHooks:
         prompt_ids = kwargs.pop("prompt_ids", None)
         num_choices = kwargs.pop("num_choices", None)
         choice_labels = kwargs.pop("choice_labels", None)
-        if prompt_ids is not None:
-            kwargs["inputs_embeds"] = self._embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
         if positions is not None:
             if positions.dim() == 1:
                 positions = positions.unsqueeze(-1)
                 targets = targets.unsqueeze(-1) if targets is not None and targets.dim() == 1 else targets
             choices = None if num_choices is None else int(num_choices)
             self.request = ScoreRequest(positions, targets, candidates, choices, choice_labels)
-        if extra:
+        if extra:  # the method runs first: it may build the prompt table and repack the inputs (prompt_ids included)
+            if prompt_ids is not None:
+                kwargs["prompt_ids"] = prompt_ids
             kwargs, self.request = self.source.prepare(extra, kwargs, self.request)
+            prompt_ids = kwargs.pop("prompt_ids", None)
+        if prompt_ids is not None:
+            kwargs["inputs_embeds"] = self.embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
         return args, kwargs
 
-    def _embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Inject soft vectors into caller-made ``inputs_embeds`` at the pseudo ids of ``prompt_ids``."""
         if embeds is None:
             raise ValueError("prompt_ids marks prompt positions of inputs_embeds; pass inputs_embeds with it")
@@ -281,6 +326,9 @@ class PromptHooks:
                 f"prompt_ids has shape {tuple(prompt_ids.shape)} but inputs_embeds has {tuple(embeds.shape[:2])}"
             )
         pseudo = prompt_ids >= self.vocab_size
+        if not bool(pseudo.any()):
+            return embeds
+        self.saw_prompt = True
         rows = (prompt_ids - self.vocab_size).clamp(min=0)
         self.positions = (pseudo, rows)
         return self.substitute(embeds, pseudo, rows)
@@ -289,7 +337,62 @@ class PromptHooks:
         request, self.request = self.request, None
         self.positions = None
         self._pending.clear()
+        saw_prompt, self.saw_prompt = self.saw_prompt, False
         self.source.end_forward()
+        if output is not None and not (saw_prompt or self._continuation or self.generating or self._paused):
+            self.warn_no_prompt("forward")
         if request is None or output is None:
             return output
         return self.source.finish_scoring(request, output)
+
+    # ------------------------------------------------------------------------------------------ no-prompt warning
+
+    def warn_no_prompt(self, call: str) -> None:
+        """Tell the user, once per adapter, that an enabled adapter met inputs without any prompt position."""
+        name = self.source.current_adapter()
+        if name is None or self.source.disable_adapters or name in self.warned:
+            return
+        self.warned.add(name)
+        warnings.warn(
+            f"prompt adapter {name!r} is active but this {call} call has no prompt position (no id >= "
+            f"{self.vocab_size}), so the base model ran without the adapter; {PROMPT_INPUTS_HINT}. "
+            "This warning is shown once per adapter.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def has_prompt(self, *tensors: Any) -> bool:
+        """Whether any of the given id tensors holds a prompt position."""
+        return any(torch.is_tensor(t) and bool((t >= self.vocab_size).any()) for t in tensors)
+
+    @contextmanager
+    def generation(self, *inputs: Any) -> Iterator[None]:
+        """Run ``generate()``: its inputs are checked for prompt positions once, not at every (cached) step."""
+        if not self.has_prompt(*inputs):
+            self.warn_no_prompt("generate")
+        self.generating, previous = True, self.generating
+        try:
+            yield
+        finally:
+            self.generating = previous
+
+
+def attached_hooks(model: nn.Module) -> list[PromptHooks]:
+    """The PromptHooks currently attached to ``model`` (a model wrapped by an earlier get_peft_model has some)."""
+    found: dict[int, PromptHooks] = {}
+    for hook in model._forward_pre_hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, PromptHooks):
+            found[id(owner)] = owner
+    return list(found.values())
+
+
+def _continues_a_sequence(kwargs: dict[str, Any]) -> bool:
+    """Whether a forward only extends a sequence whose prompt was seen before (KV cache, encoder outputs given)."""
+    if kwargs.get("encoder_outputs") is not None:
+        return True
+    cache = kwargs.get("past_key_values")
+    if cache is None:
+        return False
+    length = getattr(cache, "get_seq_length", None)
+    return bool(length() > 0) if callable(length) else bool(cache)

@@ -97,7 +97,7 @@ def usage_card(config: PeftConfig, repo_id: str | None = None) -> str:
     return f"""{CARD_MARKER}
 ## How to load this adapter
 
-This is a **{config.peft_type}** soft-prompt adapter made with
+This is a **{PeftType(config.peft_type).value}** soft-prompt adapter made with
 [prompt-adapters](https://pypi.org/project/prompt-adapters/) (library_name: peft). peft only knows the
 method once `prompt_adapters` is imported:
 
@@ -117,7 +117,7 @@ Templates:
 
 
 def _is_ours(model: PeftModel) -> bool:
-    return any(str(c.peft_type) in {m[0] for m in METHODS} for c in model.peft_config.values())
+    return any(c.peft_type in {m[0] for m in METHODS} for c in model.peft_config.values())
 
 
 def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) -> None:

@@ -7,12 +7,15 @@ Everything else (hooks, templates, save/load layout, enable/disable, multiple ad
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from peft import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, cast_adapter_dtype
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -21,8 +24,9 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from prompt_adapters.injection import PromptHooks, ScoreRequest
+from prompt_adapters.injection import SCORING_KEYS, PromptHooks, ScoreRequest, attached_hooks
 from prompt_adapters.template import CompiledTemplate, WordMode, compile_templates
+from prompt_adapters.validation import check_adapter_fits, check_field_types, check_positive, tokenizer_fingerprint
 
 INIT_CHOICES = ("words", "random", "vocab")
 LM_KINDS = ("masked", "causal", "seq2seq")
@@ -54,6 +58,7 @@ class PromptConfig(PeftConfig):
     max_length: int | None = field(default=None)
     compiled_templates: list[dict] | None = field(default=None, metadata={"help": "filled automatically"})
     model_fingerprint: dict | None = field(default=None, metadata={"help": "filled automatically"})
+    tokenizer_fingerprint: dict | None = field(default=None, metadata={"help": "filled automatically"})
     target_modules: Any = field(default=DUMMY_TARGET_MODULES)
     modules_to_save: list[str] | None = field(default=None)
     tokenizer: InitVar[PreTrainedTokenizerBase | None] = None
@@ -62,8 +67,8 @@ class PromptConfig(PeftConfig):
         super().__post_init__()
         if isinstance(self.templates, str):
             self.templates = [self.templates]
-        if not self.templates:
-            raise ValueError(f"{type(self).__name__} needs at least one template, got {self.templates!r}")
+        check_field_types(self, PromptConfig)
+        check_positive(self, "max_length")
         if self.words not in ("soft", "hard"):
             raise ValueError(f"words must be 'soft' or 'hard', got {self.words!r}")
         if self.init not in INIT_CHOICES:
@@ -74,10 +79,20 @@ class PromptConfig(PeftConfig):
             self.compile(tokenizer)
 
     def compile(self, tokenizer: PreTrainedTokenizerBase) -> list[CompiledTemplate]:
-        """Tokenise the templates with ``tokenizer`` and keep the result in the config (saved with it)."""
+        """Tokenise the templates with ``tokenizer`` and keep the result in the config (saved with it).
+
+        A config may be created without templates (peft's ``PeftConfig.from_peft_type`` builds every registered
+        config from its defaults); it needs at least one by the time it is compiled.
+        """
+        if not self.templates:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one template, got {self.templates!r}; "
+                "e.g. templates=['[X] was born in [Y] .']"
+            )
         words: WordMode = self.words  # type: ignore[assignment]
         compiled = compile_templates(self.templates, tokenizer, words)
         self.compiled_templates = [t.to_dict() for t in compiled]
+        self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
         if self.tokenizer_name_or_path is None and getattr(tokenizer, "name_or_path", ""):
             self.tokenizer_name_or_path = tokenizer.name_or_path
         return compiled
@@ -143,6 +158,9 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = "default"
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
+        self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
+        #: the base model's input-embedding weight (in a tuple, so it is not registered here): device and dtype
+        self._base_weight: tuple[torch.Tensor, ...] = ()
 
     # --------------------------------------------------------------------------- creation
 
@@ -157,7 +175,9 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         init_ids = [i for template in compiled for i in template.soft_init_ids()]
         fallback = _fallback_id(model)
         self.hard_table[name] = torch.tensor([i if i >= 0 else fallback for i in init_ids], dtype=torch.long)
+        self._base_weight = (model.get_input_embeddings().weight,)
         self.create(name, config, model, init_ids)
+        self._move_adapter_to_device_of_base_layer(name)
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         """Create the parameters of adapter ``name``; the default is one trainable vector per soft row."""
@@ -168,9 +188,26 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     @property
     def active_name(self) -> str:
         active = self.active_adapters
+        if not active:
+            raise ValueError("no prompt adapter is active (all were deleted); add or load one first")
         if len(active) != 1:
             raise ValueError(f"prompt adapters run one adapter at a time; active adapters are {active}")
         return active[0]
+
+    def current_adapter(self) -> str | None:
+        """The active adapter's name, None when every adapter was deleted."""
+        return self.active_name if self.active_adapters else None
+
+    def get_base_layer(self) -> nn.Module:
+        """The layer is headless: it wraps no module (peft's device and dtype helpers read ``weight``)."""
+        return self
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base model's input-embedding weight: the device and dtype the adapter follows."""
+        if not self._base_weight:
+            raise AttributeError("the prompt layer has no adapter yet, hence no base weight")
+        return self._base_weight[0]
 
     def hard_ids(self, rows: torch.Tensor) -> torch.Tensor:
         """Real token ids standing in for pseudo ids: the template's own words (used when disabled)."""
@@ -214,6 +251,22 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     def end_forward(self) -> None:
         """Method hook after every forward (drops per-batch state)."""
 
+    @contextmanager
+    def generation(self, hooks: PromptHooks, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The ``generate()`` inputs, prepared once for every decoding step: ``prompt_ids`` put the soft vectors into
+        ``inputs_embeds`` up front; scoring keys are refused (generate() has no answer slot to score)."""
+        scoring = [key for key in SCORING_KEYS if key != "prompt_ids" and key in kwargs]
+        if scoring:
+            raise ValueError(
+                f"generate() got the scoring keys {scoring} of a PromptCollator training batch; pass the inputs of "
+                "PromptCollator(tokenizer, model).inputs(texts) instead (input_ids and attention_mask)"
+            )
+        kwargs = dict(kwargs)
+        prompt_ids = kwargs.pop("prompt_ids", None)
+        if prompt_ids is not None:
+            kwargs["inputs_embeds"] = hooks.embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
+        yield kwargs
+
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
         """Turn gathered logits into the method's answer distribution and loss (see methods.mixture)."""
         raise NotImplementedError
@@ -228,6 +281,12 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         super().delete_adapter(adapter_name)
         self.offsets.pop(adapter_name, None)
         self.hard_table.pop(adapter_name, None)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """peft's move to the base weight's device and float dtype; the tuner's autocast then upcasts to fp32."""
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device)
+        if adapter_name in self.hard_table:
+            self.hard_table[adapter_name] = self.hard_table[adapter_name].to(device or self.weight.device)
 
 
 def _fallback_id(model: nn.Module) -> int:
@@ -298,12 +357,31 @@ class PromptTuner(BaseTuner):
         adapter_name = self._adapter_being_added
         self._check_fits(adapter_name, peft_config, model)
         if not hasattr(self, self.prefix + "state"):
+            self._replace_earlier_hooks(model)
             setattr(self, self.prefix + "state", self.layer_cls())
             self.hooks = PromptHooks(model, self.state, deep=self.deep)
             self.hooks.attach()
         with self.hooks.paused():
             self.state.add(adapter_name, peft_config, model)
         self.state.set_adapter(self.active_adapters)
+
+    @staticmethod
+    def _replace_earlier_hooks(model: nn.Module) -> None:
+        """A model wrapped a second time runs the new adapter: the earlier PeftModel's hooks are removed, with peft's
+        warning (its layers sit inside the model, so peft sees them; ours are hooks, so we look for them)."""
+        earlier = attached_hooks(model)
+        if not earlier:
+            return
+        warnings.warn(
+            "You are trying to modify a model with PEFT for a second time. If you want to reload the model with a "
+            "different config, make sure to call `.unload()` before. The prompt hooks of the earlier PeftModel are "
+            "removed from this model: the new adapter is the one that runs, and the earlier PeftModel no longer "
+            "applies its prompts.",
+            UserWarning,
+            stacklevel=4,
+        )
+        for hooks in earlier:
+            hooks.detach()
 
     def _check_fits(self, adapter_name: str, config: PromptConfig, model: nn.Module) -> None:
         if config.lm_kind is None:
@@ -315,6 +393,7 @@ class PromptTuner(BaseTuner):
                     "cannot compile the templates: pass tokenizer= to the config or set tokenizer_name_or_path"
                 )
             config.compile(AutoTokenizer.from_pretrained(source))
+        check_adapter_fits(adapter_name, config, model)
         fingerprint = model_fingerprint(model)
         if config.model_fingerprint is None:
             config.model_fingerprint = fingerprint
@@ -347,8 +426,13 @@ class PromptTuner(BaseTuner):
     def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
         for _name, param in model.named_parameters():
             param.requires_grad = False
-        if hasattr(self, self.prefix + "state"):
+        if hasattr(self, self.prefix + "state") and self.active_adapters:
             self.state.set_adapter(self.active_adapters)
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        """peft's ``set_requires_grad``: the adapter state lives in the headless layer, outside ``self.model``."""
+        super().set_requires_grad(adapter_names, requires_grad)
+        self.state.set_requires_grad(adapter_names, requires_grad)
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         self.state.enable_adapters(enabled)
@@ -369,13 +453,13 @@ class PromptTuner(BaseTuner):
         self.active_adapter = names[0]
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``; after the last one the hooks stay but the model runs as the base model."""
         if adapter_name not in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} does not exist; available: {sorted(self.peft_config)}")
         del self.peft_config[adapter_name]
         self.state.delete_adapter(adapter_name)
-        self.active_adapter = self.state.active_adapters[:1] or []
-        if isinstance(self.active_adapter, list) and len(self.active_adapter) == 1:
-            self.active_adapter = self.active_adapter[0]
+        remaining = self.state.active_adapters
+        self.active_adapter = remaining[0] if len(remaining) == 1 else list(remaining)
 
     def _check_merge_allowed(self) -> None:
         raise ValueError(
@@ -391,10 +475,22 @@ class PromptTuner(BaseTuner):
         if merge:
             self._check_merge_allowed()
         self.hooks.detach()
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
         return self.model
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """Adapter parameters are created and kept in fp32 whatever the base model's dtype."""
+        """peft's rule: adapters follow the base weight's dtype, and ``autocast_adapter_dtype=True`` (the default)
+        upcasts fp16 / bf16 adapter weights to fp32. The state layer sits outside ``self.model``, hence ``self``."""
+        cast_adapter_dtype(self, adapter_name=adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's ``generate()``, with the method's extra inputs (PromptGen's generator inputs) consumed
+        once, before decoding starts. Warns once per adapter when the inputs carry no prompt position."""
+        ids = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("input_ids")
+        checked = (ids, kwargs.get("decoder_input_ids"), kwargs.get("prompt_ids"))
+        with self.hooks.generation(*checked), self.state.generation(self.hooks, kwargs) as inputs:
+            return self.model.generate(*args, **inputs)

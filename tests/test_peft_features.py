@@ -180,8 +180,9 @@ def test_bad_inputs_get_clear_errors(bert_dir: Path) -> None:
         MixturePromptConfig(templates=["[X] [Y] [Y]"], tokenizer=tok)
     with pytest.raises(ValueError, match="must read the same"):
         MixturePromptConfig(templates=["[X] [Y]", "[subject] [Y]"], tokenizer=tok)
+    empty = MixturePromptConfig(templates=[])  # peft's from_peft_type builds configs from defaults: no error yet
     with pytest.raises(ValueError, match="at least one template"):
-        MixturePromptConfig(templates=[])
+        get_peft_model(AutoModelForMaskedLM.from_pretrained(bert_dir), empty)
     model = get_peft_model(AutoModelForMaskedLM.from_pretrained(bert_dir), MixturePromptConfig(templates=TEMPLATES))
     collate = PromptCollator(tok, model)
     with pytest.raises(ValueError, match="empty list"):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from prompt_adapters.scoring import IGNORE
 from prompt_adapters.template import (
@@ -258,10 +258,53 @@ class PromptCollator:
             batch["candidate_ids"] = self.candidate_ids
         return batch
 
+    # ------------------------------------------------------------------------------------------ raw text -> inputs
 
-def _pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    def inputs(self, examples: str | Mapping[str, Any] | Sequence[Any], template: int = 0) -> BatchEncoding:
+        """Model inputs for ``model(**inputs)`` and ``model.generate(**inputs)`` from raw text, through the adapter's
+        template number ``template``: the prompt positions carry the adapter's soft vectors.
+
+        ``examples`` is one input or a list of them: a string (templates with one field, e.g. ``"Dante"`` for
+        ``[X] was born in [Y] .``), a tuple or a dict of named fields; answers in them are not read. Each row ends
+        where the answer starts, so a causal LM continues at ``[Y]``; a masked LM has its mask token there; a seq2seq
+        model gets the whole input and ``decoder_input_ids`` holding its decoder prompt (T5: the sentinel; BART: the
+        input copied up to ``[Y]``). Rows are padded on ``tokenizer.padding_side`` (use ``"left"`` for batched
+        generation with a causal LM, as for any HF model).
+        """
+        if not 0 <= template < len(self.templates):
+            raise ValueError(f"template must be an index into the adapter's {len(self.templates)} templates, got "
+                             f"{template}")
+        if isinstance(examples, (str, Mapping)):
+            examples = [examples]
+        if len(examples) == 0:
+            raise ValueError("cannot build inputs from an empty list of examples")
+        self._fragments.clear()
+        rows = []
+        for example in examples:
+            values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
+            if isinstance(example, str) and len(self.fields) != 1:
+                raise ValueError(
+                    f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+                )
+            rows.append(render(self.templates[template], values, self.tokenizer, self.layout, self.offsets[template],
+                               [IGNORE], self.max_length, encode=self.encode))
+        self.truncated_tokens += sum(row.truncated for row in rows)
+        pad_id, left = int(self.tokenizer.pad_token_id), self.tokenizer.padding_side == "left"
+        data = {
+            "input_ids": _pad([r.input_ids for r in rows], pad_id, left),
+            "attention_mask": _pad([[1] * len(r.input_ids) for r in rows], 0, left),
+        }
+        if self.layout.lm_kind == "seq2seq":
+            data["decoder_input_ids"] = _pad([r.decoder_input_ids or [] for r in rows], pad_id, left)
+            data["decoder_attention_mask"] = _pad([[1] * len(r.decoder_input_ids or []) for r in rows], 0, left)
+        return BatchEncoding(data)
+
+
+def _pad(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(1, max(len(s) for s in sequences))
     out = torch.full((len(sequences), width), value, dtype=torch.long)
     for i, sequence in enumerate(sequences):
-        out[i, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+        if sequence:
+            start = width - len(sequence) if left else 0
+            out[i, start : start + len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
     return out

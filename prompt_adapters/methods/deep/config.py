@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass, field
 
 from prompt_adapters.methods.mixture.config import MixturePromptConfig
-from prompt_adapters.peft_registry import DEEP_PERTURB
+from prompt_adapters.peft_registry import DEEP_PERTURB, extend_peft_type
 
 
 @dataclass
@@ -23,7 +23,7 @@ class DeepPerturbConfig(MixturePromptConfig):
     tokenizer: InitVar = None
     def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
         super().__post_init__(tokenizer)
-        self.peft_type = DEEP_PERTURB
+        self.peft_type = extend_peft_type(DEEP_PERTURB)  # a PeftType member, as peft's own configs
         if self.layers is not None:
             bad = [layer for layer in self.layers if not isinstance(layer, int) or layer < 0]
             if bad:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import InitVar, dataclass, field
 
-from prompt_adapters.peft_registry import MIXTURE_PROMPT
+from prompt_adapters.peft_registry import MIXTURE_PROMPT, extend_peft_type
 from prompt_adapters.tuner import PromptConfig
 
 
@@ -25,5 +25,5 @@ class MixturePromptConfig(PromptConfig):
 
     tokenizer: InitVar = None
     def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
-        self.peft_type = MIXTURE_PROMPT
+        self.peft_type = extend_peft_type(MIXTURE_PROMPT)  # a PeftType member, as peft's own configs
         super().__post_init__(tokenizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,26 +29,20 @@ class MixturePromptLayer(PromptLayer):
         self.create_mixture(name, config)
 
     def create_mixture(self, name: str, config: PromptConfig) -> None:
-        """Uniform mixture logits over the adapter's templates and its mixture settings."""
-        self.mixture[name] = nn.Parameter(torch.zeros(len(self.templates[name])))
-        self.settings[name] = {
-            "learn_weights": bool(getattr(config, "learn_weights", True)),
-            "data_dependent": bool(getattr(config, "data_dependent", False)),
-        }
-
-    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_names, inference_mode)
-        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
-        for name in names:
-            if name in self.settings and not self.settings[name]["learn_weights"]:
-                self.mixture[name].requires_grad_(False)
+        """Uniform mixture logits over the adapter's templates (K > 1 only: one template has weight 1 and nothing
+        to learn) and its mixture settings; ``learn_weights=False`` keeps them frozen (peft's frozen weights)."""
+        learn = bool(getattr(config, "learn_weights", True))
+        self.settings[name] = {"learn_weights": learn, "data_dependent": bool(getattr(config, "data_dependent", False))}
+        if len(self.templates[name]) > 1:
+            self.mixture[name] = nn.Parameter(torch.zeros(len(self.templates[name])))
+            if not learn:
+                self.frozen_peft_weight_names[name] = ("mixture",)
 
     def log_weights(self, name: str) -> torch.Tensor:
         """log pi_t, shape (K,); uniform while the adapter is disabled (the plain ensemble of hard prompts)."""
-        logits = self.mixture[name].float()
-        if self.disable_adapters:
-            logits = torch.zeros_like(logits)
-        return torch.log_softmax(logits, dim=0)
+        if name not in self.mixture or self.disable_adapters:
+            return torch.full((self.num_templates(name),), -math.log(self.num_templates(name)))
+        return torch.log_softmax(self.mixture[name].float(), dim=0)
 
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
         """Mixture over templates of the answer distribution (single-token answers) or of answer-sequence

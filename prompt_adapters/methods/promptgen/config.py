@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
-from prompt_adapters.peft_registry import PROMPT_GEN
+from prompt_adapters.peft_registry import PROMPT_GEN, extend_peft_type
 from prompt_adapters.template import CompiledTemplate
 from prompt_adapters.tuner import PromptConfig
 
@@ -45,9 +45,7 @@ class PromptGenConfig(PromptConfig):
     words: str = field(default="hard")
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self.peft_type = PROMPT_GEN
-        if not self.generator_name_or_path:
-            raise ValueError("PromptGenConfig needs generator_name_or_path (e.g. 'facebook/bart-large')")
+        self.peft_type = extend_peft_type(PROMPT_GEN)  # a PeftType member, as peft's own configs
         if self.num_before < 0 or self.num_after < 0 or self.num_before + self.num_after == 0:
             raise ValueError(
                 f"num_before={self.num_before} and num_after={self.num_after} must be >= 0 and not both 0"
@@ -66,6 +64,8 @@ class PromptGenConfig(PromptConfig):
 
     def compile(self, tokenizer: PreTrainedTokenizerBase) -> list[CompiledTemplate]:
         """Compile the template and build the vocabulary the downstream and generator tokenizers share."""
+        if not self.generator_name_or_path:
+            raise ValueError("PromptGenConfig needs generator_name_or_path (e.g. 'facebook/bart-large')")
         compiled = super().compile(tokenizer)
         generator = AutoTokenizer.from_pretrained(self.generator_name_or_path)
         down_ids, gen_ids = common_vocabulary(tokenizer, generator)

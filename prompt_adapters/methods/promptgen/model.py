@@ -9,14 +9,16 @@ paper's stopping rule, unused soft positions are removed from the downstream inp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from prompt_adapters.data.collator import PromptCollator
-from prompt_adapters.injection import ScoreRequest
+from prompt_adapters.injection import PromptHooks, ScoreRequest
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
 from prompt_adapters.tuner import PromptConfig, _embed_scale
@@ -38,10 +40,14 @@ class PromptGenLayer(MixturePromptLayer):
         self._downstream: dict[str, tuple[torch.Tensor, float, int]] = {}
         self._batch_table: torch.Tensor | None = None
         self._leak_rows = False
+        self._generating = False
         self.last_generation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
-        generator = AutoModelForSeq2SeqLM.from_pretrained(config.generator_name_or_path).float()
+        if _creating_on_meta():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): the saved weights follow
+            generator = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(config.generator_name_or_path))
+        else:
+            generator = AutoModelForSeq2SeqLM.from_pretrained(config.generator_name_or_path).float()
         generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)
         self.generator[name] = generator
         down_ids, gen_ids = config.common_vocab  # type: ignore[attr-defined]
@@ -58,9 +64,9 @@ class PromptGenLayer(MixturePromptLayer):
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
             "mask_id": generator_tokenizer.mask_token_id,
             "prefix_ids": torch.tensor(decoder_prefix(generator, generator_tokenizer)),
+            "causal": config.lm_kind == "causal",
         }
         self.settings[name] = {"learn_weights": False, "data_dependent": False}
-        self.mixture[name] = nn.Parameter(torch.zeros(1), requires_grad=False)
 
     def prompt_table(self, name: str) -> torch.Tensor:
         if self._batch_table is None:
@@ -71,7 +77,35 @@ class PromptGenLayer(MixturePromptLayer):
         return self._batch_table
 
     def end_forward(self) -> None:
-        self._batch_table = None
+        if not self._generating:
+            self._batch_table = None
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._downstream.pop(adapter_name, None)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """After a ``low_cpu_mem_usage`` load the generator's weights were assigned one by one: tie them again (the
+        saved file holds one copy of tied embeddings), then move them as peft does."""
+        if adapter_name in self.generator:
+            self.generator[adapter_name].tie_weights()
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device)
+
+    @contextmanager
+    def generation(self, hooks: PromptHooks, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Generate the prompts once from the generator inputs, drop unused soft positions (the kept tokens end at
+        the right edge, where decoding continues), and keep the prompt table for every decoding step."""
+        kwargs = dict(kwargs)
+        extra = {key: kwargs.pop(key) for key in GENERATOR_KEYS if key in kwargs}
+        self._generating = True
+        try:
+            if extra:
+                kwargs, _ = self.prepare(extra, kwargs, None)
+            with super().generation(hooks, kwargs) as prepared:
+                yield prepared
+        finally:
+            self._generating = False
+            self._batch_table = None
 
     # ------------------------------------------------------------------------------------------ generation
 
@@ -157,7 +191,9 @@ class PromptGenLayer(MixturePromptLayer):
         self._batch_table = table[rows]
         self._leak_rows = rows.numel() == 2 * table.shape[0]
         if self.options[name]["paper_stopping"]:
-            kwargs, request = _drop_unused(kwargs, request, lengths[rows], vocab, self.options[name]["m"])
+            right = self._generating and self.options[name]["causal"]
+            kwargs, request = _drop_unused(kwargs, request, lengths[rows], vocab, self.options[name]["m"], right,
+                                           self._generating)
         return kwargs, request
 
     # ------------------------------------------------------------------------------------------ loss
@@ -202,26 +238,70 @@ def decoder_prefix(generator: nn.Module, tokenizer: PreTrainedTokenizerBase) -> 
     return [start]
 
 
+_ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "prompt_ids", "inputs_embeds")
+_DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask")
+
+
 def _drop_unused(
-    kwargs: dict[str, Any], request: ScoreRequest | None, lengths: torch.Tensor, vocab: int, m: int
+    kwargs: dict[str, Any],
+    request: ScoreRequest | None,
+    lengths: torch.Tensor,
+    vocab: int,
+    m: int,
+    right: bool = False,
+    right_decoder: bool = False,
 ) -> tuple[dict[str, Any], ScoreRequest | None]:
-    """Remove the soft positions a stopped segment did not write, shifting the rest left (answer slot included)."""
-    ids = kwargs["input_ids"]
+    """Remove the soft positions a stopped segment did not write from the inputs (``prompt_ids`` with
+    ``inputs_embeds`` too) and from a decoder input that copies them, answer slot included.
+
+    The kept tokens move left (``right=False``, padding after them) or right (padding before them: left-padded
+    inputs, and prompts a causal LM continues in ``generate()``). Score positions follow the tokens they index.
+    """
+    kwargs = dict(kwargs)
+    encoder_ids = kwargs.get("prompt_ids", kwargs.get("input_ids"))
+    index = None
+    if encoder_ids is not None:
+        mask = kwargs.get("attention_mask")
+        index = _pack(kwargs, _ENCODER_KEYS, encoder_ids, lengths, vocab, m, right or _left_padded(mask))
+    decoder_ids = kwargs.get("decoder_input_ids")
+    if decoder_ids is not None:
+        mask = kwargs.get("decoder_attention_mask")
+        index = _pack(kwargs, _DECODER_KEYS, decoder_ids, lengths, vocab, m, right_decoder or _left_padded(mask))
+    if request is not None and index is not None:
+        request.positions = index.gather(1, request.positions)
+    return kwargs, request
+
+
+def _left_padded(mask: torch.Tensor | None) -> bool:
+    return mask is not None and bool((mask[:, 0] == 0).any()) and bool((mask[:, -1] == 1).all())
+
+
+def _pack(
+    kwargs: dict[str, Any], keys: tuple[str, ...], ids: torch.Tensor, lengths: torch.Tensor, vocab: int, m: int,
+    right: bool,
+) -> torch.Tensor:
+    """Pack the tensors of ``keys`` without the unused soft positions of ``ids``; return each old position's new one."""
     soft = ids - vocab
     pseudo = ids >= vocab
     unused = pseudo & (((soft < m) & (soft >= lengths[:, :1])) | ((soft >= m) & (soft - m >= lengths[:, 1:])))
     keep = ~unused
-    new_index = keep.long().cumsum(1) - 1
-    width = int(keep.sum(1).max())
+    kept = keep.sum(1, keepdim=True)
+    width = int(kept.max())
+    new_index = keep.long().cumsum(1) - 1 + (width - kept if right else 0)
     rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(ids)
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        if kwargs.get(key) is not None:
-            value = kwargs[key]
-            packed = torch.zeros(ids.shape[0], width, dtype=value.dtype, device=value.device)
+    for key in keys:
+        value = kwargs.get(key)
+        if value is not None:
+            packed = value.new_zeros((ids.shape[0], width, *value.shape[2:]))
             kwargs[key] = packed.index_put((rows[keep], new_index[keep]), value[keep])
-    if request is not None:
-        request.positions = new_index.gather(1, request.positions)
-    return kwargs, request
+    return new_index
+
+
+def _creating_on_meta() -> bool:
+    """Whether new parameters land on the meta device (peft's ``low_cpu_mem_usage`` loading context)."""
+    probe = nn.Module()
+    probe.register_parameter("probe", nn.Parameter(torch.empty(0)))
+    return probe.probe.is_meta
 
 
 class PromptGenModel(MixturePromptModel):
@@ -289,14 +369,29 @@ class PromptGenCollator(PromptCollator):
             none = self.config.none_subject
             downstream += [{**example, "X": none, "sub": none, "subject": none} for example in examples]
         batch = super().__call__(downstream)
-        subjects = [self.split_example(example)[0]["X"] for example in examples]
-        texts = [self.generator_text(example, subject) for example, subject in zip(examples, subjects, strict=True)]
-        encoded = self.generator_tokenizer(texts, padding=True, return_tensors="pt")
-        batch["generator_input_ids"] = encoded["input_ids"]
-        batch["generator_attention_mask"] = encoded["attention_mask"]
-        subject_ids = self.generator_tokenizer(subjects, add_special_tokens=False)["input_ids"]
-        width = max(len(ids) for ids in subject_ids)
-        batch["generator_subject_ids"] = torch.tensor([ids + [-1] * (width - len(ids)) for ids in subject_ids])
+        batch.update(self.generator_inputs(examples))
         rows = torch.arange(len(examples))
         batch["prompt_rows"] = torch.cat([rows, rows]) if self.leak_rows else rows
         return batch
+
+    def generator_inputs(self, examples: Any) -> dict[str, torch.Tensor]:
+        """The generator's input (the manual template with the subject) and the subject's generator tokens."""
+        subjects = [self.split_example(example)[0]["X"] for example in examples]
+        texts = [self.generator_text(example, subject) for example, subject in zip(examples, subjects, strict=True)]
+        encoded = self.generator_tokenizer(texts, padding=True, return_tensors="pt")
+        subject_ids = self.generator_tokenizer(subjects, add_special_tokens=False)["input_ids"]
+        width = max(len(ids) for ids in subject_ids)
+        return {
+            "generator_input_ids": encoded["input_ids"],
+            "generator_attention_mask": encoded["attention_mask"],
+            "generator_subject_ids": torch.tensor([ids + [-1] * (width - len(ids)) for ids in subject_ids]),
+        }
+
+    def inputs(self, examples: Any, template: int = 0) -> BatchEncoding:
+        """``PromptCollator.inputs`` plus the generator inputs of every example (dicts with the subject under ``X``
+        and the relation's manual template under ``template``), for ``model(**inputs)`` and ``model.generate``."""
+        examples = [examples] if isinstance(examples, dict) else list(examples)
+        encoded = super().inputs(examples, template)
+        encoded.update(self.generator_inputs(examples))
+        encoded["prompt_rows"] = torch.arange(len(examples))
+        return encoded

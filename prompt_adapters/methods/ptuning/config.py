@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from prompt_adapters.peft_registry import PTUNING_ENCODER
+from prompt_adapters.peft_registry import PTUNING_ENCODER, extend_peft_type
 from prompt_adapters.tuner import PromptConfig
 
 ENCODERS = ("lstm", "mlp", "none")
@@ -40,7 +40,7 @@ class PTuningEncoderConfig(PromptConfig):
     mlp_hidden_size: int | None = field(default=None)
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self.peft_type = PTUNING_ENCODER
+        self.peft_type = extend_peft_type(PTUNING_ENCODER)  # a PeftType member, as peft's own configs
         super().__post_init__(tokenizer)
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")

@@ -127,9 +127,10 @@ class PTuningEncoderModel(MixturePromptModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(directory))
-        with torch.no_grad():
-            table = self.state.prompt_table(name).detach().float().cpu().contiguous()
-            mixture = self.state.mixture[name].detach().float().cpu().contiguous()
         prefix = "base_model." + MixturePromptModel.prefix + "state."
-        save_file({prefix + "table": table, prefix + "mixture": mixture}, str(directory / "adapter_model.safetensors"))
+        with torch.no_grad():
+            tensors = {prefix + "table": self.state.prompt_table(name).detach().float().cpu().contiguous()}
+            if name in self.state.mixture:
+                tensors[prefix + "mixture"] = self.state.mixture[name].detach().float().cpu().contiguous()
+        save_file(tensors, str(directory / "adapter_model.safetensors"))
         return directory
