@@ -1,0 +1,354 @@
+"""Checks at the door: config field types, collator inputs, the tokenizer and base model an adapter was made for,
+and strict adapter loading (safetensors only; complete, finite tensors of the right method).
+
+Every check raises at the first bad value with a message naming the value and what was expected, so a mistake
+surfaces where it is made rather than as a traceback deep inside torch or as a silently wrong score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+SAFETENSORS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
+CONFIG_NAME = "adapter_config.json"
+
+
+# ------------------------------------------------------------------------------------------------ config types
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if hint is bool:
+        return "a bool (True or False)"
+    if hint is int:
+        return "an int"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if origin is list:
+        args = typing.get_args(hint)
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a dict"
+    return str(hint)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def check_field_types(config: Any, base: type) -> None:
+    """Type-check the dataclass fields that ``base`` and its subclasses declare (peft's own fields are left alone).
+
+    bool fields take only True/False (``bool("no")`` is True), int fields refuse bools and strings, float fields
+    take ints; list fields check every item.
+    """
+    own: set[str] = set()
+    for cls in type(config).__mro__:
+        if isinstance(cls, type) and issubclass(cls, base):
+            own.update(inspect.get_annotations(cls))
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        if item.name not in own or item.name not in hints:
+            continue
+        value = getattr(config, item.name)
+        if not _matches(value, hints[item.name]):
+            raise TypeError(
+                f"{type(config).__name__}.{item.name} must be {_describe(hints[item.name])}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+
+
+def check_positive(config: Any, *names: str) -> None:
+    """Each named field is None or an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be >= 1 (or None), got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What ids a tokenizer produces: its class, size and a hash of its vocabulary and special tokens."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    special = sorted((str(token), int(tokenizer.convert_tokens_to_ids(str(token))))
+                     for token in tokenizer.all_special_tokens)
+    text = json.dumps([vocab, special], ensure_ascii=False)
+    return {"class": type(tokenizer).__name__, "size": len(tokenizer),
+            "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
+
+
+def check_tokenizer(saved: Mapping[str, Any] | None, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+    """Refuse ``tokenizer`` when it is not the one the templates were compiled with (``saved`` fingerprint)."""
+    if not saved:
+        return
+    current = tokenizer_fingerprint(tokenizer)
+    if saved.get("hash") != current["hash"]:
+        raise ValueError(
+            f"{where}: the adapter's templates were compiled with another tokenizer ({saved.get('class')} of "
+            f"{saved.get('size')} tokens, hash {saved.get('hash')}) than {getattr(tokenizer, 'name_or_path', '')!r} "
+            f"({current['class']} of {current['size']} tokens, hash {current['hash']}); its token ids would be read "
+            "as other words. Expected the tokenizer of the base model the adapter was made for"
+        )
+
+
+def _local_tokenizer(model: nn.Module) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved next to a base model loaded from a local directory (None when there is none)."""
+    from transformers import AutoTokenizer
+
+    source = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not source or not os.path.isdir(source):
+        return None
+    if not any(os.path.exists(os.path.join(source, name)) for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(source)
+
+
+# ------------------------------------------------------------------------------------------------ adapter vs model
+
+
+def check_adapter_fits(name: str, config: Any, model: nn.Module) -> None:
+    """The checks an adapter config must pass against the base model it is attached to.
+
+    ``lm_kind`` must agree with the model's own kind; compiled template ids must exist in its vocabulary; an adapter
+    saved with a ``model_type`` loads only into that type; and where the base model was loaded from a local
+    directory holding a tokenizer, that tokenizer must be the one the templates were compiled with.
+    """
+    from prompt_adapters.tuner import detect_lm_kind
+
+    try:
+        detected_lm_kind: str | None = detect_lm_kind(model)
+    except ValueError:  # a model class outside transformers' auto mappings: trust the config
+        detected_lm_kind = None
+    if config.lm_kind is not None and detected_lm_kind is not None and config.lm_kind != detected_lm_kind:
+        raise ValueError(
+            f"adapter {name!r} has lm_kind={config.lm_kind!r}, but {type(model).__name__} is a {detected_lm_kind} "
+            f"LM; expected lm_kind={detected_lm_kind!r} (or None to detect it)"
+        )
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    for template in config.compiled_templates or []:
+        ids = [i for piece in template["pieces"] if piece["kind"] in ("hard", "soft") for i in piece["ids"]]
+        outside = sorted({i for i in ids if i >= vocab})
+        if outside:
+            raise ValueError(
+                f"template {template['source']!r} of adapter {name!r} was compiled to token ids {outside[:5]} beyond "
+                f"this model's vocabulary of {vocab}; expected templates compiled with this model's tokenizer"
+            )
+    saved = config.model_fingerprint or {}
+    current = getattr(getattr(model, "config", None), "model_type", None)
+    if saved.get("model_type") and current and saved["model_type"] != current:
+        raise ValueError(
+            f"adapter {name!r} was made for a {saved['model_type']!r} model, but this model is {current!r}; load it "
+            f"on a {saved['model_type']!r} base model"
+        )
+    if config.model_fingerprint is not None and getattr(config, "tokenizer_fingerprint", None):
+        local = _local_tokenizer(model)
+        if local is not None:
+            check_tokenizer(config.tokenizer_fingerprint, local, f"adapter {name!r} on {model.name_or_path}")
+
+
+def model_max_positions(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest row the model can take: its position table (less an offset for padding-based position ids, as
+    RoBERTa counts from ``padding_idx + 1``) and the tokenizer's ``model_max_length``; None when unbounded."""
+    limits = []
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            offset = 0
+            for module in model.modules():
+                padding = getattr(module, "padding_idx", None)
+                if isinstance(padding, int) and isinstance(getattr(module, "position_embeddings", None), nn.Embedding):
+                    offset = padding + 1
+                    break
+            limits.append(value - offset)
+            break
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, int) and 0 < length < 1_000_000:
+        limits.append(length)
+    return min(limits) if limits else None
+
+
+# ------------------------------------------------------------------------------------------------ collator inputs
+
+
+def check_text(value: Any, what: str) -> str:
+    """A field or answer value must be a non-empty, non-blank string (None and NaN are refused)."""
+    if not isinstance(value, str):
+        hint = " (a missing value read as NaN)" if isinstance(value, float) and math.isnan(value) else ""
+        raise TypeError(f"{what} must be a non-empty string, got {value!r} ({type(value).__name__}){hint}")
+    if not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_no_special_tokens(ids: Sequence[int], value: str, what: str, tokenizer: PreTrainedTokenizerBase,
+                            allow: frozenset[int] = frozenset()) -> None:
+    """Refuse text that the tokenizer reads as a special token (e.g. a subject containing "[MASK]")."""
+    special = set(tokenizer.all_special_ids) - allow
+    found = [i for i in ids if i in special]
+    if found:
+        tokens = tokenizer.convert_ids_to_tokens(found)
+        raise ValueError(
+            f"{what} {value!r} contains the special token(s) {tokens}, which the model would read as control tokens; "
+            "expected plain text (remove or rewrite them)"
+        )
+
+
+def check_known_tokens(ids: Sequence[int], value: str, what: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse text that tokenises to the unknown token (it cannot be predicted or matched)."""
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        pieces = tokenizer.convert_ids_to_tokens(list(ids))
+        raise ValueError(
+            f"{what} {value!r} tokenises to {pieces}, with the unknown token {tokenizer.unk_token!r}; expected text "
+            "this tokenizer knows (filter such examples)"
+        )
+
+
+def check_candidates(candidate_ids: torch.Tensor, vocab_size: int, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Candidate ids: a non-empty 1-D set of distinct ids inside the vocabulary."""
+    if candidate_ids.dim() != 1 or candidate_ids.numel() == 0:
+        raise ValueError(f"candidate_ids must be a non-empty 1-D list of token ids, got shape "
+                         f"{tuple(candidate_ids.shape)}")
+    values = candidate_ids.tolist()
+    outside = sorted({i for i in values if not 0 <= i < vocab_size})
+    if outside:
+        raise ValueError(f"candidate_ids {outside[:5]} are outside the vocabulary [0, {vocab_size}); expected token "
+                         "ids of this model")
+    seen: set[int] = set()
+    duplicates = sorted({i for i in values if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    if duplicates:
+        raise ValueError(
+            f"candidate_ids repeat {duplicates[:5]} ({tokenizer.convert_ids_to_tokens(duplicates[:5])}); a repeated "
+            "candidate would count an answer twice. Expected distinct ids"
+        )
+
+
+def check_template_words(templates: Sequence[Any], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse templates whose words tokenise to the unknown token (they would read as ``[UNK]``)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    for template in templates:
+        ids = [i for piece in template.pieces if piece.kind in ("hard", "soft") for i in piece.ids]
+        if unk in ids:
+            words = [w for w in template.source.split() if not w.startswith("[")
+                     and unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+            raise ValueError(
+                f"template {template.source!r} has word(s) {words or '?'} this tokenizer reads as "
+                f"{tokenizer.unk_token!r}; expected words in its vocabulary"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ adapter files
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory that cannot be loaded safely."""
+
+
+def adapter_directory(model_id: str | os.PathLike, subfolder: str | None = None) -> Path | None:
+    """The local directory of an adapter (None for a Hub id that is not a local directory)."""
+    path = Path(model_id) / subfolder if subfolder else Path(model_id)
+    return path if path.is_dir() else None
+
+
+def read_adapter_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterFileError(f"{path} does not exist; expected an adapter directory saved by save_pretrained") \
+            from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AdapterFileError(f"{path} is not valid JSON ({error}); the file is truncated or corrupt") from None
+
+
+def check_adapter_files(directory: Path, known_types: Sequence[str]) -> None:
+    """Before peft reads anything: a readable config and an intact safetensors file (never a pickle)."""
+    from safetensors import SafetensorError, safe_open
+
+    config = read_adapter_config(directory)
+    peft_type = config.get("peft_type")
+    if peft_type not in known_types:
+        return
+    weights = directory / SAFETENSORS_NAME
+    if not weights.is_file():
+        pickles = [name for name in PICKLE_NAMES if (directory / name).is_file()]
+        if pickles:
+            raise AdapterFileError(
+                f"{directory / pickles[0]} is a pickle file; prompt adapters are loaded only from {SAFETENSORS_NAME} "
+                "because unpickling can run arbitrary code. Convert it with safetensors.torch.save_file, or save the "
+                "adapter again with save_pretrained"
+            )
+        raise AdapterFileError(f"{weights} does not exist; expected the adapter weights saved by save_pretrained")
+    try:
+        with safe_open(str(weights), "pt") as handle:  # checks the header covers the file exactly
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(f"{weights} is truncated or corrupt ({error}); save the adapter again") from None
+
+
+def check_loaded_adapter(name: str, peft_type: str, missing: Sequence[str], unexpected: Sequence[str],
+                         parameters: Mapping[str, torch.Tensor], source: str) -> None:
+    """After peft loaded the tensors: none missing, none unexpected, all finite."""
+    if missing:
+        raise AdapterFileError(
+            f"{source} lacks tensor(s) {sorted(missing)[:5]} that a {peft_type} adapter has (adapter {name!r} would "
+            "run untrained); expected the weights saved with this adapter_config.json (check its peft_type)"
+        )
+    if unexpected:
+        raise AdapterFileError(
+            f"{source} holds tensor(s) {sorted(unexpected)[:5]} that a {peft_type} adapter does not have; expected "
+            "the weights saved with this adapter_config.json (check its peft_type)"
+        )
+    for key, tensor in parameters.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise AdapterFileError(
+                f"{source}: tensor {key} of adapter {name!r} has {bad} non-finite value(s) (NaN or inf); expected "
+                "finite weights (the run that saved it probably diverged)"
+            )
