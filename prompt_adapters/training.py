@@ -290,7 +290,7 @@ def fit(
     best_params: dict[str, torch.Tensor] = {}
     saved = None
     if checkpoint_dir is not None:
-        saved = load_checkpoint(Path(checkpoint_dir), model, optimizer, asdict(settings))
+        saved = load_checkpoint(Path(checkpoint_dir), model, optimizer, _resume_settings(settings))
     if saved is not None:
         loop = saved
         best_params = loop.pop("best_params")
@@ -341,7 +341,7 @@ def fit(
             loop["bad_epochs"] += 1
         if checkpoint_dir is not None and rank == 0:
             save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params},
-                            asdict(settings))
+                            _resume_settings(settings))
         if world > 1:
             accelerator.wait_for_everyone()  # type: ignore[union-attr]
         bar.update(1)
@@ -369,6 +369,18 @@ def _batch_loss(
     if responsibilities is not None:
         return -(responsibilities[index] * out.template_log_probs).sum(1).mean()
     return out.loss
+
+
+def _resume_settings(settings: TrainSettings) -> dict[str, Any]:
+    """The settings a resumed fit must share with the saved one.
+
+    With the per-epoch exponential schedule, more epochs continue exactly as a longer run would, so ``epochs`` may
+    grow on resume; the linear schedule's slope depends on the total, so there it must match too.
+    """
+    values = asdict(settings)
+    if settings.schedule == "exponential":
+        values.pop("epochs")
+    return values
 
 
 class DivergedError(FloatingPointError):

@@ -107,7 +107,14 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path: Path) -> No
     with pytest.raises(ResumeMismatchError) as error:
         fit(model, collate, FACTS, FACTS, other, checkpoint_dir=tmp_path / "ckpt", progress=False)
     assert "learning_rate: 0.01 in the saved run, 0.1 now" in str(error.value)
-    assert "epochs: 2 in the saved run, 8 now" in str(error.value)
+    assert "epochs" not in str(error.value)  # more epochs continue the exponential schedule exactly
+    linear = TrainSettings(epochs=2, learning_rate=0.01, batch_size=2, patience=None, schedule="linear")
+    model, collate = _model()
+    fit(model, collate, FACTS, FACTS, linear, checkpoint_dir=tmp_path / "linear", progress=False)
+    model, collate = _model()
+    longer = TrainSettings(**{**linear.__dict__, "epochs": 8})
+    with pytest.raises(ResumeMismatchError, match="epochs: 2 in the saved run, 8 now"):
+        fit(model, collate, FACTS, FACTS, longer, checkpoint_dir=tmp_path / "linear", progress=False)
 
 
 def test_checkpoint_of_another_adapter_is_refused(tmp_path: Path) -> None:

@@ -27,6 +27,15 @@ from prompt_adapters.template import (
     render,
     special_affixes,
 )
+from prompt_adapters.validation import (
+    check_candidates,
+    check_known_tokens,
+    check_no_special_tokens,
+    check_template_words,
+    check_text,
+    check_tokenizer,
+    model_max_positions,
+)
 
 #: keys accepted for the LAMA subject / object besides the template's own field names
 FIELD_ALIASES = {"X": ("sub", "sub_label", "subject")}
@@ -106,12 +115,30 @@ class PromptCollator:
         self.layout = make_layout(tokenizer, tuner.model, config.lm_kind)
         self.data_dependent = bool(getattr(config, "data_dependent", False))
         self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
-        self.max_length = max_length or config.max_length
+        check_tokenizer(config.tokenizer_fingerprint, tokenizer, f"PromptCollator for adapter {name!r}")
+        check_template_words(self.templates, tokenizer)
+        if self.candidate_ids is not None:
+            check_candidates(self.candidate_ids, self.layout.vocab_size, tokenizer)
+        self.max_length = self._max_length(max_length or config.max_length, tuner.model, tokenizer)
         self.fields = self.templates[0].fields
         self.answers = answers
         self.pad_answer = pad_answer
         self.truncated_tokens = 0
         self._fragments: dict[tuple[str, bool], list[int]] = {}
+        self._field_space = {p.name: p.space_before for p in self.templates[0].pieces if p.kind == "field"}
+
+    @staticmethod
+    def _max_length(requested: Any, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
+        """``requested`` checked against the positions the model has; by default, those positions."""
+        limit = model_max_positions(model, tokenizer)
+        if requested is None:
+            return limit
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+            raise TypeError(f"max_length must be an int >= 1 or None, got {requested!r}")
+        if limit is not None and requested > limit:
+            raise ValueError(f"max_length={requested} is more than the {limit} positions this model and tokenizer "
+                             f"take; expected max_length <= {limit}")
+        return requested
 
     def encode(self, text: str, space_before: bool) -> list[int]:
         """Token ids of a fragment, cached for the current batch (K templates read the same fields and answers)."""
@@ -135,14 +162,23 @@ class PromptCollator:
                     )
                 values[name] = example[found]
             answer = next((example[k] for k in ANSWER_KEYS if k in example), None)
-            return values, answer
+            return self.check_fields(values, example), answer
         if isinstance(example, (tuple, list)) and 1 <= len(example) <= 2:
             if len(self.fields) != 1:
                 raise ValueError(
                     f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
                 )
-            return {self.fields[0]: example[0]}, (example[1] if len(example) == 2 else None)
+            values = self.check_fields({self.fields[0]: example[0]}, example)
+            return values, (example[1] if len(example) == 2 else None)
         raise TypeError(f"an example must be a (input, answer) pair, (input,) or a dict, got {example!r}")
+
+    def check_fields(self, values: dict[str, Any], example: Any) -> dict[str, str]:
+        """Every field value is non-blank text without special-token text (e.g. "[MASK]" in a subject)."""
+        for name, value in values.items():
+            what = f"field [{name}] of example {example!r}"
+            check_text(value, what)
+            check_no_special_tokens(self.encode(value, self._field_space[name]), value, what, self.tokenizer)
+        return values
 
     def answer_id(self, answer: str | None) -> int:
         """Single token id of the answer, the same under every template (IGNORE when there is none)."""
@@ -158,10 +194,15 @@ class PromptCollator:
                 f"answer {answer!r} is {len(ids)} tokens {pieces} for this tokenizer where one token is required; "
                 "filter such facts or use answers='many'"
             )
+        check_known_tokens(ids, answer, "answer", self.tokenizer)
         return ids[0]
 
     def answer_tokens(self, answer: str) -> list[int]:
-        """Token ids of a (possibly multi-token) answer as read at the answer slot of every template."""
+        """Token ids of a (possibly multi-token) answer as read at the answer slot of every template.
+
+        Refused: non-text or blank answers, special-token text, and answers made only of unknown tokens.
+        """
+        check_text(answer, "answer")
         forms = set()
         for template in self.templates:
             piece = next(p for p in template.pieces if p.kind == "answer")
@@ -171,6 +212,9 @@ class PromptCollator:
         ids = list(forms.pop())
         if not ids:
             raise ValueError(f"answer {answer!r} tokenises to nothing")
+        check_no_special_tokens(ids, answer, "answer", self.tokenizer)
+        if set(ids) == {self.tokenizer.unk_token_id}:
+            check_known_tokens(ids, answer, "answer", self.tokenizer)
         return ids
 
     def choices(self, example: Any) -> tuple[list[str | None], int | None]:
@@ -178,6 +222,11 @@ class PromptCollator:
         if isinstance(example, Mapping) and "choices" in example:
             choices = list(example["choices"])
             label = example.get("label")
+            repeated = sorted({c for c in choices if choices.count(c) > 1}, key=str)
+            if repeated:
+                raise ValueError(f"choices {choices} repeat {repeated}; expected distinct choices")
+            if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
+                raise TypeError(f"label must be an int index into choices {choices} (or None), got {label!r}")
             if label is not None and not 0 <= int(label) < len(choices):
                 raise ValueError(f"label {label} is not an index into choices {choices}")
             return choices, None if label is None else int(label)
@@ -186,7 +235,7 @@ class PromptCollator:
     def targets(self, example: Any) -> tuple[list[list[int]], int | None]:
         """One target sequence per choice, all as long as the answer slot."""
         choices, label = self.choices(example)
-        tokens = [None if c is None else self.answer_tokens(str(c)) for c in choices]
+        tokens = [None if c is None else self.answer_tokens(c) for c in choices]
         known = [t for t in tokens if t is not None]
         requested = example.get("answer_length") if isinstance(example, Mapping) else None
         width = requested or max(map(len, known or [[0]]))

@@ -25,6 +25,11 @@ class DeepPerturbConfig(MixturePromptConfig):
         super().__post_init__(tokenizer)
         self.peft_type = extend_peft_type(DEEP_PERTURB)  # a PeftType member, as peft's own configs
         if self.layers is not None:
+            if not self.layers:
+                raise ValueError(
+                    "layers=[] gives a deep adapter that perturbs no layer; expected depths such as [0, 1, 2], or None "
+                    "for every depth (use MixturePromptConfig for no deltas at all)"
+                )
             bad = [layer for layer in self.layers if not isinstance(layer, int) or layer < 0]
             if bad:
                 raise ValueError(f"layers must be depths >= 0 (0 = after the embeddings), got {bad}")

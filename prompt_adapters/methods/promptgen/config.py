@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -10,6 +11,7 @@ from prompt_adapters.methods.promptgen.vocab import common_vocabulary
 from prompt_adapters.peft_registry import PROMPT_GEN, extend_peft_type
 from prompt_adapters.template import CompiledTemplate
 from prompt_adapters.tuner import PromptConfig
+from prompt_adapters.validation import check_field_types
 
 LEAK_FORMS = ("paper", "bounded")
 STOPPING = ("paper", "fixed")
@@ -46,6 +48,7 @@ class PromptGenConfig(PromptConfig):
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
         self.peft_type = extend_peft_type(PROMPT_GEN)  # a PeftType member, as peft's own configs
+        check_field_types(self, PromptConfig)  # before the range checks below compare numbers
         if self.num_before < 0 or self.num_after < 0 or self.num_before + self.num_after == 0:
             raise ValueError(
                 f"num_before={self.num_before} and num_after={self.num_after} must be >= 0 and not both 0"
@@ -54,8 +57,8 @@ class PromptGenConfig(PromptConfig):
             raise ValueError(f"stopping must be one of {STOPPING}, got {self.stopping!r}")
         if self.leak_form not in LEAK_FORMS:
             raise ValueError(f"leak_form must be one of {LEAK_FORMS}, got {self.leak_form!r}")
-        if self.leak_penalty < 0:
-            raise ValueError(f"leak_penalty must be >= 0, got {self.leak_penalty}")
+        if not 0 <= self.leak_penalty < math.inf:
+            raise ValueError(f"leak_penalty must be a finite number >= 0, got {self.leak_penalty}")
         if not self.templates:
             after = f" [P*{self.num_after}]" if self.num_after else ""
             before = f" [P*{self.num_before}]" if self.num_before else ""

@@ -50,3 +50,5 @@ class PTuningEncoderConfig(PromptConfig):
                 raise ValueError(f"{name} must be a positive size, got {value}")
         if self.lstm_layers < 1:
             raise ValueError(f"lstm_layers must be >= 1, got {self.lstm_layers}")
+        if not 0 <= self.lstm_dropout < 1:
+            raise ValueError(f"lstm_dropout must be a probability in [0, 1), got {self.lstm_dropout}")
