@@ -83,6 +83,7 @@ def register_methods() -> None:
         prefix = model_cls.prefix
         register_peft_method(name=peft_type.lower(), config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     _patch_peft_model_cards()
+    _patch_strict_loading()
 
 
 CARD_MARKER = "<!-- prompt-adapters usage -->"
@@ -129,6 +130,21 @@ def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) ->
     text = text.split(CARD_MARKER)[0].rstrip() + "\n\n" + usage_card(model.active_peft_config, repo_id)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _patch_strict_loading() -> None:
+    """Prompt adapters load only from intact safetensors, with every tensor present and finite (the checks live in
+    ``prompt_adapters.validation``; other peft methods load as peft loads them)."""
+    from prompt_adapters.validation import strict_from_pretrained, strict_load_adapter
+
+    if getattr(PeftModel, "_prompt_adapters_strict", False):
+        return
+    ours = tuple(method[0] for method in METHODS)
+    PeftModel.load_adapter = strict_load_adapter(PeftModel.load_adapter, ours)  # type: ignore[method-assign]
+    PeftModel.from_pretrained = classmethod(  # type: ignore[method-assign,assignment]
+        strict_from_pretrained(PeftModel.from_pretrained.__func__, ours)  # type: ignore[attr-defined]
+    )
+    PeftModel._prompt_adapters_strict = True  # type: ignore[attr-defined]
 
 
 def _patch_peft_model_cards() -> None:

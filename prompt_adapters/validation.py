@@ -354,3 +354,74 @@ def check_loaded_adapter(name: str, peft_type: str, missing: Sequence[str], unex
                 f"{source}: tensor {key} of adapter {name!r} has {bad} non-finite value(s) (NaN or inf); expected "
                 "finite weights (the run that saved it probably diverged)"
             )
+
+
+def _resolve_adapter(model_id: str | os.PathLike, kwargs: Mapping[str, Any]) -> Path | None:
+    """The local directory of an adapter, fetching its config and weights from the Hub when ``model_id`` is a repo.
+
+    None when it cannot be resolved here (peft then reports the problem itself).
+    """
+    local = adapter_directory(model_id, kwargs.get("subfolder"))
+    if local is not None:
+        return local
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    options = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir") if kwargs.get(k) is not None}
+    try:
+        config = Path(hf_hub_download(str(model_id), CONFIG_NAME, **options))
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None
+    if json.loads(config.read_text(encoding="utf-8")).get("peft_type") is None:
+        return None
+    try:
+        hf_hub_download(str(model_id), SAFETENSORS_NAME, **options)
+    except LocalEntryNotFoundError:  # offline and not cached: peft says so itself
+        return None
+    except EntryNotFoundError:  # the repo has no such file (a subclass of the HTTP error below)
+        raise AdapterFileError(
+            f"{model_id} has no {SAFETENSORS_NAME}; prompt adapters are loaded only from safetensors because the "
+            "pickle alternative (adapter_model.bin) can run arbitrary code when loaded"
+        ) from None
+    except (HfHubHTTPError, OSError):
+        return None
+    return config.parent
+
+
+def strict_load_adapter(original: Any, known_types: Sequence[str]) -> Any:
+    """Wrap ``PeftModel.load_adapter``: for prompt adapters, check the files before and the tensors after loading."""
+
+    def load_adapter(self: Any, model_id: str, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        directory = _resolve_adapter(model_id, kwargs)
+        if directory is not None:
+            check_adapter_files(directory, known_types)
+        result = original(self, model_id, adapter_name, *args, **kwargs)
+        config = self.peft_config.get(adapter_name)
+        if config is None or config.peft_type not in known_types:
+            return result
+        state = self.base_model.state
+        parameters = {name: p for name, p in state.named_parameters() if adapter_name in name.split(".")}
+        source = str(directory / SAFETENSORS_NAME) if directory is not None else str(model_id)
+        try:
+            check_loaded_adapter(adapter_name, str(config.peft_type), list(result.missing_keys),
+                                 list(result.unexpected_keys), parameters, source)
+        except AdapterFileError:
+            if len(self.peft_config) > 1:
+                self.delete_adapter(adapter_name)  # leave the model as it was before the failed load
+            raise
+        return result
+
+    return load_adapter
+
+
+def strict_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
+    """Wrap ``PeftModel.from_pretrained`` so a damaged adapter_config.json or weights file is named before peft
+    parses it."""
+
+    def from_pretrained(cls: Any, model: nn.Module, model_id: str, *args: Any, **kwargs: Any) -> Any:
+        directory = _resolve_adapter(model_id, kwargs)
+        if directory is not None:
+            check_adapter_files(directory, known_types)
+        return original(cls, model, model_id, *args, **kwargs)
+
+    return from_pretrained
