@@ -1,4 +1,10 @@
-"""Shared pytest set-up: no Hub access, deterministic torch."""
+"""Shared pytest set-up: no Hub access, deterministic torch, and the data the tests read.
+
+Data: ``fixture_data`` is ``tests/fixtures/data`` (excerpts of LAMA and FewGLUE, always present); ``full_data`` is the
+complete data directory named by the environment variable ``PROMPT_ADAPTERS_DATA`` (holding ``lama/`` and
+``superglue/``, e.g. as written by ``python benchmarks/lama.py --download`` and ``download_fewglue``); tests that use
+it are skipped when the variable is unset.
+"""
 
 import os
 
@@ -11,7 +17,8 @@ import pathlib
 import pytest
 import torch
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURE_DATA = pathlib.Path(__file__).resolve().parent / "fixtures" / "data"
+DATA_ENV = "PROMPT_ADAPTERS_DATA"
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +27,18 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    """The read-only LAMA / SuperGLUE data beside the project root (../shared/data)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; the tests read it from ../shared/data")
-    return SHARED_DATA
+def fixture_data() -> pathlib.Path:
+    """The excerpts in tests/fixtures/data (layout of a full data directory, a few records per file)."""
+    return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session")
+def full_data() -> pathlib.Path:
+    """The complete LAMA / SuperGLUE data named by PROMPT_ADAPTERS_DATA; the test is skipped when it is unset."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"needs the full LAMA / FewGLUE data: set {DATA_ENV} to a folder holding lama/ and superglue/")
+    path = pathlib.Path(value).expanduser()
+    if not (path / "lama").is_dir() or not (path / "superglue").is_dir():
+        pytest.fail(f"{DATA_ENV}={value} must hold lama/ and superglue/ folders (README, 'Data')")
+    return path

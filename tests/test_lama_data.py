@@ -1,12 +1,9 @@
-"""LAMA loaders on the real files in ../shared/data/lama; expected counts come from its README."""
+"""LAMA loaders: behaviour on the excerpts in tests/fixtures/data/lama, and the published counts on the full data
+(PROMPT_ADAPTERS_DATA; skipped without it)."""
 
 from __future__ import annotations
 
-import io
 import json
-import urllib.error
-import urllib.request
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,13 +12,10 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from prompt_adapters.data import lama
 from prompt_adapters.data.lama import (
     DROP_REASONS,
-    LamaDataUnavailable,
     available_relations,
     candidate_ids,
-    download_lama,
     filter_facts,
     load_candidates,
     load_facts,
@@ -33,8 +27,13 @@ from prompt_adapters.data.lama import (
 
 
 @pytest.fixture(scope="module")
-def lama_dir(shared_data: Path) -> Path:
-    return shared_data / "lama"
+def lama_dir(full_data: Path) -> Path:
+    return full_data / "lama"
+
+
+@pytest.fixture(scope="module")
+def excerpt(fixture_data: Path) -> Path:
+    return fixture_data / "lama"
 
 
 @pytest.fixture(scope="module")
@@ -97,30 +96,51 @@ def test_other_corpora(lama_dir: Path, corpus: str, split: str, relation: str | 
     assert len(load_facts(lama_dir, relation, split, corpus=corpus)) == expected
 
 
-def test_google_re_and_squad_columns(lama_dir: Path) -> None:
-    assert available_relations(lama_dir, "google_re") == ["date_of_birth", "place_of_birth", "place_of_death"]
-    google = load_facts(lama_dir, "place_of_birth", "test", corpus="google_re")
+def test_fixture_relations_and_corpora(excerpt: Path) -> None:
+    relations = load_relations(excerpt)
+    assert list(relations) == ["P19", "P20", "P101", "P102", "P1376", "P36"]  # file order
+    p19 = relations["P19"]
+    assert (p19.template, p19.label, p19.type) == ("[X] was born in [Y] .", "place of birth", "N-1")
+    assert relations["P1376"].type == "1-1"
+    assert available_relations(excerpt, "autoprompt", "test") == ["P19", "P20", "P1376"]  # natural order
+    assert available_relations(excerpt, "autoprompt_full", "test") == ["P19"]
+    assert len(load_facts(excerpt, "P19", "train")) == 24
+    assert len(load_facts(excerpt, "place_of_birth", "dev", corpus="google_re_qin_eisner")) == 4
+    assert len(load_facts(excerpt, "IsA", "test", corpus="conceptnet_qin_eisner")) == 4
+
+
+def test_google_re_and_squad_columns(excerpt: Path) -> None:
+    assert available_relations(excerpt, "google_re") == ["place_of_birth"]
+    google = load_facts(excerpt, "place_of_birth", "test", corpus="google_re")
     # The LAMA-format labels win over the Freebase ids in sub/obj.
     assert google[0]["sub"] == "Khatchig Mouradian" and google[0]["obj"] == "Lebanon"
     assert "masked_sentences" in google.column_names
-    squad = load_facts(lama_dir, corpus="squad")
+    squad = load_facts(excerpt, corpus="squad")
     assert set(squad["relation"]) == {"squad"}
     assert squad[0]["obj"] == "gold" and "[MASK]" in squad[0]["masked_sentences"][0]
 
 
-def test_both_record_formats_agree(lama_dir: Path) -> None:
-    subobj = load_facts(lama_dir, "P19", "test", corpus="autoprompt")
-    full = load_facts(lama_dir, "P19", "test", corpus="autoprompt_full")
+def test_both_record_formats_agree(excerpt: Path) -> None:
+    """The fixture's LAMA-format file holds the first facts of P19's test split, in the same order."""
+    subobj = load_facts(excerpt, "P19", "test", corpus="autoprompt")
+    full = load_facts(excerpt, "P19", "test", corpus="autoprompt_full")
     pairs = list(zip(subobj["sub"], subobj["obj"], strict=True))
-    assert pairs == list(zip(full["sub"], full["obj"], strict=True))
-    one_file = load_facts(lama_dir / "trex/autoprompt_original_full/P19/test.jsonl")
+    assert len(full) == 3 and pairs[:3] == list(zip(full["sub"], full["obj"], strict=True))
+    one_file = load_facts(excerpt / "trex/autoprompt_original_full/P19/test.jsonl")
     assert set(one_file["relation"]) == {"P19"}  # taken from predicate_id
     assert one_file["obj"] == full["obj"]
 
 
-def test_several_relations_and_errors(lama_dir: Path) -> None:
+def test_several_relations_and_full_counts(lama_dir: Path) -> None:
     both = load_facts(lama_dir, ["P36", "P1376"], "test")
     assert Counter(both["relation"]) == {"P36": 703, "P1376": 234}
+    assert available_relations(lama_dir, "google_re") == ["date_of_birth", "place_of_birth", "place_of_death"]
+
+
+def test_several_relations_and_errors(excerpt: Path) -> None:
+    lama_dir = excerpt
+    both = load_facts(lama_dir, ["P1376", "P19"], "test")
+    assert both["relation"] == ["P1376"] * 24 + ["P19"] * 24  # concatenated in the given order
     with pytest.raises(FileNotFoundError, match="P102"):
         load_facts(lama_dir, "P102", "test")
     with pytest.raises(ValueError, match="unknown LAMA corpus 'trex_nope'"):
@@ -180,10 +200,25 @@ def test_pararel_and_other_prompt_sets(lama_dir: Path, trex_relations: list[str]
     assert load_prompts(lama_dir, "lpaqa_mined", "place_of_birth") == load_prompts(lama_dir, "lpaqa_mined", "P19")
 
 
-def test_prompts_keep_spacing(lama_dir: Path) -> None:
-    roberta = load_prompts(lama_dir, "autoprompt_roberta", "P1001")
+def test_every_prompt_file_format_reads(excerpt: Path) -> None:
+    """One relation per prompt source: JSON lines with "template" or "pattern", keyed files, plain text, fallbacks."""
+    assert load_prompts(excerpt, "manual", "P19") == ["[X] was born in [Y] ."]
+    assert load_prompts(excerpt, "manual", "date_of_birth") == ["[X] (born [Y])."]
+    assert load_prompts(excerpt, "lpaqa_mined", "P19")[:2] == ["[X] was born in [Y] .", "[Y] native [X] ."]
+    assert len(load_prompts(excerpt, "lpaqa_paraphrase", "P19")) == 4
+    assert load_prompts(excerpt, "lpaqa_top1", "P1376") and load_prompts(excerpt, "autoprompt_bert", "P20")
+    assert load_prompts(excerpt, "pararel", "P19")[:2] == ["[X] was born in [Y].", "[X] is originally from [Y]."]
+    assert load_prompts(excerpt, "qin_eisner", "IsA")[0] == "A [X] is a [Y]."
+    # Google-RE mined prompts fall back to the LPAQA lists kept by Qin & Eisner.
+    assert load_prompts(excerpt, "lpaqa_mined", "place_of_birth") == load_prompts(excerpt, "lpaqa_mined", "P19")
+    with pytest.raises(ValueError, match="no 'autoprompt_bert' prompts for relation 'P36'"):
+        load_prompts(excerpt, "autoprompt_bert", "P36")
+
+
+def test_prompts_keep_spacing(excerpt: Path) -> None:
+    roberta = load_prompts(excerpt, "autoprompt_roberta", "P1001")
     assert roberta == [" [X]\u00a2List unsu rivers spanning [Y] ."]
-    paraphrases = load_prompts(lama_dir, "lpaqa_manual_paraphrase", "P19")
+    paraphrases = load_prompts(excerpt, "lpaqa_manual_paraphrase", "P19")
     assert paraphrases[:2] == ["[X] was born in [Y] .", "[X] was born in [Y]."]
 
 
@@ -204,6 +239,24 @@ def test_bad_template_names_file_line_and_template(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- candidates
+
+
+def test_candidate_files(excerpt: Path) -> None:
+    common = load_candidates(excerpt, "common_vocab_cased")
+    assert common[:3] == ["#", "%", "&"] and "Paris" in common
+    assert load_candidates(excerpt, "common_vocab_cased_be_ro_al") == ["#", "$", "&", "*", "+"]  # spaces stripped
+    lists = {m: load_candidates(excerpt, "29k", m) for m in ("bert-base-cased", "roberta-large", "gpt2-xl")}
+    assert len({frozenset(v) for v in lists.values()}) == 1  # same words, BPE marker removed
+    assert all(not w.startswith("Ġ") for w in lists["roberta-large"])
+    assert load_candidates(excerpt, "29k") == lists["bert-base-cased"]
+    assert load_candidates(excerpt, "full") is None
+    with pytest.raises(FileNotFoundError, match=r"34k-vocab\.json, which does not exist") as err:
+        load_candidates(excerpt, "34k", "bert-base-cased")
+    assert "never published outside its packed data archive" in str(err.value)
+    with pytest.raises(ValueError, match="no list for model 'gpt2'"):
+        load_candidates(excerpt, "29k", "gpt2")
+    with pytest.raises(ValueError, match="unknown candidate set '21k'"):
+        load_candidates(excerpt, "21k")
 
 
 def test_candidate_sets(lama_dir: Path) -> None:
@@ -298,50 +351,3 @@ def test_valid_objects_pools_splits() -> None:
     valid = valid_objects([train, test])
     assert valid == {("P1", "X"): frozenset("abc"), ("P2", "X"): frozenset("a")}
     assert valid_objects(test)[("P1", "X")] == frozenset("c")
-
-
-# ---------------------------------------------------------------------------------------------- download
-
-
-def test_download_offline_error_says_what_to_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(LamaDataUnavailable, match="--data-dir") as err:
-        download_lama(tmp_path / "lama")
-    assert "offline mode: HF_HUB_OFFLINE=1" in str(err.value)
-    assert "shared/data/lama" in str(err.value)
-
-
-def test_download_places_archive_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layout step, with a fake data.zip served by a patched fetch (no network)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    buffer = io.BytesIO()
-    fact = {"sub_label": "Allan Peiper", "obj_label": "Alexandra", "predicate_id": "P19"}
-    with zipfile.ZipFile(buffer, "w") as z:
-        z.writestr("data/relations.jsonl", '{"relation": "P19", "template": "[X] was born in [Y] ."}\n')
-        z.writestr("data/TREx/P19.jsonl", json.dumps(fact) + "\n")
-        z.writestr("data/ConceptNet/test.jsonl", "{}\n")
-
-    def fake_fetch(url: str, dest: Path) -> None:
-        dest.write_bytes(buffer.getvalue() if url.endswith(".zip") else b"word\n")
-
-    monkeypatch.setattr(lama, "_fetch", fake_fetch)
-    downloads = (lama.DOWNLOADS[0], lama.Download("https://example.org/v.txt", {"": "vocab/v.txt"}))
-    target = download_lama(tmp_path / "lama", downloads)
-    assert (target / "relations.jsonl").is_file()
-    assert (target / "vocab/v.txt").read_text() == "word\n"
-    assert not (target / "conceptnet").exists()
-    facts = load_facts(target, "P19", "test")  # the "autoprompt" corpus falls back to the LAMA-format file
-    assert facts[0] == {"sub": "Allan Peiper", "obj": "Alexandra", "relation": "P19"}
-
-
-def test_network_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-
-    def no_network(url: str, timeout: float) -> None:
-        raise urllib.error.URLError("unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(LamaDataUnavailable, match=r"LAMA/data\.zip \(network error.*--data-dir"):
-        download_lama(tmp_path / "lama")

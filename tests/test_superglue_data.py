@@ -1,7 +1,9 @@
-"""SuperGLUE loaders and P-tuning patterns on the real files in ../shared/data/superglue (sizes from its README)."""
+"""SuperGLUE loaders and P-tuning patterns: behaviour on the excerpts in tests/fixtures/data/superglue, split sizes
+on the full FewGLUE / SuperGLUE data (PROMPT_ADAPTERS_DATA; skipped without it)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,20 @@ from prompt_adapters.testing import build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def data_dir(shared_data: Path) -> Path:
-    return shared_data / "superglue"
+def data_dir(fixture_data: Path) -> Path:
+    """The excerpts: each task's first train / dev32 / val records, WSC val idx 42, two unlabeled records."""
+    return fixture_data / "superglue"
+
+
+@pytest.fixture(scope="module")
+def full_dir(full_data: Path) -> Path:
+    return full_data / "superglue"
+
+
+@pytest.fixture(params=["excerpt", "full"])
+def any_dir(request: pytest.FixtureRequest) -> Path:
+    """The excerpts, then the full data (the second is skipped without PROMPT_ADAPTERS_DATA)."""
+    return request.getfixturevalue("data_dir" if request.param == "excerpt" else "full_dir")
 
 
 # ---------------------------------------------------------------------------------------------- golden patterns
@@ -180,26 +194,33 @@ def test_wsc_pronoun_index_repairs(data_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["BoolQ", "CB", "COPA", "RTE", "WiC", "WSC"])
-def test_fewglue_splits_have_32_examples(data_dir: Path, name: str) -> None:
-    assert len(load_task(data_dir, name, "train")) == 32
-    assert len(load_task(data_dir, name, "dev32")) == 32
+def test_fewglue_splits_have_32_examples(full_dir: Path, name: str) -> None:
+    assert len(load_task(full_dir, name, "train")) == 32
+    assert len(load_task(full_dir, name, "dev32")) == 32
 
 
 @pytest.mark.parametrize(
     ("name", "size"), [("BoolQ", 3270), ("CB", 56), ("COPA", 100), ("RTE", 277), ("WiC", 638), ("WSC", 104)]
 )
-def test_val_sizes(data_dir: Path, name: str, size: int) -> None:
-    assert len(load_task(data_dir, name, "val")) == size
+def test_val_sizes(full_dir: Path, name: str, size: int) -> None:
+    assert len(load_task(full_dir, name, "val")) == size
 
 
-def test_multirc_is_one_row_per_answer_option(data_dir: Path) -> None:
+def test_multirc_sizes(full_dir: Path) -> None:
     for split, passages, questions, answers in [("train", 32, 32, 154), ("dev32", 32, 32, 167), ("val", 83, 953, 4848)]:
-        rows = load_task(data_dir, "MultiRC", split)
+        rows = load_task(full_dir, "MultiRC", split)
         assert (len(set(rows["passage_idx"])), len(set(rows["question_idx"])), len(rows)) == (
             passages,
             questions,
             answers,
         )
+
+
+def test_multirc_is_one_row_per_answer_option(data_dir: Path) -> None:
+    record = json.loads((data_dir / "fewglue_32dev/MultiRC/train.jsonl").read_text().splitlines()[0])
+    rows = load_task(data_dir, "MultiRC", "train")
+    first_record = [row for row in rows if row["passage_idx"] == record["idx"]]
+    assert len(first_record) == sum(len(q["answers"]) for q in record["passage"]["questions"])
     second = load_task(data_dir, "MultiRC", "train")[1]
     assert second["passage"].startswith("A stranger in town meets pretty young Susan")
     assert {key: value for key, value in second.items() if key != "passage"} == {
@@ -213,11 +234,17 @@ def test_multirc_is_one_row_per_answer_option(data_dir: Path) -> None:
     assert gold_answer("MultiRC", second) == "Yes"
 
 
-def test_unlabeled_pools(data_dir: Path) -> None:
+def test_unlabeled_pools(full_dir: Path) -> None:
     for name, size in [("COPA", 400), ("WSC", 554), ("WiC", 5428)]:
-        rows = load_task(data_dir, name, "unlabeled")
+        rows = load_task(full_dir, name, "unlabeled")
         assert len(rows) == size
         assert "label" not in rows.column_names
+
+
+def test_unlabeled_rows_have_no_label(data_dir: Path) -> None:
+    for name in ("COPA", "WSC", "WiC"):
+        rows = load_task(data_dir, name, "unlabeled")
+        assert len(rows) == 2 and "label" not in rows.column_names
     with pytest.raises(FileNotFoundError, match=r"BoolQ has no 'unlabeled' split.*only for COPA, MultiRC, WiC"):
         load_task(data_dir, "BoolQ", "unlabeled")
 
@@ -234,19 +261,19 @@ def test_unlabeled_pools(data_dir: Path) -> None:
         ("WSC", {False, True}),
     ],
 )
-def test_labels_are_normalised(data_dir: Path, name: str, labels: set[Any]) -> None:
-    found = set(load_task(data_dir, name, "val")["label"])
+def test_labels_are_normalised(full_dir: Path, name: str, labels: set[Any]) -> None:
+    found = set(load_task(full_dir, name, "val")["label"])
     assert found == labels
     task = TASKS[name]
     if task.verbalizer is not None:
         assert set(task.verbalizer) == labels
 
 
-def test_every_val_record_renders(data_dir: Path) -> None:
+def test_every_val_record_renders(any_dir: Path) -> None:
     """Preprocessing never fails on the real dev sets, and every rendering has its prompt tokens and one answer."""
     for name, task in TASKS.items():
         counts = Counter()
-        for record in load_task(data_dir, name, "val"):
+        for record in load_task(any_dir, name, "val"):
             text = render_text(task.template_for(record), example_fields(task, record))
             counts[(text.count("[P]"), text.count("[MASK]"))] += 1
             gold_answer(task, record)
@@ -314,7 +341,7 @@ def test_hub_offline_error_says_what_to_pass(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SuperGlueDataUnavailable, match=r"offline mode: HF_DATASETS_OFFLINE=1") as err:
         load_task_from_hub("RTE", "val")
     assert "load_task(data_dir, 'RTE', 'val')" in str(err.value)
-    assert "shared/data/superglue" in str(err.value)
+    assert "fewglue_32dev/<TASK>/{train,dev32}.jsonl" in str(err.value) and "download_fewglue()" in str(err.value)
     with pytest.raises(ValueError, match="split 'dev32' is not on the Hub"):
         load_task_from_hub("RTE", "dev32")
 

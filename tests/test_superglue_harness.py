@@ -1,4 +1,5 @@
-"""benchmarks/superglue.py end to end: two FewGLUE tasks on a tiny masked LM with 2 processes."""
+"""benchmarks/superglue.py end to end: two FewGLUE tasks (the excerpts in tests/fixtures) on a tiny masked LM with
+2 processes."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model("bert", tmp_path_factory.mktemp("models") / "bert")
 
 
-def test_two_tasks_two_processes(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_two_tasks_two_processes(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         str(ROOT / "benchmarks" / "superglue.py"), "--task", "rte,copa", "--model", str(tiny_bert),
-        "--data-dir", str(shared_data / "superglue"), "--max-steps", "2", "--max-eval", "6", "--seeds", "1",
+        "--data-dir", str(fixture_data / "superglue"), "--max-steps", "2", "--max-eval", "6", "--seeds", "1",
         "--dev-scoring", "fast", "--output", str(tmp_path),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
@@ -33,7 +34,7 @@ def test_two_tasks_two_processes(tiny_bert: Path, shared_data: Path, tmp_path: P
     jobs = {p.name: json.loads(p.read_text()) for p in (tmp_path / "jobs").glob("*.json")}
     assert set(jobs) == {"RTE-seed42.json", "COPA-seed42.json"}
     assert {tuple(j["process"]) for j in jobs.values()} == {(0, 2), (1, 2)}
-    assert jobs["COPA-seed42.json"]["sizes"]["train"] == 64  # 32 examples + their swapped copies
+    assert jobs["COPA-seed42.json"]["sizes"]["train"] == 16  # the excerpt's 8 examples + their swapped copies
     summary = json.loads((tmp_path / "results.json").read_text())
     for task, key in (("RTE", "accuracy"), ("COPA", "accuracy")):
         assert 0 <= summary["tasks"][task][key]["mean"] <= 100
@@ -41,10 +42,10 @@ def test_two_tasks_two_processes(tiny_bert: Path, shared_data: Path, tmp_path: P
     assert "| RTE | accuracy |" in table and "76.5" in table and "87.0" in table
 
 
-def test_offline_full_setting_says_what_to_do(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_offline_full_setting_says_what_to_do(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import superglue
 
     with pytest.raises(Exception, match=r"(?i)offline|super_glue"):
-        superglue.main(["--task", "rte", "--model", str(tiny_bert), "--data-dir", str(shared_data / "superglue"),
+        superglue.main(["--task", "rte", "--model", str(tiny_bert), "--data-dir", str(fixture_data / "superglue"),
                         "--setting", "full", "--seeds", "1", "--output", str(tmp_path)])

@@ -1,20 +1,19 @@
 """LAMA knowledge-probing data: relations, facts, prompt lists and candidate vocabularies.
 
-Everything is read from a local data directory with the layout of ``shared/data/lama`` (see
-``docs/lama-data-and-metrics.md``). Which file a corpus, prompt kind or candidate set comes from is declared once in
-the tables ``CORPORA``, ``PROMPT_SOURCES`` and ``CANDIDATE_SETS`` below, so adding a variant means adding a row.
+Everything is read from a local data directory (``relations.jsonl``, ``trex/``, ``prompts/``, ``vocab/``, ...; the
+layout is in ``docs/lama-data-and-metrics.md``), which ``download_lama`` fills from the public sources. Which file a
+corpus, prompt kind or candidate set comes from is declared once in the tables ``CORPORA``, ``PROMPT_SOURCES`` and
+``CANDIDATE_SETS`` below, so adding a variant means adding a row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
+
+from prompt_adapters.data.download import DownloadFailed, Expected, default_cache_dir, fetch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -55,7 +56,8 @@ def _require_dir(data_dir: PathLike) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(
             f"LAMA data directory {str(path)!r} does not exist; pass the folder that holds relations.jsonl, "
-            "trex/, prompts/ and vocab/ (the layout of shared/data/lama), or fetch it with download_lama()"
+            "trex/, prompts/ and vocab/ (docs/lama-data-and-metrics.md shows the layout), or fetch it with "
+            "download_lama() / benchmarks/lama.py --download"
         )
     return path
 
@@ -135,7 +137,8 @@ CORPORA: dict[str, Corpus] = {
     ),
     "autoprompt_full": Corpus(
         _splits("trex/autoprompt_original_full/{relation}/{split}.jsonl"),
-        "The same facts in the LAMA record format (uris, evidences); only partly present in shared/data.",
+        "The same facts in the LAMA record format (uris, evidences); download_lama() fetches LAMA's test files and "
+        "AutoPrompt's train/dev in this format.",
     ),
     "qin_eisner_extend": Corpus(
         _splits("trex/qin_eisner_extend/{relation}/{split}.jsonl"),
@@ -435,7 +438,7 @@ CANDIDATE_SETS: dict[str, CandidateSet] = {
     ),
     "34k": CandidateSet(
         "vocab/34k-vocab.json",
-        "P-tuning 'lama' vocabulary (LAMA-34k). Not distributed in shared/data: read only if you add "
+        "P-tuning 'lama' vocabulary (LAMA-34k). Not downloadable on its own: read only if you add "
         "34k-vocab.json from P-tuning's packed data to vocab/.",
         per_model=True,
     ),
@@ -458,8 +461,8 @@ def load_candidates(data_dir: PathLike, name: str, model_name: str | None = None
     path = _require_dir(data_dir) / spec.path
     if not path.is_file():
         hint = (
-            " P-tuning's 34k-vocab.json was never published outside its packed data archive and is not part of "
-            "shared/data; use 'common_vocab_cased' (which keeps all 34,039 LAMA-34k test facts) or 'full' instead"
+            " P-tuning's 34k-vocab.json was never published outside its packed data archive, so download_lama() "
+            "cannot fetch it; use 'common_vocab_cased' (which keeps all 34,039 LAMA-34k test facts) or 'full' instead"
             if name == "34k"
             else ""
         )
@@ -608,16 +611,27 @@ _RAW = "https://raw.githubusercontent.com"
 
 @dataclass(frozen=True)
 class Download:
-    """One remote file and where its content goes.
+    """One remote file, what it must be, and where its content goes.
 
     For an archive, ``members`` maps a regular expression over member paths (matched at a path boundary, so any
     top-level folder is accepted) to a target pattern using the expression's named groups. For a plain file,
-    ``members`` is ``{"": target}``.
+    ``members`` is ``{"": target}``. ``expected`` holds the size and SHA-256 where they are known: the plain files
+    come from commit-pinned GitHub addresses, so their content is fixed; the two archives' publishers give no
+    checksum, so only their length (``Content-Length``) and each member's CRC are checked.
     """
 
     url: str
     members: Mapping[str, str]
+    expected: Expected = field(default_factory=Expected)
 
+
+def _pinned(repo_at_commit: str, source: str, target: str, size: int, sha256: str) -> Download:
+    return Download(f"{_RAW}/{repo_at_commit}/{source}", {"": target}, Expected(size, sha256))
+
+
+_OPTIPROMPT = "princeton-nlp/OptiPrompt/9450bc96f28ac3df01337c79be079a2ac3defb5c"
+_AUTOPROMPT = "ucinlp/autoprompt/d637675999adf057a581c3d1084d64f3a247fda5"
+_FACTLM = "salesforce/FactLM/e631878829cb3ba938fa0ea209ecdb711a07fb2a"
 
 DOWNLOADS: tuple[Download, ...] = (
     Download(
@@ -637,31 +651,33 @@ DOWNLOADS: tuple[Download, ...] = (
             ),
         },
     ),
+    _pinned(_OPTIPROMPT, "common_vocabs/common_vocab_cased.txt", "vocab/common_vocab_cased.txt", 161894,
+            "81e6879ca2f794256a5a97f79def6b230dd314bf127f13aeb8f8f42d6f4a21df"),
+    _pinned(_OPTIPROMPT, "common_vocabs/common_vocab_cased_be_ro_al.txt", "vocab/common_vocab_cased_be_ro_al.txt",
+            166817, "44380080ff08ca64de6efe566ef82d497ff81416bf3c1a472a99b2f427c043f6"),
+    _pinned(_OPTIPROMPT, "relation_metainfo/LPAQA_relations.jsonl", "prompts/lpaqa_top1/LPAQA_relations.jsonl",
+            2555, "5a488533be9a12253ef21fea10f9e8f5e26692d0741a2e9e8b1c22d280d6a586"),
+    _pinned(_FACTLM, "data/LAMA/29k-vocab.json", "vocab/29k-vocab.json", 846699,
+            "58c1da7f8f87c0a15cf652db3d91276ec6d6e4ccd6cbf4c6054fddc077bf3524"),
     *(
-        Download(f"{_RAW}/princeton-nlp/OptiPrompt/9450bc96f28ac3df01337c79be079a2ac3defb5c/{src}", {"": dst})
-        for src, dst in (
-            ("common_vocabs/common_vocab_cased.txt", "vocab/common_vocab_cased.txt"),
-            ("common_vocabs/common_vocab_cased_be_ro_al.txt", "vocab/common_vocab_cased_be_ro_al.txt"),
-            ("relation_metainfo/LPAQA_relations.jsonl", "prompts/lpaqa_top1/LPAQA_relations.jsonl"),
-        )
-    ),
-    Download(
-        f"{_RAW}/salesforce/FactLM/e631878829cb3ba938fa0ea209ecdb711a07fb2a/data/LAMA/29k-vocab.json",
-        {"": "vocab/29k-vocab.json"},
-    ),
-    *(
-        Download(
-            f"{_RAW}/ucinlp/autoprompt/d637675999adf057a581c3d1084d64f3a247fda5/prompts/{name}",
-            {"": f"prompts/autoprompt/{name}"},
-        )
-        for name in (
-            "fact_retrieval_bert_prompts.jsonl",
-            "fact_retrieval_roberta_prompts.jsonl",
-            "relation_extraction_bert_prompts.jsonl",
-            "relation_extraction_roberta_prompts.jsonl",
+        _pinned(_AUTOPROMPT, f"prompts/{name}", f"prompts/autoprompt/{name}", size, sha256)
+        for name, size, sha256 in (
+            ("fact_retrieval_bert_prompts.jsonl", 3360,
+             "1fa516dd4ca8a89b9d03a6c16bdccdf1cc43effebf5da7023ad075c3adcc2c2a"),
+            ("fact_retrieval_roberta_prompts.jsonl", 3489,
+             "403b6ca61d31182ffb56c87e67ba30a0de04f155446f378a6a6a1b66206786ce"),
+            ("relation_extraction_bert_prompts.jsonl", 3184,
+             "b7191d92aa1c360ed1e7dc2108b9ac60c2bfc2a4dbb67683c4367868d7f8809f"),
+            ("relation_extraction_roberta_prompts.jsonl", 3417,
+             "7ae12c3c7a5209c348f080e1cedd1b5b490a715a21d7ed0a100aeb48e0d60485"),
         )
     ),
 )
+
+
+def default_lama_dir() -> Path:
+    """Where ``download_lama`` puts the data and the benchmarks look for it by default: ``<cache>/lama``."""
+    return default_cache_dir() / "lama"
 
 
 class LamaDataUnavailable(RuntimeError):
@@ -681,13 +697,17 @@ def _offline() -> str | None:
 def _unavailable(what: str, reason: str) -> LamaDataUnavailable:
     return LamaDataUnavailable(
         f"cannot download {what} ({reason}). Pass --data-dir (data_dir=...) pointing at a local copy of the LAMA "
-        "data with the layout of shared/data/lama (relations.jsonl, trex/<corpus>/P*/..., prompts/, vocab/); "
-        "see docs/lama-data-and-metrics.md for what each file is and where it comes from"
+        "data (relations.jsonl, trex/<corpus>/P*/{train,dev,test}.jsonl, prompts/, vocab/); "
+        "docs/lama-data-and-metrics.md shows the layout and where each file comes from"
     )
 
 
 def _install_archive(archive: Path, download: Download, target: Path) -> list[Path]:
-    """Copy the archive members that ``download.members`` selects into ``target``; return the written paths."""
+    """Copy the archive members that ``download.members`` selects into ``target``; return the written paths.
+
+    Each member is written to a temporary name and renamed, so a crash never leaves a truncated data file.
+    Reading a member checks its CRC (zip) or the stream's (gzip).
+    """
     rules = [(re.compile(r"(?:^|/)" + regex + "$"), dst) for regex, dst in download.members.items()]
     written = []
 
@@ -697,8 +717,10 @@ def _install_archive(archive: Path, download: Download, target: Path) -> list[Pa
             if match:
                 out = target / dst.format(**match.groupdict())
                 out.parent.mkdir(parents=True, exist_ok=True)
-                with read() as src, out.open("wb") as f:
+                tmp = out.with_name(out.name + ".tmp")
+                with read() as src, tmp.open("wb") as f:
                     shutil.copyfileobj(src, f)
+                os.replace(tmp, out)
                 written.append(out)
                 return
 
@@ -715,37 +737,38 @@ def _install_archive(archive: Path, download: Download, target: Path) -> list[Pa
     return written
 
 
-def _fetch(url: str, dest: Path) -> None:
-    """Download ``url`` to ``dest``; network failures become LamaDataUnavailable."""
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as f:
-            shutil.copyfileobj(response, f)
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise _unavailable(url, f"network error: {e}") from e
+def _archive_name(url: str) -> str:
+    """A cache file name for ``url``: its last path part, prefixed by a short hash of the whole address."""
+    return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{url.rstrip('/').rsplit('/', 1)[-1]}"
 
 
-def download_lama(target_dir: PathLike, downloads: Sequence[Download] = DOWNLOADS) -> Path:
-    """Fetch the public LAMA files into ``target_dir`` with the layout ``load_*`` expect; return the directory.
+def download_lama(
+    target_dir: PathLike | None = None, downloads: Sequence[Download] = DOWNLOADS, *, cache_dir: PathLike | None = None
+) -> Path:
+    """Fetch the public LAMA files into ``target_dir`` (default ``default_lama_dir()``); return the directory.
 
     Gets LAMA's ``data.zip`` (relations, T-REx test in LAMA format, Google-RE, SQuAD), OptiPrompt's
     ``data.tar.gz`` (AutoPrompt's T-REx train/dev), the common vocabularies, P-tuning's 29k list and the
     AutoPrompt / LPAQA top-1 prompts. The T-REx facts land in ``trex/autoprompt_original_full``, which the
-    default "autoprompt" corpus falls back to. Raises LamaDataUnavailable offline (HF_HUB_OFFLINE or
-    HF_DATASETS_OFFLINE set) or when a URL cannot be reached.
+    default "autoprompt" corpus falls back to. The archives are kept in ``<cache_dir>/downloads`` (default: the
+    folder of ``default_cache_dir()``), so a second call downloads nothing; an interrupted call resumes.
+
+    Raises LamaDataUnavailable offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set) or when a file cannot be
+    fetched, and ``ChecksumMismatch`` when a file differs from its known size or SHA-256.
     """
     flag = _offline()
     if flag is not None:
         raise _unavailable("the LAMA data", f"offline mode: {flag}")
-    target = Path(target_dir)
+    target = Path(target_dir) if target_dir is not None else default_lama_dir()
+    archives = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "downloads"
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, download in enumerate(downloads):
-            local = Path(tmp) / f"download-{i}"
-            _fetch(download.url, local)
-            if set(download.members) == {""}:
-                out = target / download.members[""]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, out)
-            elif not _install_archive(local, download, target):
-                raise ValueError(f"{download.url}: none of the expected files {list(download.members)} found")
+    for download in downloads:
+        plain = set(download.members) == {""}
+        dest = target / download.members[""] if plain else archives / _archive_name(download.url)
+        try:
+            fetch(download.url, dest, download.expected)
+        except DownloadFailed as e:
+            raise _unavailable(download.url, str(e)) from e
+        if not plain and not _install_archive(dest, download, target):
+            raise ValueError(f"{download.url}: none of the expected files {list(download.members)} found in {dest}")
     return target

@@ -3,9 +3,10 @@
 Each of the seven tasks is one declarative ``Task`` entry in ``TASKS``: the P-tuning pattern of the default pattern id
 written in the library's template language (plain words are hard anchors, ``[P]`` is a prompt token, ``[Y]`` the
 answer), the verbalizer, the field preprocessing, the metric names and the reference hyper-parameters. The loaders
-read a local folder laid out like ``shared/data/superglue`` (``load_task``) or the Hub copy (``load_task_from_hub``)
-into one ``datasets.Dataset`` row per example (per answer option for MultiRC) with normalised labels, and
-``example_fields`` / ``gold_answer`` turn a row into template field values and the answer text.
+read a local FewGLUE / SuperGLUE folder (``load_task``; ``download_fewglue`` fetches one, layout in ``SPLIT_FILES``)
+or the Hub copy (``load_task_from_hub``) into one ``datasets.Dataset`` row per example (per answer option for
+MultiRC) with normalised labels, and ``example_fields`` / ``gold_answer`` turn a row into template field values and
+the answer text.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import datasets
 from datasets import Dataset
 
+from prompt_adapters.data.download import DownloadFailed, Expected, default_cache_dir, fetch
 from prompt_adapters.data.lama import read_jsonl
 from prompt_adapters.template import WordMode, parse_template
 
@@ -303,7 +305,7 @@ def _rows(task: Task, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def load_task(data_dir: PathLike, task: str | Task, split: str) -> Dataset:
-    """Read ``split`` of ``task`` from a folder laid out like ``shared/data/superglue``.
+    """Read ``split`` of ``task`` from a FewGLUE / SuperGLUE folder (``SPLIT_FILES`` gives its layout).
 
     Splits: "train" (FewGLUE's 32 examples), "dev32" (32 more for model selection), "val" (the full SuperGLUE dev
     set, where P-tuning reports) and "unlabeled" (PET's pools, COPA / MultiRC / WiC / WSC only). MultiRC becomes
@@ -318,7 +320,7 @@ def load_task(data_dir: PathLike, task: str | Task, split: str) -> Dataset:
     if not root.is_dir():
         raise FileNotFoundError(
             f"SuperGLUE data directory {str(root)!r} does not exist; pass the folder holding fewglue_32dev/, val/ "
-            "and fewglue_unlabeled/ (the layout of shared/data/superglue)"
+            "and fewglue_unlabeled/ (docs/superglue-tasks.md shows the layout), or fetch it with download_fewglue()"
         )
     path = root / SPLIT_FILES[split].format(task=spec.name)
     if not path.is_file():
@@ -371,12 +373,108 @@ def load_task_from_hub(task: str | Task, split: str, path: str = HUB_PATH) -> Da
         reason = f"offline mode: {flag}" if flag else f"{type(e).__name__}: {e}"
         raise SuperGlueDataUnavailable(
             f"cannot load {path}/{spec.name.lower()} split {HUB_SPLITS[split]!r} from the Hugging Face Hub ({reason}). "
-            f"Pass a local copy instead: load_task(data_dir, {spec.name!r}, {split!r}) with data_dir laid out like "
-            "shared/data/superglue (fewglue_32dev/<TASK>/{train,dev32}.jsonl, val/<TASK>/val.jsonl); see "
-            "docs/superglue-tasks.md"
+            f"Pass a local copy instead: load_task(data_dir, {spec.name!r}, {split!r}) with data_dir holding "
+            "fewglue_32dev/<TASK>/{train,dev32}.jsonl and val/<TASK>/val.jsonl (download_fewglue() fetches them "
+            "when online); see docs/superglue-tasks.md"
         ) from e
     raw_labels = list(spec.labels)
     return Dataset.from_list([_hub_record(spec, dict(row), raw_labels) for row in hub])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Download (online users only)
+# --------------------------------------------------------------------------------------------------------------
+
+_RAW = "https://raw.githubusercontent.com"
+_PTUNING = f"{_RAW}/THUDM/P-tuning/f4225d4d8003868b31ed659dfe9732a351ad42d9/FewGLUE_32dev"
+_PET = f"{_RAW}/timoschick/fewglue/f52d9515de38cad663869c9e25b79107cda1d345/FewGLUE"
+FEWGLUE_FILES: dict[str, tuple[str, Expected]] = {
+    path: (url, Expected(size, sha256))
+    for path, url, size, sha256 in (
+        ("fewglue_32dev/BoolQ/train.jsonl", f"{_PTUNING}/BoolQ/train.jsonl", 24840,
+         "317245ba0842129234a368274701dfc196139aa627eff44aefc827c6888935e1"),
+        ("fewglue_32dev/BoolQ/dev32.jsonl", f"{_PTUNING}/BoolQ/dev32.jsonl", 21820,
+         "0af324b658a72fdd7767aa3c27c1dfafbc03e8e987a148b29e42a72d84b9f9e3"),
+        ("fewglue_32dev/CB/train.jsonl", f"{_PTUNING}/CB/train.jsonl", 13510,
+         "e6f446e5f117cbfbcd156d8221d163cc370924fa594a1d67f44a151ce5c171b2"),
+        ("fewglue_32dev/CB/dev32.jsonl", f"{_PTUNING}/CB/dev32.jsonl", 11703,
+         "ec7e1bfe37a7ea4514fc2335bfa3b35be77bfe084aae2e7ca55f765aaee41337"),
+        ("fewglue_32dev/COPA/train.jsonl", f"{_PTUNING}/COPA/train.jsonl", 5818,
+         "9955ae6e0ee109c96c00c0957d5873c0cb4ea9aced83b6a15b15258bb64b7dd5"),
+        ("fewglue_32dev/COPA/dev32.jsonl", f"{_PTUNING}/COPA/dev32.jsonl", 5874,
+         "eb43b015d061738467f284c60049ef0afcaf707ec8e528ab3c5c4285a5f5618a"),
+        ("fewglue_32dev/MultiRC/train.jsonl", f"{_PTUNING}/MultiRC/train.jsonl", 64111,
+         "e584db1b55f7da7c1e6a2d0a6b56eb6edcaff26e69393d628390e70c39ccb561"),
+        ("fewglue_32dev/MultiRC/dev32.jsonl", f"{_PTUNING}/MultiRC/dev32.jsonl", 65041,
+         "3734d2cac8d1e8d13e2f5e13bec727be7576b45453e9fd765e2075e163f9653d"),
+        ("fewglue_32dev/RTE/train.jsonl", f"{_PTUNING}/RTE/train.jsonl", 12775,
+         "91a83197e3a286a8bf102e483646f87cd8b1e4c9c5ccd893bc0b9dba0643d580"),
+        ("fewglue_32dev/RTE/dev32.jsonl", f"{_PTUNING}/RTE/dev32.jsonl", 14751,
+         "a3ba6200d2f27691d927ab97d387292b045316956f877fbfccc9a4658af2b351"),
+        ("fewglue_32dev/WiC/train.jsonl", f"{_PTUNING}/WiC/train.jsonl", 7477,
+         "b82c0c3f79d2f19bdd3c894f90f9deff0ebff787822a99ff6420db733c2a88f0"),
+        ("fewglue_32dev/WiC/dev32.jsonl", f"{_PTUNING}/WiC/dev32.jsonl", 7328,
+         "3df4ca565f109be9476caa51884ba13c5f2a33c939898cf80bb53e09fdc73062"),
+        ("fewglue_32dev/WSC/train.jsonl", f"{_PTUNING}/WSC/train.jsonl", 7947,
+         "e814e1a9a781c1e4b1ad98151f09f2e9326a3db51f9c52639cb0f8b1f428ad47"),
+        ("fewglue_32dev/WSC/dev32.jsonl", f"{_PTUNING}/WSC/dev32.jsonl", 8368,
+         "2bbaca5c995778e7e14f389f1fe9a4be9a58d99e66db0d73d868ab66564b9da7"),
+        ("val/BoolQ/val.jsonl", f"{_PTUNING}/BoolQ/val.jsonl", 2254565,
+         "0c86a5045886e5795fe9052003873f7d94b88ed3028a33007c51d99e44fd66d9"),
+        ("val/CB/val.jsonl", f"{_PTUNING}/CB/val.jsonl", 24598,
+         "c6125587e9601560cb16ea223c33964c5a915568d2af68a81f651b6ef25395ec"),
+        ("val/COPA/val.jsonl", f"{_PTUNING}/COPA/val.jsonl", 18169,
+         "fa61467cc251010178ed72f8ca82a0fceefc4ca9a85f87ec3b6102955e1a1f1a"),
+        ("val/MultiRC/val.jsonl", f"{_PTUNING}/MultiRC/val.jsonl", 550086,
+         "d2b480195b15574ac00d52c4479f630bc161a7ab2de77e970fd00652846953ee"),
+        ("val/RTE/val.jsonl", f"{_PTUNING}/RTE/val.jsonl", 104895,
+         "ab990507bf5f35dc176cba7770a72bfa2c50a88ed72b8cc95cfbf9db95ab1af1"),
+        ("val/WiC/val.jsonl", f"{_PTUNING}/WiC/val.jsonl", 146302,
+         "9f7207c88beba42cbc139de4c62ce05b23bffc189b3d561594b160e0c3920c0b"),
+        ("val/WSC/val.jsonl", f"{_PTUNING}/WSC/val.jsonl", 31167,
+         "e5c685ea4bdc347354036a28176459f6feeb0b6870375ecfb3d6ddb1f0e28bef"),
+        ("fewglue_unlabeled/COPA/unlabeled.jsonl", f"{_PET}/COPA/unlabeled.jsonl", 67523,
+         "4764a452673174ba9f5059b39c3df194e911554c38f897c8aeabdd610acfbf20"),
+        ("fewglue_unlabeled/MultiRC/unlabeled.jsonl", f"{_PET}/MultiRC/unlabeled.jsonl", 2767425,
+         "1c6bf514ca657ad0c818b199d15aee8a3d6af8bca9a8ebc80d616878290c29b8"),
+        ("fewglue_unlabeled/WiC/unlabeled.jsonl", f"{_PET}/WiC/unlabeled.jsonl", 1127280,
+         "2c11fee2419b9555cd3013f636f9ad6048c75c486137d98bf3ad77128b55da04"),
+        ("fewglue_unlabeled/WSC/unlabeled.jsonl", f"{_PET}/WSC/unlabeled.jsonl", 132379,
+         "cd5c70455431960497f58139ef28d233ab1b7e64498203beb397524320302998"),
+    )
+}
+"""Every file ``load_task`` reads: path under the data directory -> (commit-pinned public address, size and
+SHA-256). FewGLUE's 32 train / dev32 examples and the SuperGLUE dev sets come from P-tuning's repository, the
+unlabeled pools from PET's FewGLUE repository."""
+
+
+def default_superglue_dir() -> Path:
+    """Where ``download_fewglue`` puts the data and the benchmark looks for it by default: ``<cache>/superglue``."""
+    return default_cache_dir() / "superglue"
+
+
+def download_fewglue(
+    target_dir: PathLike | None = None, files: Mapping[str, tuple[str, Expected]] | None = None
+) -> Path:
+    """Fetch the FewGLUE / SuperGLUE files of ``FEWGLUE_FILES`` (or ``files``) into ``target_dir`` (default
+    ``default_superglue_dir()``), each checked against its size and SHA-256; return the directory.
+
+    Files already there and intact are not fetched again; an interrupted download resumes. Raises
+    ``SuperGlueDataUnavailable`` offline (HF_DATASETS_OFFLINE or HF_HUB_OFFLINE set) or when a file cannot be
+    fetched, and ``ChecksumMismatch`` when a file differs from the published one.
+    """
+    flag = _offline_flag()
+    if flag is not None:
+        raise SuperGlueDataUnavailable(
+            f"cannot download FewGLUE (offline mode: {flag}); pass a local copy to load_task instead"
+        )
+    target = Path(target_dir) if target_dir is not None else default_superglue_dir()
+    for path, (url, expected) in (FEWGLUE_FILES if files is None else files).items():
+        try:
+            fetch(url, target / path, expected)
+        except DownloadFailed as e:
+            raise SuperGlueDataUnavailable(f"cannot download FewGLUE: {e}") from e
+    return target
 
 
 # --------------------------------------------------------------------------------------------------------------
