@@ -49,8 +49,27 @@ from prompt_adapters import (
 )
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
-from prompt_adapters.training import TrainSettings, atomic_write_text, fit, precision_at_1, rank_answers
+from prompt_adapters.run_dir import (
+    MANIFEST,
+    ResumeMismatchError,
+    RunLock,
+    RunLockedError,
+    check_manifest,
+    digest,
+    model_digest,
+    remove_stale_temporaries,
+)
+from prompt_adapters.training import (
+    TrainSettings,
+    atomic_write_text,
+    describe_precision,
+    fit,
+    mixed_precision_used,
+    precision_at_1,
+    rank_answers,
+)
 from prompt_adapters.tuner import detect_lm_kind
+from prompt_adapters.validation import screen_facts
 
 
 @dataclass(frozen=True)
@@ -228,7 +247,8 @@ class Probe:
         raw = lama_data.load_facts(self.data_dir, relation, split=split, corpus=self.args.split)
         result = lama_data.filter_facts(raw, self.tokenizer, self.candidate_words, dedupe=not self.args.no_dedupe)
         kept = result.kept.select_columns(["sub", "obj", "relation"]).to_list()
-        dropped = {**result.dropped, "total": len(raw)}
+        kept, screened = screen_facts(kept, self.tokenizer)
+        dropped = {**result.dropped, **screened, "total": len(raw)}
         limit = {"train": self.args.max_train, "dev": self.args.max_dev, "test": self.args.max_test}.get(split)
         if limit is not None and len(kept) > limit:
             dropped["over_limit"] = len(kept) - limit
@@ -446,6 +466,7 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
         },
         "versions": {"prompt_adapters": prompt_adapters.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
+        "precision": args.precision,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads()},
         "elapsed_seconds": round(elapsed, 1),
@@ -526,6 +547,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "Skipped relations (not in the averages): "
         + (json.dumps(summary["skipped_relations"]) if summary["skipped_relations"] else "none"),
         "",
+        describe_precision(summary["precision"]),
+        "",
         f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s in all, training "
         f"{summary['train_seconds']['mean']:.0f} s per seed (sum over relations).",
     ]
@@ -570,6 +593,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; pass a directory laid out like "
                          "shared/data/lama, or run with --download when online")
     accelerator = Accelerator()
+    args.precision = mixed_precision_used(accelerator)
+    if args.precision["note"] and accelerator.is_main_process:
+        print(f"warning: {args.precision['note']}", file=sys.stderr)
     started = time.time()
     probe = Probe(args)
     available = lama_data.available_relations(args.data_dir, args.split, "test")
@@ -579,8 +605,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs")):
+    try:
+        lock = RunLock(out).acquire() if accelerator.is_main_process else None
+    except RunLockedError as error:
+        raise SystemExit(f"--output: {error}") from None
+    try:
+        return run(args, accelerator, probe, wanted, out, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: settings, library version, base model, data."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "download", "precision")
+                and isinstance(v, (str, int, float, bool, list, type(None)))}  # options, not objects set on args
+    data = {relation: digest([probe.facts(relation, split)[0] for split in ("train", "dev", "test")])
+            for relation in relations}
+    return {"settings": settings, "library": prompt_adapters.__version__, "base_model": model_digest(probe.base),
+            "data": data}
+
+
+def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted: list[str], out: Path,
+        started: float) -> dict[str, Any] | None:
+    """Run (or resume) every (relation, seed) job of an output directory this process holds the lock of."""
+    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
         raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    if accelerator.is_main_process:
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(out / "relations")
+        try:
+            check_manifest(out, run_manifest(args, probe, wanted), args.resume)
+        except ResumeMismatchError as error:
+            raise SystemExit(str(error)) from None
     accelerator.wait_for_everyone()
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]

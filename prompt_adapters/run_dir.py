@@ -84,13 +84,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
-    """Delete the ``.<name>.<id>.tmp`` files an interrupted atomic write left in ``directory``; return their names."""
+    """Delete the temporaries an interrupted atomic write left in ``directory``; return their names.
+
+    ``.<name>.<id>.tmp`` are this module's; ``tmp*.tmp`` those of earlier versions of the library.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for entry in os.listdir(directory):
-        if entry.startswith(".") and entry.endswith(".tmp"):
+        if entry.endswith(".tmp") and (entry.startswith(".") or entry.startswith("tmp")):
             path = directory / entry
             if path.is_dir():
                 shutil.rmtree(path)

@@ -413,6 +413,12 @@ def mixed_precision_used(accelerator: Accelerator | None) -> dict[str, str]:
     return {"requested": requested, "used": used, "device": accelerator.device.type, "note": note}
 
 
+def describe_precision(report: dict[str, str]) -> str:
+    """One line for a results page: requested and used mixed precision, and why they differ."""
+    note = f" ({report['note']})" if report.get("note") else ""
+    return f"Mixed precision: requested {report['requested']}, used {report['used']} on {report['device']}{note}."
+
+
 def _patience_exhausted(loop: dict[str, Any], settings: TrainSettings) -> bool:
     return settings.patience is not None and loop["bad_epochs"] > settings.patience
 

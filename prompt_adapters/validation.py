@@ -229,7 +229,7 @@ def check_text(value: Any, what: str) -> str:
 def check_no_special_tokens(ids: Sequence[int], value: str, what: str, tokenizer: PreTrainedTokenizerBase,
                             allow: frozenset[int] = frozenset()) -> None:
     """Refuse text that the tokenizer reads as a special token (e.g. a subject containing "[MASK]")."""
-    special = set(tokenizer.all_special_ids) - allow
+    special = set(tokenizer.all_special_ids) - allow - {tokenizer.unk_token_id}  # unknown text is checked apart
     found = [i for i in ids if i in special]
     if found:
         tokens = tokenizer.convert_ids_to_tokens(found)
@@ -425,3 +425,38 @@ def strict_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
         return original(cls, model, model_id, *args, **kwargs)
 
     return from_pretrained
+
+
+#: reasons screen_facts drops a fact for, in the order they are checked
+FACT_DROP_REASONS = ("blank_subject", "special_token_in_subject", "special_token_in_object", "unknown_object")
+
+
+def screen_facts(facts: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                 ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """Drop the facts a collator would refuse, counting each under the first reason it fails.
+
+    ``blank_subject``: the subject is not text or is blank (None, NaN, ""); ``special_token_in_*``: the text holds
+    a special token (e.g. "[MASK]"); ``unknown_object``: the object tokenises to the unknown token.
+    """
+    unk = tokenizer.unk_token_id
+    special = set(tokenizer.all_special_ids) - {unk}
+    counts = dict.fromkeys(FACT_DROP_REASONS, 0)
+    kept = []
+    for fact in facts:
+        subject, obj = fact.get("sub"), fact.get("obj")
+        reason = None
+        if not isinstance(subject, str) or not subject.strip():
+            reason = "blank_subject"
+        elif special & set(tokenizer(subject, add_special_tokens=False)["input_ids"]):
+            reason = "special_token_in_subject"
+        elif isinstance(obj, str):
+            ids = tokenizer(obj, add_special_tokens=False)["input_ids"]
+            if unk is not None and unk in ids:
+                reason = "unknown_object"
+            elif special & set(ids):
+                reason = "special_token_in_object"
+        if reason is None:
+            kept.append(fact)
+        else:
+            counts[reason] += 1
+    return kept, counts

@@ -311,3 +311,96 @@ def test_resume_refuses_a_manifest_that_differs_naming_each_key(tmp_path: Path) 
     assert "data.P19: 'abc' in the saved run, 'abd' now" in message and "library" not in message
     with pytest.raises(ValueError, match=r"has no run\.json"):
         check_manifest(tmp_path / "other", saved, resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ the LAMA harness
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import lama  # noqa: E402
+
+GOOD = [("Dante", "Florence"), ("Newton", "London"), ("Goethe", "Frankfurt"), ("Kafka", "Cairo"),
+        ("Einstein", "Ulm"), ("Galileo", "Athens")]
+BAD = [("", "Florence"), ("   ", "London"), ("[MASK] Dante", "Florence"), ("Verdi", "Ωmega")]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prompt_adapters.testing import save_tiny_model
+
+    return save_tiny_model("bert", tmp_path_factory.mktemp("models") / "bert")
+
+
+def _lama_data(root: Path, extra: list[tuple[str, str]] = ()) -> Path:  # type: ignore[assignment]
+    """A one-relation LAMA directory: good facts in every split, plus the bad ones in test."""
+    facts = root / "trex" / "autoprompt_original_subobj" / "P19"
+    facts.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        rows = GOOD + (BAD + list(extra) if split == "test" else [])
+        (facts / f"{split}.jsonl").write_text("".join(json.dumps({"sub": s, "obj": o}) + "\n" for s, o in rows))
+    (root / "relations.jsonl").write_text(json.dumps(
+        {"relation": "P19", "template": "[X] was born in [Y] .", "label": "place of birth", "type": "N-1",
+         "description": ""}) + "\n")
+    return root
+
+
+def _lama_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--data-dir", str(data), "--candidates", "full", "--output", str(out),
+            "--epochs", "1", *extra]
+
+
+def test_lama_counts_dropped_facts_by_reason_and_reports_precision(tiny_bert: Path, tmp_path: Path) -> None:
+    data = _lama_data(tmp_path / "lama")
+    summary = lama.main(_lama_args(tiny_bert, data, tmp_path / "out", "--method", "manual"))
+    assert summary is not None
+    dropped = summary["dropped_facts"]["test"]
+    assert dropped["blank_subject"] == 2 and dropped["special_token_in_subject"] == 1
+    assert dropped["unknown_object"] + dropped["not_single_token"] == 1
+    assert dropped["total"] == len(GOOD) + len(BAD)
+    assert summary["precision"] == {"requested": "no", "used": "fp32", "device": "cpu", "note": ""}
+    assert "Mixed precision: requested no, used fp32 on cpu." in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_lama_fp16_on_cpu_is_reported_as_fp32(tiny_bert: Path, tmp_path: Path) -> None:
+    """In a fresh process: accelerate keeps its precision process-wide once set."""
+    data = _lama_data(tmp_path / "lama")
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "fp16", "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lama.py"),
+                           *_lama_args(tiny_bert, data, tmp_path / "out", "--method", "manual")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: fp16 was requested but cpu has no fp16 autocast: ran in fp32" in done.stderr
+    precision = json.loads((tmp_path / "out" / "results.json").read_text())["precision"]
+    assert precision["requested"] == "fp16" and precision["used"] == "fp32" and "ran in fp32" in precision["note"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "requested fp16, used fp32 on cpu (fp16 was requested but cpu" in table
+
+
+def test_lama_resume_refuses_other_settings_or_data_naming_them(tiny_bert: Path, tmp_path: Path) -> None:
+    data = _lama_data(tmp_path / "lama")
+    out = tmp_path / "out"
+    lama.main(_lama_args(tiny_bert, data, out, "--method", "mixture", "--lr", "0.01"))
+    with pytest.raises(SystemExit) as error:
+        lama.main(_lama_args(tiny_bert, data, out, "--method", "deep", "--lr", "0.1", "--resume"))
+    message = str(error.value)
+    assert "settings.lr: 0.01 in the saved run, 0.1 now" in message
+    assert "settings.method: 'mixture' in the saved run, 'deep' now" in message
+    assert lama.main(_lama_args(tiny_bert, data, out, "--method", "mixture", "--lr", "0.01", "--resume"))
+    test_file = data / "trex" / "autoprompt_original_subobj" / "P19" / "test.jsonl"
+    test_file.write_text(test_file.read_text() + json.dumps({"sub": "Bach", "obj": "Leiden"}) + "\n")
+    with pytest.raises(SystemExit, match=r"data\.P19: '[0-9a-f]+' in the saved run, '[0-9a-f]+' now"):
+        lama.main(_lama_args(tiny_bert, data, out, "--method", "mixture", "--lr", "0.01", "--resume"))
+
+
+def test_lama_output_held_by_another_process_is_refused_naming_it(tiny_bert: Path, tmp_path: Path) -> None:
+    data = _lama_data(tmp_path / "lama")
+    out = tmp_path / "out"
+    holder = _holder(out)
+    try:
+        with pytest.raises(SystemExit, match=f"in use by another run \\(pid {holder.pid} on host "):
+            lama.main(_lama_args(tiny_bert, data, out, "--method", "manual"))
+    finally:
+        holder.communicate("go\n", timeout=60)
+    assert not (out / "run.json").exists()  # the refused run wrote nothing
+    assert lama.main(_lama_args(tiny_bert, data, out, "--method", "manual")) is not None

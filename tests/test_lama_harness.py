@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prompt_adapters.testing import save_tiny_model
+from prompt_adapters.training import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "lama.py"
@@ -41,7 +42,7 @@ def test_outputs_and_protocol_header(tiny_bert: Path, shared_data: Path, tmp_pat
     summary = lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "deep", "--seeds", "2"))
     assert summary is not None
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "per_relation.csv", "per_relation.png", "results.json", "results.md",
+        ".lock", "per_relation.csv", "per_relation.png", "results.json", "results.md", "run.json",
     ]
     protocol = json.loads((tmp_path / "results.json").read_text())["protocol"]
     assert protocol["candidates"] == "common_vocab_cased" and protocol["dedupe"] and protocol["mrr_cap"] == 1000
@@ -126,14 +127,16 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, share
     assert whole.wait(timeout=600) == 0
     out = tmp_path / "cut"
     proc = _launch(_args(tiny_bert, shared_data, out, *args), 1)
-    checkpoint = out / "checkpoints" / "P20-seed42" / "meta.json"
+    checkpoint = out / "checkpoints" / "P20-seed42" / "LATEST"
     deadline = time.time() + 600
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.kill()
     proc.wait()
     assert (out / "relations" / "P19-seed42.json").exists() and not (out / "relations" / "P20-seed42.json").exists()
-    epochs_done = json.loads(checkpoint.read_text())["loop"]["epoch"]
+    latest = latest_checkpoint(checkpoint.parent)
+    assert latest is not None
+    epochs_done = json.loads((latest / "meta.json").read_text())["loop"]["epoch"]
     assert 1 <= epochs_done < 6
     resumed = _launch(_args(tiny_bert, shared_data, out, *args, "--resume"), 1)
     log, _ = resumed.communicate(timeout=600)
