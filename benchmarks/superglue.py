@@ -35,8 +35,18 @@ import prompt_adapters
 from prompt_adapters import PromptCollator, PTuningEncoderConfig
 from prompt_adapters.data import superglue as sg
 from prompt_adapters.metrics.superglue import AVERAGE_OF, superglue_average, superglue_metric
+from prompt_adapters.run_dir import (
+    MANIFEST,
+    ResumeMismatchError,
+    RunLock,
+    RunLockedError,
+    check_manifest,
+    digest,
+    model_digest,
+    remove_stale_temporaries,
+)
 from prompt_adapters.scoring import fill_most_confident_first
-from prompt_adapters.training import TrainSettings, atomic_write_text, fit
+from prompt_adapters.training import TrainSettings, atomic_write_text, describe_precision, fit, mixed_precision_used
 
 #: P-tuning Table 5, row "P-tuning" (albert-xxlarge-v2, 32 examples, selection on dev32, full SuperGLUE dev)
 PUBLISHED_FEWSHOT: dict[str, dict[str, float]] = {
@@ -324,6 +334,7 @@ def summarise(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: 
                      "encoder": args.encoder, "embed_size": args.embed_size, "seeds": args.seeds,
                      "max_steps": args.max_steps, "max_eval": args.max_eval, "dev_scoring": args.dev_scoring},
         "versions": {"prompt_adapters": prompt_adapters.__version__, "torch": torch.__version__},
+        "precision": args.precision,
         "elapsed_seconds": round(elapsed, 1),
         "tasks": tasks,
         "average": 100 * superglue_average(means) if len(means) == len(sg.TASKS) else None,
@@ -352,7 +363,7 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{'–' if ref is None else f'{ref:.1f}'} | {gap} |")
     if summary["average"] is not None:
         lines += ["", f"Average (CB: mean of acc and F1; MultiRC: mean of EM and F1a): {summary['average']:.1f}"]
-    lines += ["", f"{summary['elapsed_seconds']} s."]
+    lines += ["", describe_precision(summary["precision"]), "", f"{summary['elapsed_seconds']} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -360,10 +371,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     names = list(sg.TASKS) if args.task == "all" else [sg.get_task(t).name for t in args.task.split(",")]
     accelerator = Accelerator()
+    args.precision = mixed_precision_used(accelerator)
+    if args.precision["note"] and accelerator.is_main_process:
+        print(f"warning: {args.precision['note']}", file=sys.stderr)
     started = time.time()
     out = Path(args.output)
-    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs")):
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(out).acquire() if accelerator.is_main_process else None
+    except RunLockedError as error:
+        raise SystemExit(f"--output: {error}") from None
+    try:
+        return run(args, accelerator, names, out, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_manifest(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: settings, library version, base model, data."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "precision")}
+    splits = ("train", "dev32" if args.setting == "fewshot" else "val", "val")
+    data = {name: digest([_records(args, sg.TASKS[name], split) for split in splits]) for name in names}
+    base = model_digest(AutoModelForMaskedLM.from_pretrained(args.model))
+    return {"settings": settings, "library": prompt_adapters.__version__, "base_model": base, "data": data}
+
+
+def run(args: argparse.Namespace, accelerator: Accelerator, names: list[str], out: Path,
+        started: float) -> dict[str, Any] | None:
+    """Run (or resume) every (task, seed) job of an output directory this process holds the lock of."""
+    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
         raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    if accelerator.is_main_process:
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(out / "jobs")
+        try:
+            check_manifest(out, run_manifest(args, names), args.resume)
+        except ResumeMismatchError as error:
+            raise SystemExit(str(error)) from None
     accelerator.wait_for_everyone()
     jobs = [(name, args.seed + i) for i in range(args.seeds) for name in names]
     mine = jobs[accelerator.process_index :: accelerator.num_processes]

@@ -404,3 +404,20 @@ def test_lama_output_held_by_another_process_is_refused_naming_it(tiny_bert: Pat
         holder.communicate("go\n", timeout=60)
     assert not (out / "run.json").exists()  # the refused run wrote nothing
     assert lama.main(_lama_args(tiny_bert, data, out, "--method", "manual")) is not None
+
+
+def test_superglue_resume_checks_settings_and_reports_precision(tiny_bert: Path, fixture_data: Path,
+                                                                 tmp_path: Path) -> None:
+    import superglue
+
+    def args(*extra: str) -> list[str]:
+        return ["--task", "rte", "--model", str(tiny_bert), "--data-dir", str(fixture_data / "superglue"),
+                "--max-steps", "1", "--max-eval", "4", "--seeds", "1", "--dev-scoring", "fast", "--output",
+                str(tmp_path), *extra]
+
+    summary = superglue.main(args("--lr", "0.01"))
+    assert summary is not None and summary["precision"]["used"] == "fp32"
+    assert "Mixed precision: requested no, used fp32 on cpu." in (tmp_path / "results.md").read_text()
+    with pytest.raises(SystemExit, match=r"settings\.lr: 0\.01 in the saved run, 0\.02 now"):
+        superglue.main(args("--lr", "0.02", "--resume"))
+    assert superglue.main(args("--lr", "0.01", "--resume")) is not None
