@@ -160,7 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
     parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
     parser.add_argument("--stopping", default="paper", choices=("paper", "fixed"), help="PromptGen stopping rule")
-    parser.add_argument("--data-dir", default="../shared/data/lama", help="LAMA data (layout of shared/data/lama)")
+    parser.add_argument("--data-dir", default=str(lama_data.default_lama_dir()),
+                        help="LAMA data folder (default: where --download puts it; docs/lama-data-and-metrics.md)")
     parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))
     parser.add_argument("--candidates", default="common_vocab_cased", choices=sorted(lama_data.CANDIDATE_SETS))
     parser.add_argument("--relations", default=None, help="comma-separated relation ids (default: all with data)")
@@ -184,7 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-parallel", action="store_true",
                         help="train each relation with all processes together (data parallel) instead of one "
                         "relation per process")
-    parser.add_argument("--download", action="store_true", help="fetch the official LAMA data into --data-dir")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the public LAMA files into --data-dir (resumable, checked), then exit")
     return parser.parse_args(argv)
 
 
@@ -590,8 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         lama_data.download_lama(args.data_dir)
         return None
     if not Path(args.data_dir).is_dir():
-        raise SystemExit(f"--data-dir {args.data_dir} does not exist; pass a directory laid out like "
-                         "shared/data/lama, or run with --download when online")
+        raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
+                         "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:

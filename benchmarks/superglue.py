@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="ptuning", choices=("ptuning", "manual"),
                         help="ptuning, or manual = the task pattern without prompt tokens, untrained (MP zero-shot)")
     parser.add_argument("--setting", default="fewshot", choices=("fewshot", "full"))
-    parser.add_argument("--data-dir", default="../shared/data/superglue")
+    parser.add_argument("--data-dir", default=str(sg.default_superglue_dir()),
+                        help="FewGLUE / SuperGLUE folder (default: where download_fewglue() puts it)")
     parser.add_argument("--frozen", action="store_true", help="freeze the LM (default: joint fine-tuning, as P-tuning)")
     parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"))
     parser.add_argument("--embed-size", type=int, default=128, help="prompt-encoder embedding size (paper: 128)")

@@ -1,4 +1,5 @@
-"""benchmarks/lama.py end to end on a tiny model over real LAMA files: outputs, switches, 2 processes, resume."""
+"""benchmarks/lama.py end to end on a tiny model over the LAMA excerpts in tests/fixtures: outputs, switches,
+2 processes, resume."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_outputs_and_protocol_header(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
-    summary = lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "deep", "--seeds", "2"))
+def test_outputs_and_protocol_header(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    summary = lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "deep", "--seeds", "2"))
     assert summary is not None
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
         ".lock", "per_relation.csv", "per_relation.png", "results.json", "results.md", "run.json",
@@ -55,12 +56,12 @@ def test_outputs_and_protocol_header(tiny_bert: Path, shared_data: Path, tmp_pat
     assert set(summary["headline"]) >= {"method.macro.P@1", "method.micro.P@1", "manual.macro.P@1"}
 
 
-def test_protocol_switches_change_what_they_should(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
-    base = lama.main(_args(tiny_bert, shared_data, tmp_path / "a", "--method", "manual"))
-    full = lama.main(_args(tiny_bert, shared_data, tmp_path / "b", "--method", "manual", "--candidates", "full"))
-    uncapped = lama.main(_args(tiny_bert, shared_data, tmp_path / "c", "--method", "manual", "--mrr-cap", "0"))
-    excluded = lama.main(_args(tiny_bert, shared_data, tmp_path / "d", "--method", "manual", "--exclude-other-valid"))
-    kept = lama.main(_args(tiny_bert, shared_data, tmp_path / "e", "--method", "manual", "--no-dedupe"))
+def test_protocol_switches_change_what_they_should(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    base = lama.main(_args(tiny_bert, fixture_data, tmp_path / "a", "--method", "manual"))
+    full = lama.main(_args(tiny_bert, fixture_data, tmp_path / "b", "--method", "manual", "--candidates", "full"))
+    uncapped = lama.main(_args(tiny_bert, fixture_data, tmp_path / "c", "--method", "manual", "--mrr-cap", "0"))
+    excluded = lama.main(_args(tiny_bert, fixture_data, tmp_path / "d", "--method", "manual", "--exclude-other-valid"))
+    kept = lama.main(_args(tiny_bert, fixture_data, tmp_path / "e", "--method", "manual", "--no-dedupe"))
     assert base["dropped_facts"]["test"]["not_in_candidates"] >= 0
     assert full["dropped_facts"]["test"]["not_in_candidates"] == 0
     assert full["protocol"]["candidates"] == "full" and uncapped["protocol"]["mrr_cap"] is None
@@ -70,18 +71,18 @@ def test_protocol_switches_change_what_they_should(tiny_bert: Path, shared_data:
         assert 0 <= summary["headline"]["manual.macro.P@1"]["mean"] <= 100
 
 
-def test_bad_input_is_reported_clearly(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_bad_input_is_reported_clearly(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown relation"):
-        lama.main(_args(tiny_bert, shared_data, tmp_path, "--relations", "P99999"))
+        lama.main(_args(tiny_bert, fixture_data, tmp_path, "--relations", "P99999"))
     with pytest.raises(SystemExit, match="does not exist"):
         lama.main(["--model", str(tiny_bert), "--data-dir", str(tmp_path / "nowhere")])
     with pytest.raises(ValueError, match="no 'lpaqa_top1' prompts for relation 'place_of_birth'"):
-        lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "mixture", "--init", "lpaqa_top1",
+        lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "mixture", "--init", "lpaqa_top1",
                         "--split", "google_re_qin_eisner", "--relations", "place_of_birth"))
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "trex").symlink_to(shared_data / "lama" / "trex")
-    (broken / "vocab").symlink_to(shared_data / "lama" / "vocab")
+    (broken / "trex").symlink_to(fixture_data / "lama" / "trex")
+    (broken / "vocab").symlink_to(fixture_data / "lama" / "vocab")
     (broken / "relations.jsonl").write_text(json.dumps(
         {"relation": "P19", "template": "[X] was born somewhere .", "label": "x", "type": "N-1", "description": ""}
     ) + "\n")
@@ -103,12 +104,12 @@ def _records(out: Path) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in sorted((out / "relations").glob("*.json"))}
 
 
-def test_two_processes_equal_one_process(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_two_processes_equal_one_process(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     args = ["--method", "mixture", "--relations", "P19,P20,P1376"]
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
-        proc = _launch(_args(tiny_bert, shared_data, out, *args), processes)
+        proc = _launch(_args(tiny_bert, fixture_data, out, *args), processes)
         log, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, log[-3000:]
         runs[processes] = _records(out)
@@ -121,12 +122,12 @@ def test_two_processes_equal_one_process(tiny_bert: Path, shared_data: Path, tmp
     assert single == double
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     args = ["--method", "deep", "--relations", "P19,P20", "--epochs", "6", "--patience", "10"]
-    whole = _launch(_args(tiny_bert, shared_data, tmp_path / "whole", *args), 1)
+    whole = _launch(_args(tiny_bert, fixture_data, tmp_path / "whole", *args), 1)
     assert whole.wait(timeout=600) == 0
     out = tmp_path / "cut"
-    proc = _launch(_args(tiny_bert, shared_data, out, *args), 1)
+    proc = _launch(_args(tiny_bert, fixture_data, out, *args), 1)
     checkpoint = out / "checkpoints" / "P20-seed42" / "LATEST"
     deadline = time.time() + 600
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -138,7 +139,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, share
     assert latest is not None
     epochs_done = json.loads((latest / "meta.json").read_text())["loop"]["epoch"]
     assert 1 <= epochs_done < 6
-    resumed = _launch(_args(tiny_bert, shared_data, out, *args, "--resume"), 1)
+    resumed = _launch(_args(tiny_bert, fixture_data, out, *args, "--resume"), 1)
     log, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, log[-3000:]
     cut, full = _records(out), _records(tmp_path / "whole")
@@ -147,13 +148,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, share
 
 
 def test_data_parallel_training_does_not_depend_on_the_number_of_processes(
-    tiny_bert: Path, shared_data: Path, tmp_path: Path
+    tiny_bert: Path, fixture_data: Path, tmp_path: Path
 ) -> None:
     args = ["--method", "deep", "--relations", "P1376", "--batch-size", "8", "--epochs", "3", "--data-parallel"]
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"dp{processes}"
-        proc = _launch(_args(tiny_bert, shared_data, out, *args), processes)
+        proc = _launch(_args(tiny_bert, fixture_data, out, *args), processes)
         log, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, log[-3000:]
         runs[processes] = _records(out)["P1376-seed42.json"]
@@ -164,16 +165,16 @@ def test_data_parallel_training_does_not_depend_on_the_number_of_processes(
         assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-5)
 
 
-def test_bf16_mixed_precision_run(tiny_bert: Path, shared_data: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_bf16_mixed_precision_run(tiny_bert: Path, fixture_data: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    summary = lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "mixture", "--relations", "P1376"))
+    summary = lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "mixture", "--relations", "P1376"))
     assert 0 <= summary["headline"]["method.macro.P@1"]["mean"] <= 100
     history = json.loads((tmp_path / "relations" / "P1376-seed42.json").read_text())["history"]
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) for h in history)
 
 
 def test_relation_whose_objects_all_split_is_skipped_and_counted(
-    tiny_bert: Path, shared_data: Path, tmp_path: Path
+    tiny_bert: Path, fixture_data: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "lama"
     facts = data / "trex" / "autoprompt_original_subobj"
@@ -181,9 +182,9 @@ def test_relation_whose_objects_all_split_is_skipped_and_counted(
     for split in ("train", "dev", "test"):
         lines = [json.dumps({"sub": f"Person{i}", "obj": f"Qzxv{i}wq"}) for i in range(5)]
         (facts / "P19" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    (facts / "P1376").symlink_to(shared_data / "lama" / "trex" / "autoprompt_original_subobj" / "P1376")
-    (data / "vocab").symlink_to(shared_data / "lama" / "vocab")
-    (data / "relations.jsonl").symlink_to(shared_data / "lama" / "relations.jsonl")
+    (facts / "P1376").symlink_to(fixture_data / "lama" / "trex" / "autoprompt_original_subobj" / "P1376")
+    (data / "vocab").symlink_to(fixture_data / "lama" / "vocab")
+    (data / "relations.jsonl").symlink_to(fixture_data / "lama" / "relations.jsonl")
     summary = lama.main(["--model", str(tiny_bert), "--data-dir", str(data), "--candidates", "full",
                          "--output", str(tmp_path / "out"), "--max-test", "20", "--max-train", "8", "--epochs", "1",
                          "--method", "mixture"])
@@ -196,9 +197,9 @@ def test_relation_whose_objects_all_split_is_skipped_and_counted(
                    "--output", str(tmp_path / "out2")])
 
 
-def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     bart = save_tiny_model("bart", tmp_path / "bart")
-    summary = lama.main(_args(tiny_bert, shared_data, tmp_path / "pg", "--method", "promptgen", "--generator",
+    summary = lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg", "--method", "promptgen", "--generator",
                               str(bart), "--epochs", "1"))
     records = _records(tmp_path / "pg")
     assert set(records) == {"P19-seed42.json", "P1376-seed42.json"}
@@ -208,9 +209,9 @@ def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, shared_data: P
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
 
 
-def test_a_used_output_directory_needs_resume(tiny_bert: Path, shared_data: Path, tmp_path: Path) -> None:
-    lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376"))
+def test_a_used_output_directory_needs_resume(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376"))
     with pytest.raises(SystemExit, match="pass --resume"):
-        lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376"))
-    assert lama.main(_args(tiny_bert, shared_data, tmp_path, "--method", "manual", "--relations", "P1376",
+        lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376"))
+    assert lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376",
                            "--resume")) is not None

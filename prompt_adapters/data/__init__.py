@@ -1,5 +1,7 @@
-"""Data loaders: LAMA facts, prompts and candidates (``data.lama``), SuperGLUE tasks (``data.superglue``)."""
+"""Data loaders: LAMA facts, prompts and candidates (``data.lama``), SuperGLUE tasks (``data.superglue``), and the
+resumable, checked downloads that fill the cache folder (``data.download``)."""
 
+from prompt_adapters.data.download import ChecksumMismatch, DownloadFailed, default_cache_dir
 from prompt_adapters.data.lama import (
     CANDIDATE_SETS,
     CORPORA,
@@ -11,6 +13,7 @@ from prompt_adapters.data.lama import (
     Relation,
     available_relations,
     candidate_ids,
+    default_lama_dir,
     download_lama,
     filter_facts,
     load_candidates,
@@ -28,11 +31,15 @@ __all__ = [
     "DROP_REASONS",
     "PROMPT_SOURCES",
     "RELATION_TYPES",
+    "ChecksumMismatch",
+    "DownloadFailed",
     "FilterResult",
     "LamaDataUnavailable",
     "Relation",
     "available_relations",
     "candidate_ids",
+    "default_cache_dir",
+    "default_lama_dir",
     "download_lama",
     "filter_facts",
     "load_candidates",

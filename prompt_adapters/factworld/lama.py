@@ -1,4 +1,4 @@
-"""Write the world as LAMA-format probing data, mirroring the files under shared/data/lama.
+"""Write the world as LAMA-format probing data, in the layout of the LAMA data folder (docs/lama-data-and-metrics.md).
 
 Layout under ``<out>/lama``::
 
