@@ -27,6 +27,7 @@ from prompt_adapters.metrics.lama import gold_rank
 from prompt_adapters.run_dir import CheckpointStore, ResumeMismatchError, differences
 from prompt_adapters.run_dir import atomic_write_text as atomic_write_text
 from prompt_adapters.scoring import IGNORE, candidate_positions
+from prompt_adapters.validation import check_field_types
 
 
 @dataclass
@@ -60,6 +61,13 @@ class TrainSettings:
     schedule: str = "exponential"
 
     def __post_init__(self) -> None:
+        check_field_types(self, TrainSettings)
+        for name in ("learning_rate", "weight_decay", "base_weight_decay"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("exponential", "linear"):

@@ -126,7 +126,7 @@ def test_checkpoint_of_another_adapter_is_refused(tmp_path: Path) -> None:
         fit(model, collate, FACTS, FACTS, settings, checkpoint_dir=tmp_path / "ckpt", progress=False)
 
 
-@pytest.mark.parametrize("lr", [1e30, float("inf")])
+@pytest.mark.parametrize("lr", [1e30, 1e35])
 def test_divergence_stops_with_epoch_step_and_learning_rate(lr: float) -> None:
     model, collate = _model()
     settings = TrainSettings(epochs=3, learning_rate=lr, batch_size=2, patience=None)

@@ -112,10 +112,10 @@ class PromptCollator:
         self.tokenizer = tokenizer
         self.templates: list[CompiledTemplate] = config.compiled()
         self.offsets: list[int] = tuner.state.offsets[name]
+        check_tokenizer(config.tokenizer_fingerprint, tokenizer, f"PromptCollator for adapter {name!r}")
         self.layout = make_layout(tokenizer, tuner.model, config.lm_kind)
         self.data_dependent = bool(getattr(config, "data_dependent", False))
         self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
-        check_tokenizer(config.tokenizer_fingerprint, tokenizer, f"PromptCollator for adapter {name!r}")
         check_template_words(self.templates, tokenizer)
         if self.candidate_ids is not None:
             check_candidates(self.candidate_ids, self.layout.vocab_size, tokenizer)
