@@ -358,3 +358,20 @@ def test_good_inputs_still_pass_every_check() -> None:
     assert MixturePromptConfig(templates=T, max_length=64, learn_weights=False).max_length == 64
     assert DeepPerturbConfig(templates=T, layers=[2, 0, 0]).layers == [0, 2]
     assert PromptCollator(bert_tokenizer(), adapted_bert()).max_length == 128  # the model's positions
+
+
+def test_a_hub_adapter_without_safetensors_is_refused_before_unpickling(tmp_path: Path) -> None:
+    """Over real HTTP to a local fake hub: a repo holding only adapter_model.bin is refused, naming the repo."""
+    from fakehub import FakeHub
+    from huggingface_hub import HfApi
+
+    directory = saved_adapter(tmp_path / "adapter", to_pickle)
+    with FakeHub() as hub, hub.patch_client(tmp_path / "hf_home"):
+        api = HfApi()
+        api.create_repo("me/pickled")
+        api.upload_folder(folder_path=str(directory), repo_id="me/pickled")
+        assert "adapter_model.bin" in hub.files("me/pickled")
+        with pytest.raises(AdapterFileError) as caught:
+            PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/pickled")
+    message = str(caught.value)
+    assert "me/pickled has no adapter_model.safetensors" in message and "arbitrary code" in message

@@ -126,6 +126,7 @@ class PromptCollator:
         self.truncated_tokens = 0
         self._fragments: dict[tuple[str, bool], list[int]] = {}
         self._field_space = {p.name: p.space_before for p in self.templates[0].pieces if p.kind == "field"}
+        self._special_ids = frozenset(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
 
     @staticmethod
     def _max_length(requested: Any, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -177,7 +178,9 @@ class PromptCollator:
         for name, value in values.items():
             what = f"field [{name}] of example {example!r}"
             check_text(value, what)
-            check_no_special_tokens(self.encode(value, self._field_space[name]), value, what, self.tokenizer)
+            ids = self.encode(value, self._field_space[name])
+            if not self._special_ids.isdisjoint(ids):
+                check_no_special_tokens(ids, value, what, self.tokenizer)
         return values
 
     def answer_id(self, answer: str | None) -> int:
@@ -212,7 +215,8 @@ class PromptCollator:
         ids = list(forms.pop())
         if not ids:
             raise ValueError(f"answer {answer!r} tokenises to nothing")
-        check_no_special_tokens(ids, answer, "answer", self.tokenizer)
+        if not self._special_ids.isdisjoint(ids):
+            check_no_special_tokens(ids, answer, "answer", self.tokenizer)
         if set(ids) == {self.tokenizer.unk_token_id}:
             check_known_tokens(ids, answer, "answer", self.tokenizer)
         return ids
