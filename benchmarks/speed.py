@@ -2,12 +2,14 @@
 
     python benchmarks/speed.py [--model-size base|small] [--device cpu|cuda] [--repeats N] [--batch B] \
         [--seq-len L] [--eval-batch E] [--threads T] [--clock wall|cpu] [--out benchmarks/results/speed.md]
+    python benchmarks/speed.py --model DIR ...      # a pretrained masked or causal LM instead (e.g. SmolLM2)
 
 Models are built from configs, nothing is downloaded: a BERT-base-sized masked LM (vocabulary 28996) and a
-GPT-2-sized causal LM (``--model-size small``: tiny configs for quick runs and the test). Every variant of one model
-shares the same frozen weights and the same examples. A warm-up pass over all variants measures peak memory; then
-each repetition runs every variant once, round-robin with a rotating start, and the table reports medians. See
-docs/speed.md for what each variant does and how to read the numbers.
+GPT-2-sized causal LM (``--model-size small``: tiny configs for quick runs and the test); ``--model DIR`` measures
+one pretrained masked or causal LM from a local folder instead (e.g. SmolLM2-135M from benchmarks/models.py).
+Every variant of one model shares the same frozen weights and the same examples. A warm-up pass over all variants
+measures peak memory; then each repetition runs every variant once, round-robin with a rotating start, and the table
+reports medians. See docs/speed.md for what each variant does and how to read the numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
     BertConfig,
@@ -46,6 +52,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from prompt_adapters import (
     DeepPerturbConfig,
@@ -163,11 +170,30 @@ def make_examples(words: list[str], count: int, subject_tokens: int, rng: random
     ]
 
 
+def load_pretrained(directory: str) -> tuple[PreTrainedModel, Any, str]:
+    """A frozen pretrained masked or causal LM from ``directory``, its tokenizer and its kind."""
+    config = AutoConfig.from_pretrained(directory)
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        model, lm_kind = AutoModelForMaskedLM.from_pretrained(directory), "masked"
+    elif config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        model, lm_kind = AutoModelForCausalLM.from_pretrained(directory), "causal"
+    else:
+        raise ValueError(f"--model {directory}: model type {config.model_type!r} is neither a masked nor a causal LM")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval().requires_grad_(False)
+    return model, tokenizer, lm_kind
+
+
 def build_family(name: str, args: argparse.Namespace) -> Family:
     """Model, tokenizer, examples whose single-template rows are at most ``seq_len`` tokens, and candidates."""
-    model = build_model(name, args.model_size, args.seed)
-    tokenizer = build_tokenizer(name)
-    lm_kind = "masked" if name == "bert" else "causal"
+    if args.model is not None:
+        model, tokenizer, lm_kind = load_pretrained(args.model)
+    else:
+        model = build_model(name, args.model_size, args.seed)
+        tokenizer = build_tokenizer(name)
+        lm_kind = "masked" if name == "bert" else "causal"
     rng = random.Random(args.seed)
     words = single_token_words(tokenizer)
     probe = PromptCollator(tokenizer, get_peft_model(share_weights(model), single_config(tokenizer, lm_kind)))
@@ -185,8 +211,13 @@ def build_family(name: str, args: argparse.Namespace) -> Family:
     candidates = torch.tensor(sorted([*answers, *others[: size - len(answers)]]))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     kind = "masked LM" if lm_kind == "masked" else "causal LM"
-    label = {"bert": "BERT", "gpt2": "GPT-2"}[name] + ("-base" if name == "bert" and args.model_size == "base" else "")
-    title = f"{label} {kind} ({args.model_size}: {params:.{0 if params >= 10 else 2}f}M parameters, vocabulary {vocab})"
+    if args.model is not None:
+        title = f"{name} {kind} (pretrained, {params:.1f}M parameters, vocabulary {vocab})"
+    else:
+        base = "-base" if name == "bert" and args.model_size == "base" else ""
+        label = {"bert": "BERT", "gpt2": "GPT-2"}[name] + base
+        size = f"{params:.{0 if params >= 10 else 2}f}M parameters"
+        title = f"{label} {kind} ({args.model_size}: {size}, vocabulary {vocab})"
     return Family(name, title, model, tokenizer, lm_kind, examples[: args.batch], examples[: args.eval_batch],
                   candidates)
 
@@ -622,6 +653,8 @@ def render_report(families: list[Family], variants: list[Variant], gaps: dict[st
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-size", default="base", choices=("base", "small"))
+    parser.add_argument("--model", default=None,
+                        help="a local folder with a pretrained masked or causal LM to measure instead of the configs")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (median reported)")
     parser.add_argument("--batch", type=int, default=16, help="training examples per step")
@@ -650,7 +683,8 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_start = f"{os.getloadavg()[0]:.1f}"
-    families = [build_family(name, args) for name in FAMILIES]
+    names = [Path(args.model).name] if args.model is not None else FAMILIES
+    families = [build_family(name, args) for name in names]
     variants: list[Variant] = []
     gaps: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as directory:
