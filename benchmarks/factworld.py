@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 
-from prompt_adapters.factworld import SIZES, build_world, format_report
+from prompt_adapters.factworld import PORTABLE_KERNELS, SIZES, build_world, format_report
 from prompt_adapters.training import atomic_write_text
 
 #: settings for the soft-prompt rows: the tiny models need a larger learning rate than BERT-base's 1e-3
@@ -96,10 +97,22 @@ def method_table(world: Path, output: Path, runs: Path, seeds: int = 1, rows: li
                      f"{time.perf_counter() - started:.0f} |")
         commands.append(f"{number}. `python benchmarks/lama.py {' '.join(argv)}`")
     lines += ["", "Produced by `python " + " ".join(sys.argv) + "`; the rows' commands:", "", *commands, "",
-              f"Machine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}."]
+              f"Machine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}, kernels "
+              f"{torch.backends.cpu.get_cpu_capability()} with MKL_CBWR={os.environ.get('MKL_CBWR')}."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(output, text)
     return text
+
+
+def rerun_under_portable_kernels(argv: list[str]) -> None:
+    """Replace this process by the same command under ``PORTABLE_KERNELS`` unless it already runs under them.
+
+    torch and MKL pick their kernels once per process, so the table's tuning runs get the build's CPU-independent
+    arithmetic only in a process started with that environment.
+    """
+    if any(os.environ.get(name) != value for name, value in PORTABLE_KERNELS.items()):
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv],
+                  {**os.environ, **PORTABLE_KERNELS})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         report = build_world(args.out, size=args.size, seed=args.seed)
         print(format_report(report))
     else:
+        rerun_under_portable_kernels(sys.argv[1:] if argv is None else argv)
         rows = [int(r) for r in args.rows.split(",")] if args.rows else None
         print(method_table(args.world, args.output, args.runs, args.seeds, rows))
 

@@ -8,6 +8,7 @@ prompt method should close the gap. ``build_world`` writes everything; see docs/
 
 from prompt_adapters.factworld.build import (
     MODEL_KINDS,
+    PORTABLE_KERNELS,
     SIZES,
     BuildConfig,
     build_world,
@@ -31,6 +32,7 @@ from prompt_adapters.factworld.world import COMPOUNDS, RELATIONS, RelationSpec, 
 __all__ = [
     "COMPOUNDS",
     "MODEL_KINDS",
+    "PORTABLE_KERNELS",
     "RELATIONS",
     "SIZES",
     "BuildConfig",

@@ -1,20 +1,22 @@
 """``build_world``: world, corpus, LAMA files, tokenizers, pretrained models and a measured report.
 
-The three models train in separate single-threaded processes (``workers`` at a time). On two cores
-this is faster than one two-threaded process (the matrices are too small for intra-op parallelism to
-pay) and degrades gracefully when the cores are shared; one thread per model also makes the weights
-independent of the machine's core count.
+Each model trains in its own single-threaded process (``workers`` at a time). On two cores this is faster than one
+two-threaded process (the matrices are too small for intra-op parallelism to pay) and degrades gracefully when the
+cores are shared. The processes run under ``PORTABLE_KERNELS``: one thread and one fixed kernel path for torch and
+for MKL, so that the weights do not depend on the machine's core count or on its instruction sets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,6 +38,19 @@ from prompt_adapters.factworld.tokenization import (
 from prompt_adapters.factworld.world import World, WorldSize, generate_world
 
 MODEL_KINDS: tuple[ModelKind, ...] = ("bert", "gpt2", "bart")
+PORTABLE_KERNELS: dict[str, str] = {
+    # torch's own kernels (element-wise ops, reductions, softmax, the optimiser): the AVX2 build on every x86-64
+    # CPU that has AVX2, AVX-512 ones included; without this each machine uses its widest instruction set.
+    "ATEN_CPU_CAPABILITY": "avx2",
+    # MKL's matrix products: the one code branch MKL keeps identical on Intel and AMD CPUs (its AVX2 branch is
+    # honoured on Intel CPUs only), with a fixed thread count.
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",
+    "MKL_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+}
+"""Environment of every model-training process: with it, a seed gives byte-identical weights on any x86-64 CPU
+with AVX2 (same torch version). It costs speed: MKL's portable branch makes training about twice as slow."""
 MEMORISATION_TARGET = 0.9
 MANUAL_TARGET = 0.5
 
@@ -188,19 +203,28 @@ def write_data(out: Path, world: World, config: BuildConfig, seed: int, timings:
     }
 
 
-def _run_jobs(jobs: list[tuple], workers: int) -> dict[str, dict]:
-    """Run :func:`train_model` jobs, in ``workers`` spawned processes if more than one."""
-    if workers <= 1 or len(jobs) <= 1:
-        threads = torch.get_num_threads()
-        try:
-            return {job[1]: train_model(*job) for job in jobs}
-        finally:
-            torch.set_num_threads(threads)
+def _train_in_process(job: dict, folder: Path) -> dict:
+    """Run one :func:`train_model` job in a fresh Python process under ``PORTABLE_KERNELS``; return its result."""
+    job_file, result_file = folder / f"{job['kind']}-job.json", folder / f"{job['kind']}-result.json"
+    job_file.write_text(json.dumps(job))
+    command = [sys.executable, "-m", "prompt_adapters.factworld.job", str(job_file), str(result_file)]
+    code = subprocess.run(command, env={**os.environ, **PORTABLE_KERNELS}, check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"training the FactWorld {job['kind']} model failed (exit status {code}); "
+                           "its error is printed above")
+    return json.loads(result_file.read_text())
+
+
+def _run_jobs(jobs: list[dict], workers: int) -> dict[str, dict]:
+    """Run the training jobs, each in its own process, at most ``workers`` at a time; results by model kind."""
     # Longest job first, so that the short ones fill the other worker (cost ~ epochs x layers, BART has two stacks).
-    by_cost = sorted(jobs, key=lambda job: -job[2].epochs * job[2].layers * (2 if job[1] == "bart" else 1))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job[1]: pool.submit(train_model, *job) for job in by_cost}
-        return {job[1]: futures[job[1]].result() for job in jobs}
+    def cost(job: dict) -> int:
+        return job["spec"]["epochs"] * job["spec"]["layers"] * (2 if job["kind"] == "bart" else 1)
+
+    by_cost = sorted(jobs, key=cost, reverse=True)
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {job["kind"]: pool.submit(_train_in_process, job, Path(tmp)) for job in by_cost}
+        return {job["kind"]: futures[job["kind"]].result() for job in jobs}
 
 
 def build_world(
@@ -214,8 +238,9 @@ def build_world(
     """Build a FactWorld under ``out_dir`` and return (and write) its report.
 
     ``size`` picks a preset from :data:`SIZES`; ``config`` overrides it (e.g. fewer epochs in tests).
-    ``models`` selects which models to pretrain; the world, corpus, LAMA files and all tokenizers are
-    always written. Same seed and config give byte-identical files.
+    ``models`` selects which models to pretrain (only those cost time: the masked LM alone is about half of a
+    full build); the world, corpus, LAMA files and all tokenizers are always written. Same seed and config give
+    byte-identical files, weights included, on any x86-64 CPU with AVX2 (see ``PORTABLE_KERNELS``).
     """
     if config is None:
         if size not in SIZES:
@@ -237,8 +262,10 @@ def build_world(
     data = write_data(out, world, config, seed, timings)
 
     world_json = world.to_json()
+    sentences = [asdict(sentence) for sentence in data["sentences"]]
     jobs = [
-        (str(out), kind, config.models[kind], data["sentences"], world_json, seed, config.eval_splits)
+        {"out_dir": str(out), "kind": kind, "spec": asdict(config.models[kind]), "sentences": sentences,
+         "world": world_json, "seed": seed, "eval_splits": list(config.eval_splits)}
         for kind in models
     ]
     start = time.perf_counter()
@@ -250,9 +277,9 @@ def build_world(
     timings["total"] = time.perf_counter() - total_start
     # On a busy machine wall times grow; this estimates the wall time on idle cores from CPU times.
     timings["main_process_cpu"] = time.process_time() - cpu_start
-    spawned = config.workers > 1 and len(jobs) > 1
-    timings["estimated_idle_wall"] = timings["main_process_cpu"] + (
-        _makespan([timings[f"{kind}_cpu"] for kind in results], config.workers) if spawned else 0.0
+    capabilities = sorted({result.pop("aten_cpu_capability") for result in results.values()})
+    timings["estimated_idle_wall"] = timings["main_process_cpu"] + _makespan(
+        [timings[f"{kind}_cpu"] for kind in results], config.workers
     )
 
     report = {
@@ -268,6 +295,10 @@ def build_world(
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__,
+            "kernels": {
+                **PORTABLE_KERNELS,
+                "aten_cpu_capability_used": capabilities,
+            },
         },
         "timings_s": timings,
         "sizes": data["sizes"],
