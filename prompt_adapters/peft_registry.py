@@ -83,6 +83,7 @@ def register_methods() -> None:
         prefix = model_cls.prefix
         register_peft_method(name=peft_type.lower(), config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     _patch_peft_model_cards()
+    _patch_peft_generate()
     _patch_strict_loading()
 
 
@@ -180,3 +181,24 @@ def _patch_peft_model_cards() -> None:
     PeftModel.create_or_update_model_card = create_or_update_model_card  # type: ignore[method-assign]
     PeftModel.push_to_hub = push_to_hub  # type: ignore[method-assign]
     PeftModel._prompt_adapters_patched = True  # type: ignore[attr-defined]
+
+
+def _patch_peft_generate() -> None:
+    """Route ``PeftModel.generate`` of our adapters through the tuner's ``generate``.
+
+    peft's task-specific classes (``PeftModelForCausalLM``, ``...Seq2SeqLM``) already call ``base_model.generate``;
+    the plain ``PeftModel`` (no ``task_type``, our default) calls the transformers model's ``generate`` directly, which
+    would skip the one-off preparation of the method's inputs (PromptGen's generator inputs, ``prompt_ids``) and the
+    check that the inputs carry prompt positions.
+    """
+    if getattr(PeftModel, "_prompt_adapters_generate_patched", False):
+        return
+    original_generate = PeftModel.generate
+
+    def generate(self: PeftModel, *args: Any, **kwargs: Any) -> Any:
+        if _is_ours(self):
+            return self.base_model.generate(*args, **kwargs)
+        return original_generate(self, *args, **kwargs)
+
+    PeftModel.generate = generate  # type: ignore[method-assign]
+    PeftModel._prompt_adapters_generate_patched = True  # type: ignore[attr-defined]
