@@ -62,12 +62,10 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         check_field_types(self, TrainSettings)
-        for name in ("learning_rate", "weight_decay", "base_weight_decay"):
+        for name in ("learning_rate", "weight_decay", "base_weight_decay", "warmup_ratio"):
             value = getattr(self, name)
-            if not 0 <= value < math.inf:
+            if not 0 <= value < math.inf:  # warmup_ratio may exceed 1: a fixed warm-up longer than a short run
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("exponential", "linear"):
