@@ -16,7 +16,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from prompt_adapters import MixturePromptConfig, PromptCollator, PTuningEncoderConfig
-from prompt_adapters.factworld import SIZES, World, build_world, object_token_id, with_epochs
+from prompt_adapters.factworld import PORTABLE_KERNELS, SIZES, World, build_world, object_token_id, with_epochs
 from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
 from prompt_adapters.tuner import PromptConfig
 
@@ -34,9 +34,10 @@ def factworld_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     prebuilt = os.environ.get("FACTWORLD_SMALL")
     if prebuilt:
         report = json.loads((Path(prebuilt) / "report.json").read_text())
-        if (report["size"], report["seed"]) != ("small", 0):
-            raise ValueError(f"FACTWORLD_SMALL={prebuilt} holds size={report['size']} seed={report['seed']}, "
-                             "expected the small build with seed 0")
+        if (report["size"], report["seed"], sorted(report["models"])) != ("small", 0, sorted(MODEL_CLASSES)):
+            raise ValueError(f"FACTWORLD_SMALL={prebuilt} holds size={report['size']} seed={report['seed']} with "
+                             f"models {sorted(report['models'])}; expected the small build with seed 0 and every model "
+                             "(python benchmarks/factworld.py build --out DIR --size small --seed 0)")
         return Path(prebuilt), report
     out = tmp_path_factory.mktemp("factworld_small")
     return out, build_world(out, size="small", seed=0)
@@ -136,14 +137,44 @@ def test_same_seed_same_world_and_corpus(factworld_small: tuple[Path, dict], tmp
     assert other["hashes"]["corpus.txt"] != report["hashes"]["corpus.txt"]
 
 
-def test_same_seed_same_weights(tmp_path: Path) -> None:
+#: SHA-256 of model.safetensors after one epoch of the small preset, seed 0 (``workers=1``), built under
+#: PORTABLE_KERNELS with torch 2.13.0; any x86-64 CPU with AVX2 gives these bytes.
+ONE_EPOCH_WEIGHTS = {
+    "bert": "815ea83a119ab1b725a6823654cf3f9b2986882ec2e865b16f658cafca639c58",
+    "gpt2": "a36d882bf42a1cec1b22938b1800477da85de4f925de12a45e75cf1025bb839f",
+}
+#: SHA-256 of model.safetensors of the full small build, seed 0 (``benchmarks/factworld.py build --size small``).
+SMALL_WEIGHTS = {
+    "bert": "98e5b443b3c8aa66bc13e0c1731c2b95d277f2528ea837e7e2fe5b07d23e19ae",
+    "gpt2": "7410dd97e727d5a534de9fe846a12a22ace4c449051bb95480e69fa99e60214c",
+    "bart": "13796402373480613ae344e117c1aca5d07ec1091fe6859003da1a262780b7b6",
+}
+
+
+def _skip_without_avx2(report: dict) -> None:
+    used = report["machine"]["kernels"]["aten_cpu_capability_used"]
+    if used != ["AVX2"]:
+        pytest.skip(f"the committed weight hashes are those of torch's AVX2 kernels; this CPU ran {used}")
+
+
+def test_weights_do_not_depend_on_the_callers_kernel_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training processes force one kernel path whatever the caller's environment asks for (here torch's
+    non-vectorised kernels, which give other weights when they reach the training, and MKL's AVX2 branch), and the
+    weights match the committed hashes."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
     config = dataclasses.replace(with_epochs(SIZES["small"], 1), workers=1)
-    first = build_world(tmp_path / "a", seed=3, config=config, models=("bert", "gpt2"))
-    second = build_world(tmp_path / "b", seed=3, config=config, models=("bert", "gpt2"))
-    for kind in ("bert", "gpt2"):
-        weights = [_digest(tmp_path / run / kind / "model.safetensors") for run in ("a", "b")]
-        assert weights[0] == weights[1], kind
-        assert first["models"][kind]["p_at_1"] == second["models"][kind]["p_at_1"]
+    report = build_world(tmp_path, seed=0, config=config, models=("bert", "gpt2"))
+    assert {k: v for k, v in report["machine"]["kernels"].items() if k in PORTABLE_KERNELS} == PORTABLE_KERNELS
+    assert set(report["models"]) == {"bert", "gpt2"} and not (tmp_path / "bart" / "model.safetensors").exists()
+    _skip_without_avx2(report)
+    assert {kind: _digest(tmp_path / kind / "model.safetensors") for kind in ONE_EPOCH_WEIGHTS} == ONE_EPOCH_WEIGHTS
+
+
+def test_small_build_weights_match_the_committed_hashes(factworld_small: tuple[Path, dict]) -> None:
+    out, report = factworld_small
+    _skip_without_avx2(report)
+    assert {kind: _digest(out / kind / "model.safetensors") for kind in SMALL_WEIGHTS} == SMALL_WEIGHTS
 
 
 def test_masked_lm_memorised_the_facts_but_not_the_manual_wording(factworld_small: tuple[Path, dict]) -> None:
