@@ -226,10 +226,20 @@ def check_text(value: Any, what: str) -> str:
     return value
 
 
+def control_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Special ids that text must not produce: every special id but the unknown token's (unknown text is judged
+    apart), unless that id also marks structure (GPT-2's ``<|endoftext|>`` is unk, bos and eos; a pad token set to
+    unk, as often for Llama, does not count)."""
+    unk = tokenizer.unk_token_id
+    roles = {getattr(tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "sep", "cls", "mask")}
+    special = frozenset(tokenizer.all_special_ids)
+    return special if unk in roles else special - {unk}
+
+
 def check_no_special_tokens(ids: Sequence[int], value: str, what: str, tokenizer: PreTrainedTokenizerBase,
                             allow: frozenset[int] = frozenset()) -> None:
     """Refuse text that the tokenizer reads as a special token (e.g. a subject containing "[MASK]")."""
-    special = set(tokenizer.all_special_ids) - allow - {tokenizer.unk_token_id}  # unknown text is checked apart
+    special = control_token_ids(tokenizer) - allow
     found = [i for i in ids if i in special]
     if found:
         tokens = tokenizer.convert_ids_to_tokens(found)
@@ -439,7 +449,7 @@ def screen_facts(facts: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokeni
     a special token (e.g. "[MASK]"); ``unknown_object``: the object tokenises to the unknown token.
     """
     unk = tokenizer.unk_token_id
-    special = set(tokenizer.all_special_ids) - {unk}
+    special = control_token_ids(tokenizer)
     counts = dict.fromkeys(FACT_DROP_REASONS, 0)
     kept = []
     for fact in facts:

@@ -270,6 +270,9 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
                              "expected plain text"),
     "field_sep_token": Case(lambda: collate(("Dante [SEP]", "Florence")), ValueError, "['[SEP]']",
                             "expected plain text"),
+    "field_endoftext_gpt2": Case(lambda: PromptCollator(gpt2_tokenizer(), attach(MixturePromptConfig(
+        templates=["[X] was born in [Y]"], tokenizer=gpt2_tokenizer()), "gpt2"))([("Dante<|endoftext|>", "Paris")]),
+        ValueError, "'Dante<|endoftext|>'", "expected plain text"),
     "field_missing_key": Case(lambda: collate({"obj": "Florence"}), KeyError, "['X', 'sub', 'sub_label', 'subject']",
                               "none of the keys"),
     # collator inputs: answers

@@ -34,6 +34,7 @@ from prompt_adapters.validation import (
     check_template_words,
     check_text,
     check_tokenizer,
+    control_token_ids,
     model_max_positions,
 )
 
@@ -126,7 +127,7 @@ class PromptCollator:
         self.truncated_tokens = 0
         self._fragments: dict[tuple[str, bool], list[int]] = {}
         self._field_space = {p.name: p.space_before for p in self.templates[0].pieces if p.kind == "field"}
-        self._special_ids = frozenset(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+        self._special_ids = control_token_ids(tokenizer)
 
     @staticmethod
     def _max_length(requested: Any, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
