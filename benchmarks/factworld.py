@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="generate the world and corpus, train tokenizers and models, measure")
     build.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    build.add_argument("--size", default="default", choices=sorted(SIZES), help="preset (small: ~1-3 min, for tests)")
+    build.add_argument("--size", default="default", choices=sorted(SIZES), help="preset (small: ~5 min, 2 idle cores)")
     build.add_argument("--seed", default=0, type=int, help="world, corpus and training seed")
     table = commands.add_parser("table", help="one row per prompt method on the world's test split")
     table.add_argument("--world", required=True, type=Path, help="a directory written by `build`")
