@@ -449,7 +449,7 @@ def promptgen(family: Family, generator: Path, device: torch.device) -> Variant:
 
 
 def build_variants(
-    family: Family, generator: Path, device: torch.device
+    family: Family, generator: Path | None, device: torch.device
 ) -> tuple[list[Variant], list[Variant], float]:
     """Train-step and scoring variants of one family, and the largest |floor - ours| over loss and scores."""
     tok, kind = family.tokenizer, family.lm_kind
@@ -476,7 +476,7 @@ def build_variants(
     deep = DeepPerturbConfig(templates=[template(TEMPLATES[0], kind)], tokenizer=tok)
     ptuning = PTuningEncoderConfig(templates=[PTUNING_TEMPLATES[kind]], encoder="mlp", tokenizer=tok)
     train += [ours(family, DEEP, deep, device)[0], ours(family, PTUNING, ptuning, device)[0]]
-    if kind == "masked":
+    if kind == "masked" and generator is not None:
         train.append(promptgen(family, generator, device))
 
     scorer = PromptCollator(tok, single_model, candidate_ids=family.candidates)
@@ -688,7 +688,9 @@ def main(argv: list[str] | None = None) -> str:
     variants: list[Variant] = []
     gaps: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as directory:
-        generator = save_generator(args.model_size, Path(directory), args.seed)
+        # PromptGen (masked LMs only) needs a generator; a causal --model does not
+        masked = any(family.lm_kind == "masked" for family in families)
+        generator = save_generator(args.model_size, Path(directory), args.seed) if masked else None
         for family in families:
             train, evaluation, gaps[family.name] = build_variants(family, generator, device)
             variants += train + evaluation

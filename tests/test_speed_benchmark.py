@@ -100,3 +100,20 @@ def test_peak_tensor_memory_counts_new_storages_only() -> None:
     with speed.PeakTensorMemory() as views_only:
         weight.detach().t().mul_(1.0)
     assert views_only.peak == 0
+
+
+def test_model_folder_is_measured_instead_of_the_configs(tmp_path: Path) -> None:
+    """--model DIR: one section for the pretrained folder's causal LM, every train and scoring variant measured."""
+    from prompt_adapters.testing import save_tiny_model
+
+    folder = save_tiny_model("gpt2", tmp_path / "tiny-gpt2")
+    text = speed.main(["--model", str(folder), "--repeats", "1", "--batch", "2", "--eval-batch", "2", "--threads",
+                       "1", "--out", str(tmp_path / "speed.md")])
+    sections = [s for s in text.split("\n## ") if not s.startswith(("# ", "Targets"))]
+    assert [s.split("\n", 1)[0].split(" (")[0] for s in sections] == ["tiny-gpt2 causal LM"]
+    assert "pretrained" in sections[0].split("\n", 1)[0]
+    train = _table(sections[0], "### Train step")
+    assert list(train) == [*TRAIN_ROWS, speed.PROMPTGEN] and train[speed.PROMPTGEN][0] == "masked LMs only"
+    assert all(RATIO.match(row[4]) for name, row in train.items() if name != speed.PROMPTGEN)
+    gap = float(re.search(r"largest difference ([0-9.e+-]+)\)", sections[0]).group(1))
+    assert gap < 1e-4
