@@ -29,10 +29,11 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
+
 
 POINTER = "LATEST"
 MANIFEST = "run.json"
@@ -282,6 +283,7 @@ def digest(value: Any) -> str:
 
 def model_digest(model: nn.Module) -> dict[str, Any]:
     """Fingerprint of a base model: its class, its config (without paths and versions) and a hash of every weight."""
+    import torch  # here, so that the rest of this module (locks, atomic files) loads without torch
     hasher = hashlib.blake2b(digest_size=12)
     for name, tensor in sorted(model.state_dict().items()):
         hasher.update(name.encode())

@@ -334,7 +334,7 @@ def fit(
             optimizer.step()
             if settings.schedule == "linear":
                 scheduler.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
         if settings.schedule == "exponential":
             scheduler.step()
         dev_p1 = dev_score()

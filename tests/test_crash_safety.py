@@ -224,10 +224,19 @@ def test_a_truncated_checkpoint_file_names_itself_when_no_complete_version_is_le
 
 # ------------------------------------------------------------------------------------------------ lock
 
-HOLDER = textwrap.dedent(
+#: loads prompt_adapters/run_dir.py alone (no torch, peft or transformers), so the processes start in a blink
+RUN_DIR_SOURCE = str(Path(__file__).resolve().parents[1] / "prompt_adapters" / "run_dir.py")
+LOAD_RUN_DIR = (
+    "import importlib.util, sys\n"
+    f"spec = importlib.util.spec_from_file_location('run_dir', {RUN_DIR_SOURCE!r})\n"
+    "run_dir = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(run_dir)\n"
+    "RunLock, RunLockedError = run_dir.RunLock, run_dir.RunLockedError\n"
+)
+
+HOLDER = LOAD_RUN_DIR + textwrap.dedent(
     """
-    import sys, time
-    from prompt_adapters.run_dir import RunLock
+    import sys
     lock = RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     sys.stdin.readline()
@@ -236,10 +245,9 @@ HOLDER = textwrap.dedent(
     """
 )
 
-CONTENDER = textwrap.dedent(
+CONTENDER = LOAD_RUN_DIR + textwrap.dedent(
     """
     import sys
-    from prompt_adapters.run_dir import RunLock, RunLockedError
     try:
         RunLock(sys.argv[1]).acquire()
     except RunLockedError as error:
