@@ -254,8 +254,10 @@ class PromptHooks:
     # ------------------------------------------------------------------------------------------ deep deltas
 
     def _add_delta(self, hidden: torch.Tensor, stack: int, depth: int) -> torch.Tensor:
+        if self.positions is None:
+            return hidden
         delta = self.source.active_delta(stack, depth)
-        if delta is None or self.positions is None:
+        if delta is None:
             return hidden
         pseudo, rows = self.positions
         if pseudo.shape != hidden.shape[:2]:
@@ -391,7 +393,7 @@ def _continues_a_sequence(kwargs: dict[str, Any]) -> bool:
     """Whether a forward only extends a sequence whose prompt was seen before (KV cache, encoder outputs given)."""
     if kwargs.get("encoder_outputs") is not None:
         return True
-    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers renamed past_key_values to cache
     if cache is None:
         return False
     length = getattr(cache, "get_seq_length", None)

@@ -49,12 +49,23 @@ METHODS = ("mixture", "deep", "ptuning", "promptgen")
 PEFT_TYPES = {"mixture": "MIXTURE_PROMPT", "deep": "DEEP_PERTURB", "ptuning": "PTUNING_ENCODER",
               "promptgen": "PROMPT_GEN"}
 CASES = [(method, family) for method in METHODS for family in FAMILIES]
+#: behaviours of the adapter state alone (not of the hooks in the model) run on one family per kind of LM
+KIND_CASES = [(method, family) for method in METHODS for family in ("bert", "gpt2", "t5")]
 GENERATIVE_CASES = [(method, family) for method, family in CASES if family in GENERATIVE]
 EXAMPLES = [
     {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
     {"X": "Barack Obama", "Y": "London", "template": "[X] died in [Y] ."},
 ]
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y]."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The models are tiny: one intra-op thread is faster than two, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -144,19 +155,20 @@ pytestmark = pytest.mark.filterwarnings("ignore:prompt adapter .* has no prompt 
 # ----------------------------------------------------------------------------------------------------- save / load
 
 
-@pytest.mark.parametrize("low_cpu_mem_usage", [False, True], ids=["plain", "low_cpu_mem_usage"])
 @pytest.mark.parametrize(("method", "family"), CASES)
-def test_save_and_load(method: str, family: str, low_cpu_mem_usage: bool, generator_dir: str, tmp_path: Path) -> None:
+def test_save_and_load_with_low_cpu_mem_usage(method: str, family: str, generator_dir: str, tmp_path: Path) -> None:
+    """Cause 1: ``low_cpu_mem_usage=True`` (peft's meta-device loading) for from_pretrained and load_adapter; the
+    plain path is the next test's."""
     case = make_case(method, family, generator_dir)
     batch = case.collator()(EXAMPLES)
     expected = scores(case.model, batch)
     case.model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-    loaded = PeftModel.from_pretrained(case.fresh_base(), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
+    loaded = PeftModel.from_pretrained(case.fresh_base(), tmp_path, low_cpu_mem_usage=True)
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
     assert torch.equal(scores(loaded, batch), expected)
     assert not any(p.requires_grad for p in loaded.parameters())  # inference mode, as peft
-    loaded.load_adapter(tmp_path, adapter_name="other", low_cpu_mem_usage=low_cpu_mem_usage)
+    loaded.load_adapter(tmp_path, adapter_name="other", low_cpu_mem_usage=True)
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
     loaded.set_adapter("other")
     assert torch.equal(scores(loaded, batch), expected)
@@ -200,8 +212,8 @@ def test_config_round_trips_and_from_peft_type(method: str, generator_dir: str, 
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert type(loaded) is type(config) and loaded.to_dict() == config.to_dict()
     assert isinstance(loaded.peft_type, PeftType)
-    for peft_type in PeftType:  # peft's own test_from_peft_type loops over every registered type
-        assert PeftConfig.from_peft_type(peft_type=peft_type).peft_type == peft_type
+    for name in PEFT_TYPES.values():  # peft's own test_from_peft_type builds every registered type from defaults
+        assert PeftConfig.from_peft_type(peft_type=PeftType(name)).peft_type == PeftType(name)
     assert get_model_status(case.model).peft_types == {"default": PEFT_TYPES[method]}
 
 
@@ -233,7 +245,7 @@ def test_delete_adapters_including_the_last(method: str, family: str, generator_
         tuner(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "decoder_input_ids")})
 
 
-@pytest.mark.parametrize(("method", "family"), CASES)
+@pytest.mark.parametrize(("method", "family"), KIND_CASES)
 def test_disable_adapter_and_set_requires_grad(method: str, family: str, generator_dir: str) -> None:
     """Cause 5: set_requires_grad(adapter_names=...) acts on the adapter state."""
     case = make_case(method, family, generator_dir)
@@ -255,7 +267,7 @@ def test_disable_adapter_and_set_requires_grad(method: str, family: str, generat
     assert get_model_status(case.model).requires_grad == {"default": False, "other": False}
 
 
-@pytest.mark.parametrize(("method", "family"), CASES)
+@pytest.mark.parametrize(("method", "family"), KIND_CASES)
 def test_model_and_layer_status(method: str, family: str, generator_dir: str) -> None:
     case = make_case(method, family, generator_dir)
     case.model.add_adapter("other", case.config())
@@ -302,7 +314,7 @@ def test_deepcopy_is_independent(method: str, family: str, generator_dir: str) -
     assert torch.equal(scores(case.model, batch), expected)
 
 
-@pytest.mark.parametrize(("method", "family"), CASES)
+@pytest.mark.parametrize(("method", "family"), KIND_CASES)
 def test_wrapping_a_model_twice_warns_and_runs_the_new_adapter(method: str, family: str, generator_dir: str) -> None:
     """Cause 3: peft's 'second time' warning fires and the second adapter's vectors are the ones used."""
     base, tokenizer = build_tiny_model(family)
@@ -320,7 +332,7 @@ def test_wrapping_a_model_twice_warns_and_runs_the_new_adapter(method: str, fami
     assert not attached_hooks(first.base_model.model) or attached_hooks(base)[0] is second.base_model.hooks
 
 
-@pytest.mark.parametrize(("method", "family"), CASES)
+@pytest.mark.parametrize(("method", "family"), KIND_CASES)
 def test_state_dict_helpers(method: str, family: str, generator_dir: str) -> None:
     case = make_case(method, family, generator_dir)
     batch = case.collator()(EXAMPLES)

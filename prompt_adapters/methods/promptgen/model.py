@@ -163,7 +163,7 @@ class PromptGenLayer(MixturePromptLayer):
             position += 1
             reading = prefix[:, min(position, prefix.shape[1] - 1)]
             filler = torch.where(ends0.unsqueeze(-1), special[1], special[0])
-            next_input = torch.where(write.unsqueeze(-1), dist @ vocab_embeds, filler)
+            next_input = torch.where(write.unsqueeze(-1), dist.to(vocab_embeds.dtype) @ vocab_embeds, filler)
             inputs = torch.where(generating.unsqueeze(-1), next_input, reading).unsqueeze(1)
             count = torch.where(write, count + 1, torch.zeros_like(count))
             phase = torch.where(ends0, torch.ones_like(phase), torch.where((phase == 1) & ~write1, 2, phase))
