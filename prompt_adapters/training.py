@@ -445,6 +445,7 @@ def em_step(model: nn.Module, collator: PromptCollator, train: Sequence[Any], ba
         joint = out.mixture_log_weights + out.template_log_probs
         gammas.append(torch.softmax(joint.float(), dim=1))
     gamma = torch.cat(gammas)
-    state.mixture[name].copy_(torch.log(gamma.mean(0).clamp(min=1e-12)))
-    state.mixture[name].requires_grad_(False)
+    if name in state.mixture:  # one template has no mixture logit (its weight is 1)
+        state.mixture[name].copy_(torch.log(gamma.mean(0).clamp(min=1e-12)))
+        state.mixture[name].requires_grad_(False)
     return gamma

@@ -42,6 +42,7 @@ from prompt_adapters import (
 )
 from prompt_adapters.injection import attached_hooks
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model
+from prompt_adapters.training import em_step
 
 FAMILIES = ("bert", "roberta", "gpt2", "llama", "bart", "t5")
 GENERATIVE = ("gpt2", "llama", "bart", "t5")
@@ -528,6 +529,10 @@ def test_one_template_has_no_mixture_logit_and_frozen_weights_stay_frozen(genera
     assert model.base_model.state.table["default"].requires_grad
     case = make_case("promptgen", "bert", generator_dir)
     assert set(case.model.base_model.state.mixture) == set()
+    base, tokenizer = build_tiny_model("bert")
+    single = get_peft_model(base, MixturePromptConfig(templates=TEMPLATES[:1], tokenizer=tokenizer))
+    gamma = em_step(single, PromptCollator(tokenizer, single), EXAMPLES, batch_size=2)  # EM has nothing to set
+    assert torch.equal(gamma, torch.ones(len(EXAMPLES), 1))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,7 +14,7 @@ class MixturePromptConfig(PromptConfig):
 
     Args:
         learn_weights: train the mixture logits with the marginal log-likelihood (else they stay uniform, or are
-            set by an EM M-step, see ``prompt_adapters.methods.mixture.em``).
+            set by an EM M-step, see ``prompt_adapters.training.em_step``).
         data_dependent: per-example weights pi_t(x) proportional to pi_t q_t(x), where q_t(x) is the template's
             likelihood of the input field tokens with them masked (masked LMs) or predicted left to right (causal
             LMs). Costs one extra row per template and example.
