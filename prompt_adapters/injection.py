@@ -10,6 +10,8 @@
   head is never computed on positions nobody asked for.
 * A pre/post hook pair on the model itself takes the scoring keys out of the forward kwargs and lets the method
   turn the gathered logits into its loss and answer distribution.
+* Inputs without any prompt position pass untouched (the output does not depend on the adapter), and an enabled
+  adapter warns once that it met such inputs, naming the way to build inputs through its template.
 """
 
 from __future__ import annotations
