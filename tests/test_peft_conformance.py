@@ -380,6 +380,8 @@ def test_embedding_output_is_tied_to_the_adapter_only_at_prompt_positions(
     assert not embedding(case.plain_inputs()["input_ids"]).requires_grad
     if method != "promptgen":  # PromptGen's vectors exist only inside a forward with generator inputs
         assert embedding(case.collator()(EXAMPLES)["input_ids"]).requires_grad
+    case.model.enable_input_require_grads()  # peft's k-bit training preparation asks for it explicitly
+    assert embedding(case.plain_inputs()["input_ids"]).requires_grad
 
 
 @pytest.mark.parametrize(("method", "family"), CASES)
