@@ -27,6 +27,7 @@ from peft import (
     get_model_status,
     get_peft_model,
     get_peft_model_state_dict,
+    inject_adapter_in_model,
     set_peft_model_state_dict,
 )
 from peft.utils.peft_types import PeftType
@@ -550,10 +551,14 @@ def test_autocast_adapter_dtype(method: str, autocast: bool, generator_dir: str)
 
 
 def test_documented_divergences(generator_dir: str) -> None:
-    """docs/peft.md: one prompt adapter runs at a time, and soft prompts cannot be merged into weights."""
+    """docs/peft.md: one prompt adapter runs at a time, soft prompts cannot be merged into weights, and (as for every
+    peft tuner with shared state) inject_adapter_in_model is refused."""
     case = make_case("mixture", "bert", generator_dir)
     case.model.add_adapter("other", case.config())
     with pytest.raises(ValueError, match="one adapter at a time"):
         case.model.base_model.set_adapter(["default", "other"])
     with pytest.raises(ValueError, match="cannot be merged"):
         case.model.merge_and_unload()
+    base, tokenizer = build_tiny_model("bert")
+    with pytest.raises(ValueError, match=r"shared state.*get_peft_model"):
+        inject_adapter_in_model(make_config("mixture", tokenizer, generator_dir), base)
