@@ -54,7 +54,26 @@ def main() -> None:
     hits = [sum(a == gold for a, (_, gold) in zip(preds, FACTS, strict=True)) for preds in (before, after)]
     weights = model.base_model.state.log_weights("default").exp().tolist()
     print(f"\nP@1 before {hits[0]}/{len(FACTS)}, after {hits[1]}/{len(FACTS)}; mixture weights {weights}")
+
+    # Raw text through the adapter's template: plain tokenizer output would run the bare model (with a warning).
+    inputs = collate.inputs(["Dante", "Obama"], template=0)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    at_mask = logits[inputs["input_ids"] == tokenizer.mask_token_id].argmax(-1)
+    print(f"template 0 on raw subjects answers {tokenizer.convert_ids_to_tokens(at_mask.tolist())}")
+    generate_with_a_causal_lm()
     print(f"prompt_adapters {prompt_adapters.__version__}")
+
+
+def generate_with_a_causal_lm() -> None:
+    """``generate`` on a causal LM: the soft prompt is written once, then decoding continues at ``[Y]``."""
+    base, tokenizer = build_tiny_model("gpt2")
+    model = get_peft_model(base, MixturePromptConfig(templates=["[X] was born in [Y]"], tokenizer=tokenizer))
+    tokenizer.padding_side = "left"  # batched generation with a causal LM pads on the left
+    inputs = PromptCollator(tokenizer, model).inputs(["Dante", "Barack Obama"])
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    new_tokens = generated[:, inputs["input_ids"].shape[1]:]
+    print(f"generated continuations (tiny random GPT-2): {tokenizer.batch_decode(new_tokens)}")
 
 
 if __name__ == "__main__":
