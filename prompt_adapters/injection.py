@@ -60,6 +60,10 @@ class PromptSource(Protocol):
         """The active adapter's name, None when no adapter is left (all deleted)."""
         ...
 
+    def check_rows(self, pseudo: torch.Tensor, rows: torch.Tensor) -> None:
+        """Refuse prompt positions the rows' adapters do not have (per-row adapters)."""
+        ...
+
     def hard_ids(self, rows: torch.Tensor) -> torch.Tensor: ...
 
     def active_table(self) -> torch.Tensor | None: ...
@@ -216,6 +220,7 @@ class PromptHooks:
                 "left (all were deleted); add or load an adapter, or pass ids of the base vocabulary only"
             )
         rows = (ids - self.vocab_size).clamp(min=0)
+        self.source.check_rows(pseudo, rows)
         self._pending[id(module)] = (pseudo, rows)
         return (torch.where(pseudo, self.source.hard_ids(rows), ids), *args[1:])
 
@@ -241,17 +246,20 @@ class PromptHooks:
                 f"{available} soft rows (ids {self.vocab_size}..{self.vocab_size + available - 1}); "
                 "were these inputs built for another adapter?"
             )
-        if table.dim() == 3:  # one table per input row (input-dependent prompts, e.g. PromptGen)
-            expand = embeds.shape[0] // table.shape[0]
-            if self.generating and expand > 1 and embeds.shape[0] == expand * table.shape[0]:
-                table = table.repeat_interleave(expand, dim=0)  # generate() expanded the rows (beams, samples)
-            if table.shape[0] != embeds.shape[0]:
-                raise ValueError(
-                    f"per-row prompt tables for {table.shape[0]} rows, but the input has {embeds.shape[0]}"
-                )
-            owner = torch.arange(embeds.shape[0], device=embeds.device).unsqueeze(1).expand_as(pseudo)
-            return embeds.index_put((pseudo,), table[owner[pseudo], selected].to(embeds.dtype))
+        if table.dim() == 3:  # one table per input row (input-dependent prompts, per-row adapters)
+            return embeds.index_put((pseudo,), self._row_lookup(table, pseudo, rows, "prompt tables").to(embeds.dtype))
         return embeds.index_put((pseudo,), table[selected].to(embeds.dtype))
+
+    def _row_lookup(self, table: torch.Tensor, pseudo: torch.Tensor, rows: torch.Tensor, what: str) -> torch.Tensor:
+        """``table[row, soft row]`` at every prompt position of a (rows, soft rows, hidden) per-row table."""
+        batch = pseudo.shape[0]
+        expand = batch // max(table.shape[0], 1)
+        if self.generating and expand > 1 and batch == expand * table.shape[0]:
+            table = table.repeat_interleave(expand, dim=0)  # generate() expanded the rows (beams, samples)
+        if table.shape[0] != batch:
+            raise ValueError(f"per-row {what} for {table.shape[0]} rows, but the input has {batch}")
+        owner = torch.arange(batch, device=pseudo.device).unsqueeze(1).expand_as(pseudo)
+        return table[owner[pseudo], rows[pseudo]]
 
     # ------------------------------------------------------------------------------------------ deep deltas
 
@@ -267,7 +275,8 @@ class PromptHooks:
                 f"prompt positions {tuple(pseudo.shape)} do not match the hidden states {tuple(hidden.shape[:2])} "
                 f"of block stack {stack}; the model changed the sequence length between embedding and blocks"
             )
-        return hidden.index_put((pseudo,), delta[rows[pseudo]].to(hidden.dtype), accumulate=True)
+        values = self._row_lookup(delta, pseudo, rows, "deltas") if delta.dim() == 3 else delta[rows[pseudo]]
+        return hidden.index_put((pseudo,), values.to(hidden.dtype), accumulate=True)
 
     def _block_pre_hook(self, stack: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = _first(args, kwargs, "hidden_states")
@@ -334,6 +343,7 @@ class PromptHooks:
             return embeds
         self.saw_prompt = True
         rows = (prompt_ids - self.vocab_size).clamp(min=0)
+        self.source.check_rows(pseudo, rows)
         self.positions = (pseudo, rows)
         return self.substitute(embeds, pseudo, rows)
 

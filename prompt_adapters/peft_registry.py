@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import peft
@@ -84,6 +86,7 @@ def register_methods() -> None:
         register_peft_method(name=peft_type.lower(), config_cls=config_cls, model_cls=model_cls, prefix=prefix)
     _patch_peft_model_cards()
     _patch_peft_generate()
+    _patch_peft_forward_hooks()
     _patch_strict_loading()
 
 
@@ -181,6 +184,30 @@ def _patch_peft_model_cards() -> None:
     PeftModel.create_or_update_model_card = create_or_update_model_card  # type: ignore[method-assign]
     PeftModel.push_to_hub = push_to_hub  # type: ignore[method-assign]
     PeftModel._prompt_adapters_patched = True  # type: ignore[attr-defined]
+
+
+def _patch_peft_forward_hooks() -> None:
+    """Hand ``adapter_names`` to our tuner under ``disable_adapter()`` too.
+
+    peft enters the tuner's ``_enable_peft_forward_hooks`` only while an adapter is enabled (a disabled LoRA row is the
+    base layer whatever its name). A disabled prompt adapter still reads each row's template words at its prompt
+    positions (the hard-prompt baseline), so each row needs its own adapter's words even then.
+    """
+    if getattr(PeftModel, "_prompt_adapters_forward_hooks_patched", False):
+        return
+    original = PeftModel._enable_peft_forward_hooks
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self: PeftModel, *args: Any, **kwargs: Any) -> Iterator[None]:
+        if _is_ours(self):
+            with self.base_model._enable_peft_forward_hooks(*args, **kwargs):
+                yield
+            return
+        with original(self, *args, **kwargs):
+            yield
+
+    PeftModel._enable_peft_forward_hooks = _enable_peft_forward_hooks  # type: ignore[method-assign]
+    PeftModel._prompt_adapters_forward_hooks_patched = True  # type: ignore[attr-defined]
 
 
 def _patch_peft_generate() -> None:

@@ -377,6 +377,141 @@ def _batch_loss(
     return out.loss
 
 
+@dataclass
+class JointTask:
+    """One adapter of a joint fit: its name, its collator, its training and dev examples and its settings."""
+
+    adapter: str
+    collator: PromptCollator
+    train: Sequence[Any]
+    dev: Sequence[Any]
+    settings: TrainSettings
+
+
+def fit_joint(
+    model: nn.Module, tasks: Sequence[JointTask], progress: bool = True, description: str = "joint"
+) -> dict[str, FitResult]:
+    """Train several adapters in one batched loop (e.g. every LAMA relation at once), each as ``fit`` trains it alone.
+
+    At every step the step-th batch of each adapter still training goes into one forward with per-row adapters
+    (``adapter_names``); each adapter keeps its own optimiser state, learning-rate schedule, early stopping and best
+    parameters. An adapter's loss depends only on its own rows and parameters, so with the same batches (``fit``'s
+    order, seeded by its settings' seed and the epoch) it ends with the parameters and dev P@1 that ``fit`` gives,
+    to float tolerance. An adapter that stops early or has fewer batches simply leaves the later forwards.
+    Not supported here: EM (``settings.em``), checkpoints and resume, several processes, base-model parameters
+    trained with an adapter (they would be shared by every adapter). Returns each adapter's FitResult.
+    """
+    tuner = getattr(model, "base_model", model)
+    names = [task.adapter for task in tasks]
+    if not tasks or len(set(names)) != len(names):
+        raise ValueError(f"fit_joint needs one task per adapter, at least one, got adapters {names}")
+    if len({task.settings.dropout for task in tasks}) != 1:
+        raise ValueError("fit_joint runs one forward for every adapter: all tasks need the same dropout setting")
+    original = tuner.active_adapter
+    params: dict[str, dict[str, torch.Tensor]] = {}
+    for task in tasks:
+        if task.settings.em:
+            raise ValueError(f"task {task.adapter!r}: fit_joint does not run the EM schedule; use fit() for em=True")
+        if task.collator.adapter_name != task.adapter:
+            raise ValueError(
+                f"task {task.adapter!r} has the collator of adapter {task.collator.adapter_name!r}; build it with "
+                f"PromptCollator(tokenizer, model, adapter_name={task.adapter!r})"
+            )
+        if len(task.train) == 0:
+            raise ValueError(f"task {task.adapter!r} has no training examples")
+        tuner.set_adapter(task.adapter)  # as fit() finds it: the adapter's own trainable parameters
+        params[task.adapter] = trainable_parameters(model)
+    shared = set.intersection(*(set(own) for own in params.values())) if len(params) > 1 else set()
+    if shared:
+        raise ValueError(
+            f"parameters {sorted(shared)[:3]} are trainable for every adapter; joint training needs each adapter's "
+            "parameters to be its own (train base-model parameters with fit(), one adapter at a time)"
+        )
+
+    def trainable(on: bool) -> None:
+        for own in params.values():
+            for param in own.values():
+                param.requires_grad_(on)
+
+    def dev_score(task: JointTask) -> float:
+        tuner.set_adapter(task.adapter)
+        score = precision_at_1(rank_answers(model, task.collator, task.dev, task.settings.eval_batch_size))
+        trainable(True)
+        return score
+
+    runs = {}
+    for task in tasks:
+        optimizer = _make_optimizer(params[task.adapter], task.settings)
+        steps = math.ceil(len(task.train) / task.settings.batch_size)
+        loop: dict[str, Any] = {"epoch": 0, "best_dev": dev_score(task), "best_epoch": 0, "bad_epochs": 0,
+                                "history": []}
+        best = {k: v.detach().cpu().clone() for k, v in params[task.adapter].items()}
+        runs[task.adapter] = (task, optimizer, _make_scheduler(optimizer, task.settings, steps), loop, best)
+    collator = tasks[0].collator
+    for task in tasks[1:]:
+        collator.add_collator(task.collator)
+    total_epochs = max(task.settings.epochs for task in tasks)
+    bar = tqdm(total=total_epochs, disable=not progress, desc=description, leave=False)
+    for epoch in range(total_epochs):
+        active = [name for name, (task, _, _, loop, _) in runs.items()
+                  if epoch < task.settings.epochs and not _patience_exhausted(loop, task.settings)]
+        if not active:
+            break
+        batches = {}
+        for name in active:
+            task = runs[name][0]
+            order = torch.randperm(len(task.train),
+                                   generator=torch.Generator().manual_seed(task.settings.seed * 1000 + epoch))
+            size = task.settings.batch_size
+            batches[name] = [order[start : start + size].tolist() for start in range(0, len(task.train), size)]
+        model.train(tasks[0].settings.dropout)
+        totals = dict.fromkeys(active, 0.0)
+        for step in range(max(len(chunks) for chunks in batches.values())):
+            here = [name for name in active if step < len(batches[name])]
+            pairs = [(name, runs[name][0].train[i]) for name in here for i in batches[name][step]]
+            for name in here:
+                runs[name][1].zero_grad()
+            out = model(**collator.mixed_batch(pairs))
+            for name in here:
+                loss = out.adapter_losses.get(name) if out.get("adapter_losses") is not None else None
+                if loss is None:
+                    raise ValueError(f"adapter {name!r}: a training batch without any known answer")
+                check_finite_loss(loss, epoch + 1, step + 1, runs[name][1].param_groups[0]["lr"])
+                totals[name] += float(loss.detach()) * len(batches[name][step])
+            out.loss.backward()
+            for name in here:
+                task, optimizer, scheduler, _, _ = runs[name]
+                if task.settings.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(list(params[name].values()), task.settings.max_grad_norm)
+                optimizer.step()
+                if task.settings.schedule == "linear":
+                    scheduler.step()
+        for name in active:
+            task, _, scheduler, loop, _ = runs[name]
+            if task.settings.schedule == "exponential":
+                scheduler.step()
+            dev_p1 = dev_score(task)
+            loop["epoch"] = epoch + 1
+            loop["history"].append({"epoch": epoch + 1, "train_loss": totals[name] / len(task.train), "dev_p1": dev_p1})
+            if dev_p1 > loop["best_dev"] or (task.settings.improve_on_tie and dev_p1 == loop["best_dev"]):
+                loop.update(best_dev=dev_p1, best_epoch=epoch + 1, bad_epochs=0)
+                runs[name] = (*runs[name][:4], {k: v.detach().cpu().clone() for k, v in params[name].items()})
+            else:
+                loop["bad_epochs"] += 1
+        bar.update(1)
+    bar.close()
+    results = {}
+    with torch.no_grad():
+        for name, (task, _, _, loop, best) in runs.items():
+            for key, param in params[name].items():
+                param.copy_(best[key])
+            results[name] = FitResult(loop["best_dev"], loop["best_epoch"], loop["history"],
+                                      _patience_exhausted(loop, task.settings))
+    tuner.set_adapter(original)
+    model.eval()
+    return results
+
+
 def _resume_settings(settings: TrainSettings) -> dict[str, Any]:
     """The settings a resumed fit must share with the saved one.
 

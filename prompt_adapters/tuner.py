@@ -29,6 +29,8 @@ from prompt_adapters.template import CompiledTemplate, WordMode, compile_templat
 from prompt_adapters.validation import check_adapter_fits, check_field_types, check_positive, tokenizer_fingerprint
 
 INIT_CHOICES = ("words", "random", "vocab")
+#: peft's name for rows that run the bare base model in a mixed-adapter batch (``adapter_names``)
+BASE_ROW = "__base__"
 LM_KINDS = ("masked", "causal", "seq2seq")
 
 
@@ -161,6 +163,8 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         self.frozen_peft_weight_names: dict[str, tuple[str, ...]] = {}
         #: the base model's input-embedding weight (in a tuple, so it is not registered here): device and dtype
         self._base_weight: tuple[torch.Tensor, ...] = ()
+        #: one adapter name per input row during a call with peft's ``adapter_names`` (None: the active adapter)
+        self.row_adapters: list[str] | None = None
 
     # --------------------------------------------------------------------------- creation
 
@@ -209,24 +213,94 @@ class PromptLayer(nn.Module, BaseTunerLayer):
             raise AttributeError("the prompt layer has no adapter yet, hence no base weight")
         return self._base_weight[0]
 
+    #: whether the method mixes adapters in one batch (peft's ``adapter_names``)
+    supports_adapter_names: ClassVar[bool] = True
+
+    def row_names(self, batch: int) -> list[str]:
+        """The adapter name of each of ``batch`` rows; generate() repeats every row for beams and samples."""
+        names = self.row_adapters or []
+        if batch != len(names):
+            if batch % max(len(names), 1) or not names:
+                raise ValueError(
+                    f"adapter_names has {len(names)} names but the input has {batch} rows; pass one name per row"
+                )
+            names = [name for name in names for _ in range(batch // len(names))]
+        return names
+
+    def check_rows(self, pseudo: torch.Tensor, rows: torch.Tensor) -> None:
+        """With ``adapter_names``: every prompt position belongs to its row's adapter (``"__base__"`` rows have
+        none), so no row reads another adapter's soft rows."""
+        if self.row_adapters is None:
+            return
+        names = self.row_names(rows.shape[0])
+        limits = torch.tensor([0 if name == BASE_ROW else self.hard_table[name].numel() for name in names],
+                              device=rows.device)
+        beyond = pseudo & (rows >= limits.unsqueeze(1))
+        if not bool(beyond.any()):  # one check for the whole batch; the rest only names the first bad row
+            return
+        index = int(beyond.any(1).nonzero()[0])
+        name, highest = names[index], int(rows[index][pseudo[index]].max())
+        if name == BASE_ROW:
+            raise ValueError(
+                f"row {index} is {BASE_ROW!r} (the base model) but has prompt positions (ids >= vocabulary size); "
+                "give base rows plain token ids, or name the adapter whose template built the row"
+            )
+        raise IndexError(
+            f"row {index} has soft row {highest} but its adapter {name!r} has only {int(limits[index])} soft rows; "
+            "were these inputs built for another adapter?"
+        )
+
     def hard_ids(self, rows: torch.Tensor) -> torch.Tensor:
         """Real token ids standing in for pseudo ids: the template's own words (used when disabled)."""
-        table = self.hard_table[self.active_name]
+        if self.row_adapters is not None:
+            names = self.row_names(rows.shape[0])
+            result = torch.zeros_like(rows)
+            for name in set(names) - {BASE_ROW}:
+                index = torch.tensor([i for i, n in enumerate(names) if n == name], device=rows.device)
+                result[index] = self._hard_ids_of(name, rows[index])
+            return result
+        return self._hard_ids_of(self.active_name, rows)
+
+    def _hard_ids_of(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        table = self.hard_table[name]
         if table.device != rows.device:
-            table = self.hard_table[self.active_name] = table.to(rows.device)
+            table = self.hard_table[name] = table.to(rows.device)
         if table.numel() == 0:
             return torch.zeros_like(rows)
         return table[rows.clamp(max=table.numel() - 1)]
 
     def active_table(self) -> torch.Tensor | None:
+        """The active adapter's table, or with ``adapter_names`` a (rows, soft rows, hidden) table: each input row's
+        own adapter table, zero-padded to the largest (``"__base__"`` rows: zeros, they have no prompt position)."""
         if self.disable_adapters:
             return None
+        if self.row_adapters is not None:
+            return self._per_row({name: self.prompt_table(name) for name in set(self.row_adapters) - {BASE_ROW}})
         return self.prompt_table(self.active_name)
 
     def active_delta(self, stack: int, depth: int) -> torch.Tensor | None:
+        """The active adapter's delta at a depth; with ``adapter_names`` one per input row (zeros where a row's
+        adapter has none there, None when no row's adapter has one)."""
         if self.disable_adapters:
             return None
+        if self.row_adapters is not None:
+            deltas = {name: self.delta(name, stack, depth) for name in set(self.row_adapters) - {BASE_ROW}}
+            present = {name: delta for name, delta in deltas.items() if delta is not None}
+            return self._per_row(present) if present else None
         return self.delta(self.active_name, stack, depth)
+
+    def _per_row(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stack each input row's adapter table into (rows, longest, hidden); absent adapters give zero rows."""
+        names = self.row_adapters or []
+        template = next(iter(tables.values()), None)
+        if template is None:
+            return self.weight.new_zeros(len(names), 0, self.weight.shape[1])
+        longest = max(table.shape[0] for table in tables.values())
+        padded = {
+            name: nn.functional.pad(table, (0, 0, 0, longest - table.shape[0])) for name, table in tables.items()
+        }
+        zeros = template.new_zeros(longest, template.shape[1])
+        return torch.stack([padded.get(name, zeros) for name in names])
 
     def prompt_table(self, name: str) -> torch.Tensor:
         """The (rows, hidden) matrix of soft vectors of adapter ``name``."""
@@ -237,7 +311,14 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         return None
 
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
+        if self.row_adapters is not None:
+            return self.combine_rows(request, output)
         return self.combine(self.active_name, request, output)
+
+    def combine_rows(self, request: ScoreRequest, output: Any) -> Any:
+        """``combine`` of a batch mixing adapters (``adapter_names``); methods that score such batches override it
+        (see ``MixturePromptLayer.combine_rows``)."""
+        raise ValueError(f"{type(self).__name__} scores one adapter per batch; adapter_names is not supported")
 
     #: extra forward kwargs the method consumes; ``prepare`` receives them before the model runs
     forward_keys: tuple[str, ...] = ()
@@ -484,13 +565,46 @@ class PromptTuner(BaseTuner):
         upcasts fp16 / bf16 adapter weights to fp32. The state layer sits outside ``self.model``, hence ``self``."""
         cast_adapter_dtype(self, adapter_name=adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """peft's per-row adapters: ``adapter_names`` gives one adapter per input row (``"__base__"``: the bare
+        model), so adapters with different templates and soft-row counts run in one batch. PeftModel enters this
+        around ``forward`` and ``generate`` and drops ``adapter_names`` from the kwargs itself."""
+        names = kwargs.get("adapter_names")
+        if names is None:
+            yield
+            return
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"adapter_names must be a list of adapter names, one per input row, got {names!r}")
+        if not self.state.supports_adapter_names:
+            raise ValueError(
+                f"{type(self).__name__} runs one adapter per batch, so adapter_names is not supported: its prompt "
+                "table is generated from each input by the adapter's own generator model; group rows by adapter and "
+                "call set_adapter() between batches"
+            )
+        unknown = sorted({name for name in names if name != BASE_ROW} - set(self.peft_config))
+        if unknown:
+            raise ValueError(
+                f"adapter_names has unknown adapter(s) {unknown}; available: {sorted(self.peft_config)} "
+                f"and {BASE_ROW!r} for the base model"
+            )
+        previous, self.state.row_adapters = self.state.row_adapters, list(names)
+        try:
+            yield
+        finally:
+            self.state.row_adapters = previous
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+        with self._enable_peft_forward_hooks(**kwargs):
+            kwargs.pop("adapter_names", None)
+            return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's ``generate()``, with the method's extra inputs (PromptGen's generator inputs) consumed
         once, before decoding starts. Warns once per adapter when the inputs carry no prompt position."""
         ids = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("input_ids")
         checked = (ids, kwargs.get("decoder_input_ids"), kwargs.get("prompt_ids"))
-        with self.hooks.generation(*checked), self.state.generation(self.hooks, kwargs) as inputs:
-            return self.model.generate(*args, **inputs)
+        with self._enable_peft_forward_hooks(**kwargs):
+            kwargs.pop("adapter_names", None)
+            with self.hooks.generation(*checked), self.state.generation(self.hooks, kwargs) as inputs:
+                return self.model.generate(*args, **inputs)

@@ -40,6 +40,8 @@ from prompt_adapters.validation import (
 
 #: keys accepted for the LAMA subject / object besides the template's own field names
 FIELD_ALIASES = {"X": ("sub", "sub_label", "subject")}
+#: example key naming the adapter of that example; a batch mixing adapters is passed on as ``adapter_names``
+ADAPTER_KEY = "adapter"
 ANSWER_KEYS = (ANSWER_SLOT, "obj", "obj_label", "answer", "object")
 
 
@@ -84,6 +86,11 @@ class PromptCollator:
     (a list of answer texts) and ``label`` (the index of the right one) becomes C rows per template, scored as a
     multiple choice: row ``(b * C + c) * K + t``. Targets shorter than the slot are padded with IGNORE (``pad_answer=
     "ignore"``, PET's COPA) or with the pad token (``"pad"``, PET's WSC).
+
+    Dict examples with an ``"adapter"`` key are rendered with that adapter's templates (examples without one use
+    the collator's adapter): the batch then mixes adapters, each example's K_a x C rows in example order, query rows
+    of data-dependent adapters after all of them, and ``adapter_names`` names each row's adapter (peft's per-row
+    adapters), so ``model(**batch)`` runs every example with its own adapter.
     """
 
     def __init__(
@@ -102,6 +109,12 @@ class PromptCollator:
             raise ValueError(f"pad_answer must be 'ignore' or 'pad', got {pad_answer!r}")
         tuner = _tuner(model)
         name = adapter_name or tuner.active_adapter
+        self.adapter_name = name
+        self._model = model
+        self._options: dict[str, Any] = {
+            "candidate_ids": candidate_ids, "max_length": max_length, "answers": answers, "pad_answer": pad_answer
+        }
+        self._collators: dict[str, PromptCollator] = {name: self}
         if name not in tuner.peft_config:
             raise ValueError(f"adapter {name!r} not found; available: {sorted(tuner.peft_config)}")
         config = tuner.peft_config[name]
@@ -269,9 +282,11 @@ class PromptCollator:
 
     # ------------------------------------------------------------------------------------------ batching
 
-    def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         if len(examples) == 0:
             raise ValueError("cannot build a batch from an empty list of examples")
+        if any(isinstance(example, Mapping) and ADAPTER_KEY in example for example in examples):
+            return self.mixed(examples)
         self._fragments.clear()
         rows: list[Row] = []
         query_rows: list[Row] = []
@@ -294,6 +309,82 @@ class PromptCollator:
             batch["num_choices"] = torch.tensor(counts.pop())
             if batch["num_choices"] > 1:
                 batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+        return batch
+
+    def collator_for(self, name: Any) -> PromptCollator:
+        """The collator of adapter ``name`` (same tokenizer and options), built once."""
+        if name not in self._collators:
+            tuner = _tuner(self._model)
+            if not isinstance(name, str) or name not in tuner.peft_config:
+                raise ValueError(
+                    f"example names adapter {name!r}, which this model does not have; available: "
+                    f"{sorted(tuner.peft_config)} (base-model rows have no template to render)"
+                )
+            self._collators[name] = PromptCollator(self.tokenizer, self._model, name, **self._options)
+        return self._collators[name]
+
+    def add_collator(self, collator: PromptCollator) -> None:
+        """Render the examples of ``collator.adapter_name`` in mixed batches with ``collator`` (its own options).
+
+        The batch has one candidate set and one answer kind, so they must be this collator's."""
+        same_candidates = (collator.candidate_ids is None and self.candidate_ids is None) or (
+            collator.candidate_ids is not None
+            and self.candidate_ids is not None
+            and torch.equal(collator.candidate_ids, self.candidate_ids)
+        )
+        if not same_candidates or collator.answers != self.answers:
+            raise ValueError(
+                f"the collator of adapter {collator.adapter_name!r} has other candidates or answers "
+                f"({collator.answers!r}) than the collator of {self.adapter_name!r} ({self.answers!r}); a mixed batch "
+                "has one candidate set and one answer kind"
+            )
+        self._collators[collator.adapter_name] = collator
+
+    def mixed(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """A batch of examples of several adapters, each named by its ``"adapter"`` key (see the class docstring)."""
+        return self.mixed_batch([
+            (example.get(ADAPTER_KEY, self.adapter_name) if isinstance(example, Mapping) else self.adapter_name,
+             example)
+            for example in examples
+        ])
+
+    def mixed_batch(self, pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+        """A batch of ``(adapter name, example)`` pairs, each example rendered with its adapter's templates, with
+        ``adapter_names`` naming each row's adapter (examples of any form: pairs, tuples or dicts)."""
+        if len(pairs) == 0:
+            raise ValueError("cannot build a batch from an empty list of examples")
+        rows: list[Row] = []
+        names: list[str] = []
+        query_rows: list[Row] = []
+        query_names: list[str] = []
+        owners = []
+        examples = [example for _, example in pairs]
+        for name, example in pairs:
+            collator = self.collator_for(name)
+            owners.append(collator)
+            collator._fragments.clear()
+            example_rows = collator.rows(example)
+            rows.extend(example_rows)
+            names.extend([collator.adapter_name] * len(example_rows))
+            if collator.data_dependent:
+                values, _ = collator.split_example(example)
+                query_rows.extend(
+                    render(t, values, self.tokenizer, collator.layout, o, [IGNORE], collator.max_length, True,
+                           collator.encode)
+                    for t, o in zip(collator.templates, collator.offsets, strict=True)
+                )
+                query_names.extend([collator.adapter_name] * len(collator.templates))
+        self.truncated_tokens += sum(row.truncated for row in rows)
+        batch: dict[str, Any] = self.pad([*rows, *query_rows])
+        if self.answers == "many":
+            picked = [collator.choices(example) for collator, example in zip(owners, examples, strict=True)]
+            counts = {len(choices) for choices, _ in picked}
+            if len(counts) != 1:
+                raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
+            batch["num_choices"] = torch.tensor(counts.pop())
+            if batch["num_choices"] > 1:
+                batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+        batch["adapter_names"] = names + query_names
         return batch
 
     def pad(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
@@ -324,24 +415,21 @@ class PromptCollator:
         model gets the whole input and ``decoder_input_ids`` holding its decoder prompt (T5: the sentinel; BART: the
         input copied up to ``[Y]``). Rows are padded on ``tokenizer.padding_side`` (use ``"left"`` for batched
         generation with a causal LM, as for any HF model).
+
+        Dict examples with an ``"adapter"`` key go through that adapter's template number ``template``, and the
+        inputs then hold ``adapter_names`` (one per row) so each row runs with its own adapter.
         """
-        if not 0 <= template < len(self.templates):
-            raise ValueError(f"template must be an index into the adapter's {len(self.templates)} templates, got "
-                             f"{template}")
         if isinstance(examples, (str, Mapping)):
             examples = [examples]
         if len(examples) == 0:
             raise ValueError("cannot build inputs from an empty list of examples")
-        self._fragments.clear()
-        rows = []
+        mixed = any(isinstance(example, Mapping) and ADAPTER_KEY in example for example in examples)
+        rows, names = [], []
         for example in examples:
-            values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
-            if isinstance(example, str) and len(self.fields) != 1:
-                raise ValueError(
-                    f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
-                )
-            rows.append(render(self.templates[template], values, self.tokenizer, self.layout, self.offsets[template],
-                               [IGNORE], self.max_length, encode=self.encode))
+            named = isinstance(example, Mapping) and ADAPTER_KEY in example
+            collator = self.collator_for(example[ADAPTER_KEY]) if named else self
+            rows.append(collator.render_input(example, template))
+            names.append(collator.adapter_name)
         self.truncated_tokens += sum(row.truncated for row in rows)
         pad_id, left = int(self.tokenizer.pad_token_id), self.tokenizer.padding_side == "left"
         data = {
@@ -351,7 +439,23 @@ class PromptCollator:
         if self.layout.lm_kind == "seq2seq":
             data["decoder_input_ids"] = _pad([r.decoder_input_ids or [] for r in rows], pad_id, left)
             data["decoder_attention_mask"] = _pad([[1] * len(r.decoder_input_ids or []) for r in rows], 0, left)
+        if mixed:
+            data["adapter_names"] = names
         return BatchEncoding(data)
+
+    def render_input(self, example: Any, template: int) -> Row:
+        """One row of ``inputs``: ``example`` through template number ``template``, ending where the answer starts."""
+        if not 0 <= template < len(self.templates):
+            raise ValueError(f"template must be an index into adapter {self.adapter_name!r}'s {len(self.templates)} "
+                             f"templates, got {template}")
+        if isinstance(example, str) and len(self.fields) != 1:
+            raise ValueError(
+                f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+            )
+        self._fragments.clear()
+        values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
+        return render(self.templates[template], values, self.tokenizer, self.layout, self.offsets[template],
+                      [IGNORE], self.max_length, encode=self.encode)
 
 
 def _pad(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:

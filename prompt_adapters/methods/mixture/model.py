@@ -10,7 +10,7 @@ from torch import nn
 
 from prompt_adapters.injection import ScoreRequest
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs, target_log_probs
-from prompt_adapters.tuner import PromptConfig, PromptLayer, PromptTuner
+from prompt_adapters.tuner import BASE_ROW, PromptConfig, PromptLayer, PromptTuner
 
 
 class MixturePromptLayer(PromptLayer):
@@ -72,6 +72,79 @@ class MixturePromptLayer(PromptLayer):
             result[key] = value
         result["mixture_log_weights"] = log_weights
         return result
+
+    def combine_rows(self, request: ScoreRequest, output: Any) -> Any:
+        """``combine`` of a batch mixing adapters: each adapter's rows are combined as if alone, then every
+        per-example field is put back in example order. ``loss`` is the sum of the adapters' losses (each the mean
+        over its own examples), so every adapter gets the gradient it would get alone; ``adapter_losses`` has each.
+        Fields with one column per template are padded with -inf to the batch's largest template count.
+
+        Rows follow the collator's layout, per example: K_a x choices answer rows of its adapter a, then (for
+        data-dependent adapters) K_a query rows per example after every answer row, in example order.
+        """
+        logits = output["logits"]
+        names = self.row_names(logits.shape[0])
+        choices = request.num_choices or 1
+        examples: list[tuple[str, list[int]]] = []
+        position, pending_queries = 0, 0
+        while position + pending_queries < len(names):
+            name = names[position]
+            if name == BASE_ROW:
+                raise ValueError(f"row {position} is {BASE_ROW!r}: base rows have no answer slot to score")
+            width = self.num_templates(name) * choices
+            if position + width > len(names) or names[position : position + width] != [name] * width:
+                raise ValueError(
+                    f"rows {position}..{position + width - 1} should all belong to adapter {name!r} ({width} rows: "
+                    "its templates x choices); build mixed batches with PromptCollator from examples with an "
+                    "'adapter' key"
+                )
+            examples.append((name, list(range(position, position + width))))
+            position += width
+            pending_queries += self.num_templates(name) if self.settings[name]["data_dependent"] else 0
+        for index, (name, rows) in enumerate(examples):
+            if self.settings[name]["data_dependent"]:
+                count = self.num_templates(name)
+                examples[index] = (name, rows + list(range(position, position + count)))
+                position += count
+        results: dict[str, Any] = {}
+        order: dict[str, list[int]] = {}
+        for name in dict.fromkeys(name for name, _ in examples):
+            mine = [index for index, (owner, _) in enumerate(examples) if owner == name]
+            answer = [row for index in mine for row in examples[index][1][: self.num_templates(name) * choices]]
+            query = [row for index in mine for row in examples[index][1][self.num_templates(name) * choices :]]
+            rows = torch.tensor(answer + query, device=logits.device)
+            sub_request = ScoreRequest(
+                request.positions[rows],
+                None if request.targets is None else request.targets[rows],
+                request.candidate_ids,
+                request.num_choices,
+                None if request.choice_labels is None else request.choice_labels[torch.tensor(mine)],
+            )
+            results[name] = self.combine(name, sub_request, type(output)(logits=logits[rows]))
+            order[name] = mine
+        return self._merge_rows(output, results, order, len(examples))
+
+    @staticmethod
+    def _merge_rows(output: Any, results: dict[str, Any], order: dict[str, list[int]], count: int) -> Any:
+        """Per-example fields of each adapter's result back in example order; the loss is their sum."""
+        merged = type(output)(**{k: v for k, v in output.items() if k != "loss"})
+        losses = {name: result["loss"] for name, result in results.items() if result.get("loss") is not None}
+        if losses:
+            merged["loss"] = torch.stack(list(losses.values())).sum()
+            merged["adapter_losses"] = losses
+        keys = dict.fromkeys(key for result in results.values() for key in result if key not in ("loss", "logits"))
+        for key in keys:
+            parts = {name: result[key] for name, result in results.items() if result.get(key) is not None}
+            first = next(iter(parts.values()))
+            width = [max(part.shape[i] for part in parts.values()) for i in range(1, first.dim())]
+            # rows of an adapter without the field (no known target) are NaN; missing template columns are -inf
+            field = first.new_full((count, *width), float("nan"))
+            for name, part in parts.items():
+                index = torch.tensor(order[name], device=part.device)
+                field[index] = float("-inf")
+                field[(index, *(slice(0, size) for size in part.shape[1:]))] = part
+            merged[key] = field
+        return merged
 
     @staticmethod
     def _single_token(

@@ -29,6 +29,8 @@ GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "generator_
 class PromptGenLayer(MixturePromptLayer):
     """The generator (trainable) and the shared vocabulary of each adapter; per-batch prompt tables."""
 
+    supports_adapter_names = False
+
     adapter_layer_names = ("generator",)
     other_param_names = ("templates", "settings", "options")
     forward_keys = GENERATOR_KEYS
