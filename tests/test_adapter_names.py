@@ -92,6 +92,37 @@ def test_scoring_rows_equal_each_adapter_alone(method: str, family: str) -> None
     torch.testing.assert_close(mixed.loss, mixed.adapter_losses["a"] + mixed.adapter_losses["b"])
 
 
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_data_dependent_and_multiple_choice_rows_equal_each_adapter_alone(family: str) -> None:
+    """Query rows of a data-dependent adapter (after every answer row) and C choices per example split per adapter."""
+    base, tokenizer = build_tiny_model(family)
+    first, second = TEMPLATES["mixture"]
+    model = get_peft_model(base, MixturePromptConfig(templates=first, data_dependent=True, tokenizer=tokenizer),
+                           adapter_name="a")
+    model.add_adapter("b", MixturePromptConfig(templates=[*second, "[X] lived in [Y] ."], tokenizer=tokenizer))
+    with torch.no_grad():
+        for param in model.base_model.state.parameters():
+            param.add_(torch.randn(param.shape) * 0.1)
+    model.eval()
+    examples = [{"X": "Dante", "choices": ["Paris", "London"], "label": 1, "adapter": "a"},
+                {"X": "Obama", "choices": ["Rome", "London"], "label": 0, "adapter": "b"},
+                {"X": "Barack Obama", "choices": ["Berlin", "Paris"], "label": 1, "adapter": "a"}]
+    for answers, chosen in (("one", [{**e, "Y": e["choices"][e["label"]]} for e in examples]), ("many", examples)):
+        batch = PromptCollator(tokenizer, model, answers=answers)(chosen)
+        with torch.no_grad():
+            mixed = model(**batch)
+        field = "answer_log_probs" if answers == "one" else "choice_log_probs"
+        for index, example in enumerate(chosen):
+            model.set_adapter(example["adapter"])
+            collate = PromptCollator(tokenizer, model, adapter_name=example["adapter"], answers=answers)
+            with torch.no_grad():
+                single = model(**collate([without_adapter_key(example)]))
+            torch.testing.assert_close(mixed[field][index], single[field][0], **TOLERANCE)
+            torch.testing.assert_close(mixed.mixture_log_weights[index, :2], single.mixture_log_weights[0],
+                                       **TOLERANCE)
+        model.set_adapter("a")
+
+
 @pytest.mark.parametrize("method", list(TEMPLATES))
 def test_mixed_loss_gives_each_adapter_its_own_gradient(method: str) -> None:
     """The mixed batch's loss is the sum of the adapters' losses: each adapter gets the gradient it gets alone."""
