@@ -389,7 +389,11 @@ class JointTask:
 
 
 def fit_joint(
-    model: nn.Module, tasks: Sequence[JointTask], progress: bool = True, description: str = "joint"
+    model: nn.Module,
+    tasks: Sequence[JointTask],
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+    description: str = "joint",
 ) -> dict[str, FitResult]:
     """Train several adapters in one batched loop (e.g. every LAMA relation at once), each as ``fit`` trains it alone.
 
@@ -398,8 +402,12 @@ def fit_joint(
     parameters. An adapter's loss depends only on its own rows and parameters, so with the same batches (``fit``'s
     order, seeded by its settings' seed and the epoch) it ends with the parameters and dev P@1 that ``fit`` gives,
     to float tolerance. An adapter that stops early or has fewer batches simply leaves the later forwards.
-    Not supported here: EM (``settings.em``), checkpoints and resume, several processes, base-model parameters
-    trained with an adapter (they would be shared by every adapter). Returns each adapter's FitResult.
+
+    With ``checkpoint_dir`` each adapter's state is saved after each of its epochs in ``checkpoint_dir/<adapter>``,
+    in ``fit``'s format, and resumed from there: a killed joint run continues as if never stopped, and a joint run
+    resumes separate runs' checkpoints (and the reverse).
+    Not supported here: EM (``settings.em``), several processes, base-model parameters trained with an adapter
+    (they would be shared by every adapter). Returns each adapter's FitResult.
     """
     tuner = getattr(model, "base_model", model)
     names = [task.adapter for task in tasks]
@@ -439,29 +447,49 @@ def fit_joint(
         trainable(True)
         return score
 
-    runs = {}
+    def only(name: str) -> None:
+        """Make ``name``'s parameters the trainable ones: the checkpoint functions save and load those (the
+        checkpoint of one adapter is the one ``fit`` writes, so a joint run and separate runs resume each other)."""
+        trainable(False)
+        for param in params[name].values():
+            param.requires_grad_(True)
+
+    runs: dict[str, Any] = {}
     for task in tasks:
-        optimizer = _make_optimizer(params[task.adapter], task.settings)
+        name = task.adapter
+        optimizer = _make_optimizer(params[name], task.settings)
         steps = math.ceil(len(task.train) / task.settings.batch_size)
-        loop: dict[str, Any] = {"epoch": 0, "best_dev": dev_score(task), "best_epoch": 0, "bad_epochs": 0,
-                                "history": []}
-        best = {k: v.detach().cpu().clone() for k, v in params[task.adapter].items()}
-        runs[task.adapter] = (task, optimizer, _make_scheduler(optimizer, task.settings, steps), loop, best)
+        scheduler = _make_scheduler(optimizer, task.settings, steps)
+        saved = None
+        if checkpoint_dir is not None:
+            only(name)
+            saved = load_checkpoint(Path(checkpoint_dir) / name, model, optimizer, _resume_settings(task.settings))
+            trainable(True)
+        if saved is not None:
+            best = saved.pop("best_params")
+            loop = saved
+            scheduler.last_epoch = loop["epoch"] if task.settings.schedule == "exponential" else loop["epoch"] * steps
+        else:
+            loop = {"epoch": 0, "best_dev": dev_score(task), "best_epoch": 0, "bad_epochs": 0, "history": []}
+            best = {k: v.detach().cpu().clone() for k, v in params[name].items()}
+        runs[name] = [task, optimizer, scheduler, loop, best]
     collator = tasks[0].collator
     for task in tasks[1:]:
         collator.add_collator(task.collator)
+
+    def training(name: str) -> bool:
+        task, _, _, loop, _ = runs[name]
+        return loop["epoch"] < task.settings.epochs and not _patience_exhausted(loop, task.settings)
+
     total_epochs = max(task.settings.epochs for task in tasks)
-    bar = tqdm(total=total_epochs, disable=not progress, desc=description, leave=False)
-    for epoch in range(total_epochs):
-        active = [name for name, (task, _, _, loop, _) in runs.items()
-                  if epoch < task.settings.epochs and not _patience_exhausted(loop, task.settings)]
-        if not active:
-            break
+    done = min(run[3]["epoch"] for run in runs.values())
+    bar = tqdm(total=total_epochs, initial=done, disable=not progress, desc=description, leave=False)  # rounds
+    while active := [name for name in runs if training(name)]:
         batches = {}
-        for name in active:
-            task = runs[name][0]
-            order = torch.randperm(len(task.train),
-                                   generator=torch.Generator().manual_seed(task.settings.seed * 1000 + epoch))
+        for name in active:  # each adapter's next epoch, in fit's order (resumed adapters may be at other epochs)
+            task, loop = runs[name][0], runs[name][3]
+            seed = task.settings.seed * 1000 + loop["epoch"]
+            order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))
             size = task.settings.batch_size
             batches[name] = [order[start : start + size].tolist() for start in range(0, len(task.train), size)]
         model.train(tasks[0].settings.dropout)
@@ -476,7 +504,7 @@ def fit_joint(
                 loss = out.adapter_losses.get(name) if out.get("adapter_losses") is not None else None
                 if loss is None:
                     raise ValueError(f"adapter {name!r}: a training batch without any known answer")
-                check_finite_loss(loss, epoch + 1, step + 1, runs[name][1].param_groups[0]["lr"])
+                check_finite_loss(loss, runs[name][3]["epoch"] + 1, step + 1, runs[name][1].param_groups[0]["lr"])
                 totals[name] += float(loss.detach()) * len(batches[name][step])
             out.loss.backward()
             for name in here:
@@ -487,17 +515,23 @@ def fit_joint(
                 if task.settings.schedule == "linear":
                     scheduler.step()
         for name in active:
-            task, _, scheduler, loop, _ = runs[name]
+            task, optimizer, scheduler, loop, _ = runs[name]
             if task.settings.schedule == "exponential":
                 scheduler.step()
             dev_p1 = dev_score(task)
-            loop["epoch"] = epoch + 1
-            loop["history"].append({"epoch": epoch + 1, "train_loss": totals[name] / len(task.train), "dev_p1": dev_p1})
+            epoch = loop["epoch"] + 1
+            loop["epoch"] = epoch
+            loop["history"].append({"epoch": epoch, "train_loss": totals[name] / len(task.train), "dev_p1": dev_p1})
             if dev_p1 > loop["best_dev"] or (task.settings.improve_on_tie and dev_p1 == loop["best_dev"]):
-                loop.update(best_dev=dev_p1, best_epoch=epoch + 1, bad_epochs=0)
-                runs[name] = (*runs[name][:4], {k: v.detach().cpu().clone() for k, v in params[name].items()})
+                loop.update(best_dev=dev_p1, best_epoch=epoch, bad_epochs=0)
+                runs[name][4] = {k: v.detach().cpu().clone() for k, v in params[name].items()}
             else:
                 loop["bad_epochs"] += 1
+            if checkpoint_dir is not None:
+                only(name)
+                save_checkpoint(Path(checkpoint_dir) / name, model, optimizer, {**loop, "best_params": runs[name][4]},
+                                _resume_settings(task.settings))
+                trainable(True)
         bar.update(1)
     bar.close()
     results = {}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from prompt_adapters import DeepPerturbConfig, PromptCollator
+from prompt_adapters import DeepPerturbConfig, PromptCollator, training
 from prompt_adapters.testing import build_tiny_model
 from prompt_adapters.training import JointTask, TrainSettings, fit, fit_joint
 
@@ -53,12 +55,7 @@ def test_joint_fit_equals_separate_fits() -> None:
     together = fit_joint(joint, tasks, progress=False)
     assert joint.active_adapter == "a"  # the adapter active before the fit
     for name in TEMPLATES:
-        assert together[name].best_dev == alone[name].best_dev
-        assert together[name].best_epoch == alone[name].best_epoch
-        assert together[name].stopped_early == alone[name].stopped_early
-        assert [h["dev_p1"] for h in together[name].history] == [h["dev_p1"] for h in alone[name].history]
-        for mine, theirs in zip(together[name].history, alone[name].history, strict=True):
-            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+        _assert_same_result(together[name], alone[name])
         expected, got = _adapter_state(separate, name), _adapter_state(joint, name)
         assert expected.keys() == got.keys() and expected
         for key in expected:
@@ -68,6 +65,64 @@ def test_joint_fit_equals_separate_fits() -> None:
     assert not alone["a"].stopped_early and alone["a"].best_epoch > 0
     moved = _adapter_state(_model()[0], "a")
     assert any(not torch.allclose(moved[key], value) for key, value in _adapter_state(joint, "a").items())
+
+
+def _assert_same_result(got: training.FitResult, expected: training.FitResult) -> None:
+    assert (got.best_dev, got.best_epoch, got.stopped_early) == (expected.best_dev, expected.best_epoch,
+                                                                 expected.stopped_early)
+    assert [h["dev_p1"] for h in got.history] == [h["dev_p1"] for h in expected.history]
+    for mine, theirs in zip(got.history, expected.history, strict=True):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+
+
+def _final(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {**_adapter_state(model, "a"), **_adapter_state(model, "b")}
+
+
+def test_killed_joint_fit_resumes_as_if_never_stopped(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    reference, collators = _model()
+    tasks = [JointTask(name, collators[name], DATA[name], DATA[name], SETTINGS[name]) for name in TEMPLATES]
+    expected = fit_joint(reference, tasks, progress=False)
+
+    calls = {"n": 0}
+    real_rank = training.rank_answers
+
+    def crashing_rank(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 8:  # 2 initial scores, then 2 a round: b's score in round 3, after a saved that round
+            raise KeyboardInterrupt
+        return real_rank(*args, **kwargs)
+
+    killed, collators = _model()
+    tasks = [JointTask(name, collators[name], DATA[name], DATA[name], SETTINGS[name]) for name in TEMPLATES]
+    monkeypatch.setattr(training, "rank_answers", crashing_rank)
+    with pytest.raises(KeyboardInterrupt):
+        fit_joint(killed, tasks, checkpoint_dir=tmp_path, progress=False)
+    saved = {name: json.loads((training.latest_checkpoint(tmp_path / name) / "meta.json").read_text())["loop"]["epoch"]
+             for name in TEMPLATES}
+    assert saved == {"a": 3, "b": 2}
+    resumed_calls = {"n": 0}
+
+    def counting_rank(*args, **kwargs):  # type: ignore[no-untyped-def]
+        resumed_calls["n"] += 1
+        return real_rank(*args, **kwargs)
+
+    monkeypatch.setattr(training, "rank_answers", counting_rank)
+    resumed, collators = _model()
+    tasks = [JointTask(name, collators[name], DATA[name], DATA[name], SETTINGS[name]) for name in TEMPLATES]
+    got = fit_joint(resumed, tasks, checkpoint_dir=tmp_path, progress=False)
+    # only the epochs after the checkpoints ran again (no initial dev scores, no repeated epochs)
+    assert resumed_calls["n"] == sum(len(expected[name].history) - saved[name] for name in TEMPLATES)
+    for name in TEMPLATES:  # after the kill, "a" and "b" share forwards at other epochs: float tolerance
+        _assert_same_result(got[name], expected[name])
+    for key, value in _final(reference).items():
+        torch.testing.assert_close(_final(resumed)[key], value, rtol=1e-4, atol=1e-5)
+    # the checkpoints are fit's: a separate fit of "a" resumes the joint run's finished state and stops at once
+    separate, collators = _model()
+    separate.set_adapter("a")
+    alone = fit(separate, collators["a"], DATA["a"], DATA["a"], SETTINGS["a"], checkpoint_dir=tmp_path / "a",
+                progress=False)
+    assert alone == got["a"]
 
 
 def test_joint_fit_refuses_what_it_cannot_do_alike() -> None:
