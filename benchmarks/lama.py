@@ -52,12 +52,11 @@ from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     MANIFEST,
     ResumeMismatchError,
-    RunLock,
-    RunLockedError,
     check_manifest,
     digest,
     model_digest,
     remove_stale_temporaries,
+    run_locked,
 )
 from prompt_adapters.training import (
     TrainSettings,
@@ -606,16 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if unknown:
         raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(out).acquire() if accelerator.is_main_process else None
-    except RunLockedError as error:
-        raise SystemExit(f"--output: {error}") from None
-    try:
-        return run(args, accelerator, probe, wanted, out, started)
-    finally:
-        if lock is not None:
-            lock.release()
+    return run_locked(out, accelerator.is_main_process, lambda: run(args, accelerator, probe, wanted, out, started))
 
 
 def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -> dict[str, Any]:

@@ -38,12 +38,11 @@ from prompt_adapters.metrics.superglue import AVERAGE_OF, superglue_average, sup
 from prompt_adapters.run_dir import (
     MANIFEST,
     ResumeMismatchError,
-    RunLock,
-    RunLockedError,
     check_manifest,
     digest,
     model_digest,
     remove_stale_temporaries,
+    run_locked,
 )
 from prompt_adapters.scoring import fill_most_confident_first
 from prompt_adapters.training import TrainSettings, atomic_write_text, describe_precision, fit, mixed_precision_used
@@ -377,16 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(f"warning: {args.precision['note']}", file=sys.stderr)
     started = time.time()
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(out).acquire() if accelerator.is_main_process else None
-    except RunLockedError as error:
-        raise SystemExit(f"--output: {error}") from None
-    try:
-        return run(args, accelerator, names, out, started)
-    finally:
-        if lock is not None:
-            lock.release()
+    return run_locked(out, accelerator.is_main_process, lambda: run(args, accelerator, names, out, started))
 
 
 def run_manifest(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:

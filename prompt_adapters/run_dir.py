@@ -262,6 +262,21 @@ class RunLock:
         self.release()
 
 
+def run_locked(directory: Path, is_main_process: bool, run: Callable[[], Any]) -> Any:
+    """Call ``run`` while the main process holds the lock on ``directory``; a held lock ends the program with a
+    message naming the holder (the command-line harnesses' ``--output``)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(directory).acquire() if is_main_process else None
+    except RunLockedError as error:
+        raise SystemExit(f"--output: {error}") from None
+    try:
+        return run()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def describe_holder(text: str) -> str:
     """'pid 123 on host x, started ..., command ...' from a lock file's content."""
     try:

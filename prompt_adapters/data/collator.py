@@ -302,13 +302,7 @@ class PromptCollator:
         self.truncated_tokens += sum(row.truncated for row in rows[: len(rows) - len(query_rows)])
         batch = self.pad(rows)
         if self.answers == "many":
-            picked = [self.choices(example) for example in examples]
-            counts = {len(choices) for choices, _ in picked}
-            if len(counts) != 1:
-                raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
-            batch["num_choices"] = torch.tensor(counts.pop())
-            if batch["num_choices"] > 1:
-                batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+            _add_choices(batch, [self.choices(example) for example in examples])
         return batch
 
     def collator_for(self, name: Any) -> PromptCollator:
@@ -377,13 +371,7 @@ class PromptCollator:
         self.truncated_tokens += sum(row.truncated for row in rows)
         batch: dict[str, Any] = self.pad([*rows, *query_rows])
         if self.answers == "many":
-            picked = [collator.choices(example) for collator, example in zip(owners, examples, strict=True)]
-            counts = {len(choices) for choices, _ in picked}
-            if len(counts) != 1:
-                raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
-            batch["num_choices"] = torch.tensor(counts.pop())
-            if batch["num_choices"] > 1:
-                batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+            _add_choices(batch, [collator.choices(example) for collator, example in zip(owners, examples, strict=True)])
         batch["adapter_names"] = names + query_names
         return batch
 
@@ -456,6 +444,16 @@ class PromptCollator:
         values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
         return render(self.templates[template], values, self.tokenizer, self.layout, self.offsets[template],
                       [IGNORE], self.max_length, encode=self.encode)
+
+
+def _add_choices(batch: dict[str, Any], picked: Sequence[tuple[Sequence[Any], int | None]]) -> None:
+    """Add ``num_choices`` (and ``choice_labels`` when there is a choice to make) for multiple-choice examples."""
+    counts = {len(choices) for choices, _ in picked}
+    if len(counts) != 1:
+        raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
+    batch["num_choices"] = torch.tensor(counts.pop())
+    if batch["num_choices"] > 1:
+        batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
 
 
 def _pad(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
