@@ -604,6 +604,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     unknown = [r for r in wanted if r not in available]
     if unknown:
         raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
+    if not METHODS[args.method].joint:
+        for relation in wanted:  # a relation without a prompt this LM can read stops the run before any training
+            probe.templates(relation)
     out = Path(args.output)
     return run_locked(out, accelerator.is_main_process, lambda: run(args, accelerator, probe, wanted, out, started))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,3 +104,15 @@ def test_peft_rows_refuse_a_masked_lm(fixture_data: Path, tmp_path: Path) -> Non
     bert = save_tiny_model("bert", tmp_path / "bert")
     with pytest.raises(SystemExit, match="needs a causal LM"):
         lama.main(_args(bert, fixture_data, tmp_path / "out", "--method", "peft_p_tuning"))
+
+
+def test_prompts_a_causal_lm_cannot_read_stop_the_run_before_training(tiny_gpt2: Path, fixture_data: Path,
+                                                                      tmp_path: Path) -> None:
+    """Every mined prompt of a relation starts with [Y] (as for P1412): the run stops at once, naming the relation."""
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data / "lama", data / "lama")
+    mined = data / "lama" / "prompts" / "lpaqa_mined" / "P19.jsonl"
+    mined.write_text('{"template": "[Y] native [X] ."}\n{"template": "[Y] mayor [X] ."}\n')
+    with pytest.raises(SystemExit, match="none of the 2 'lpaqa_mined' prompts of P19 can be read by a causal LM"):
+        lama.main(_args(tiny_gpt2, data, tmp_path / "out", "--method", "mixture", "--init", "lpaqa_mined"))
+    assert not (tmp_path / "out" / "relations").exists()
