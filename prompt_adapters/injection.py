@@ -60,6 +60,10 @@ class PromptSource(Protocol):
         """The active adapter's name, None when no adapter is left (all deleted)."""
         ...
 
+    def has_soft_rows(self, name: str) -> bool:
+        """Whether adapter ``name`` puts any vector into the input (all-hard templates have none to miss)."""
+        ...
+
     def check_rows(self, pseudo: torch.Tensor, rows: torch.Tensor) -> None:
         """Refuse prompt positions the rows' adapters do not have (per-row adapters)."""
         ...
@@ -364,7 +368,7 @@ class PromptHooks:
     def warn_no_prompt(self, call: str) -> None:
         """Tell the user, once per adapter, that an enabled adapter met inputs without any prompt position."""
         name = self.source.current_adapter()
-        if name is None or self.source.disable_adapters or name in self.warned:
+        if name is None or self.source.disable_adapters or name in self.warned or not self.source.has_soft_rows(name):
             return
         self.warned.add(name)
         warnings.warn(

@@ -202,6 +202,9 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         """The active adapter's name, None when every adapter was deleted."""
         return self.active_name if self.active_adapters else None
 
+    def has_soft_rows(self, name: str) -> bool:
+        return any(template.num_soft for template in self.templates[name])
+
     def get_base_layer(self) -> nn.Module:
         """The layer is headless: it wraps no module (peft's device and dtype helpers read ``weight``)."""
         return self

@@ -3,7 +3,6 @@ counts, and every row gives what it gives alone with its adapter active; ``"__ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,12 +36,7 @@ EXAMPLES = [
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(method: str, family: str) -> tuple[PeftModel, PreTrainedTokenizerBase]:

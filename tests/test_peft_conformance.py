@@ -61,13 +61,7 @@ EXAMPLES = [
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y]."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The models are tiny: one intra-op thread is faster than two, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +504,14 @@ def test_inputs_without_prompt_positions_warn_once_per_adapter(method: str, fami
     else:
         with pytest.warns(UserWarning, match="'other' is active but this forward call"):
             case.model(**plain)
+
+
+def test_an_adapter_without_soft_rows_does_not_warn() -> None:
+    """All-hard templates put no vector into the input (a manual prompt): there is no prompt position to miss."""
+    base, tokenizer = build_tiny_model("bert")
+    model = get_peft_model(base, MixturePromptConfig(templates=TEMPLATES[:1], words="hard", tokenizer=tokenizer))
+    with no_prompt_warning():
+        model(**tokenizer(["Dante was born in Paris ."], return_tensors="pt"))
 
 
 # ----------------------------------------------------------------------------------------------------- parameters
