@@ -347,7 +347,7 @@ class Probe:
             "init_ranks": init_ranks.tolist(),
             "manual_ranks": manual.tolist(),
             "history": history,
-            "train_seconds": round(train_seconds, 1),
+            "train_seconds": round(train_seconds, 3),
             "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
             "dropped": dropped,
         }
