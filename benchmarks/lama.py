@@ -59,10 +59,12 @@ from prompt_adapters.run_dir import (
     run_locked,
 )
 from prompt_adapters.training import (
+    JointTask,
     TrainSettings,
     atomic_write_text,
     describe_precision,
     fit,
+    fit_joint,
     mixed_precision_used,
     precision_at_1,
     rank_answers,
@@ -78,7 +80,7 @@ class Method:
     build: Callable[[list[str], argparse.Namespace], Any]
     train: bool
     defaults: TrainSettings
-    joint: bool = False
+    pooled: bool = False  # one adapter trained on every relation's facts together (PromptGen)
     native_peft: bool = False
 
 
@@ -140,7 +142,7 @@ METHODS: dict[str, Method] = {
     "mixture": Method(_mixture, train=True, defaults=QIN_EISNER),
     "deep": Method(_deep, train=True, defaults=QIN_EISNER),
     "ptuning": Method(_ptuning, train=True, defaults=P_TUNING),
-    "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, joint=True),
+    "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, pooled=True),
     "peft_prompt_tuning": Method(_peft_prompt_tuning, train=True, defaults=QIN_EISNER, native_peft=True),
     "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
 }
@@ -184,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-parallel", action="store_true",
                         help="train each relation with all processes together (data parallel) instead of one "
                         "relation per process")
+    parser.add_argument("--joint", action="store_true",
+                        help="train every relation's own adapter in one batched loop (per-row adapters): the same "
+                        "per-relation results as one relation at a time, in less wall time (docs/lama-harness.md)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the public LAMA files into --data-dir (resumable, checked), then exit")
     return parser.parse_args(argv)
@@ -215,6 +220,28 @@ def load_base(model_name: str) -> torch.nn.Module:
         except ValueError:
             continue
     raise ValueError(f"{model_name} is neither a masked, causal nor seq2seq LM")
+
+
+@dataclass
+class RelationJob:
+    """One (relation, seed) job before training: its facts, prompts, manual-row ranks and adapter RNG state."""
+
+    relation: str
+    seed: int
+    train: list[dict[str, str]]
+    dev: list[dict[str, str]]
+    test: list[dict[str, str]]
+    dropped: dict[str, dict[str, int]]
+    manual_template: str
+    templates: list[str]
+    prompts_left_out: int
+    manual: torch.Tensor | None
+    rng_state: torch.Tensor
+
+    @property
+    def adapter(self) -> str:
+        """The adapter's name, also its checkpoint folder's."""
+        return f"{self.relation}-seed{self.seed}"
 
 
 def relation_seed(seed: int, relation: str) -> int:
@@ -293,10 +320,9 @@ class Probe:
             [f["relation"] for f in chunk], [f["sub"] for f in chunk], valid, column, width
         )
 
-    def run_relation(self, relation: str, seed: int, accelerator: Accelerator) -> dict[str, Any]:
-        """Train (if the method trains) and evaluate one relation with one seed."""
-        args = self.args
-        method = METHODS[args.method]
+    def prepare(self, relation: str, seed: int) -> RelationJob | dict[str, Any]:
+        """A relation's facts, prompts and manual-row ranks, with the RNG state its adapter is built from (or the
+        record of a relation skipped because no test fact is left)."""
         train, train_drop = self.facts(relation, "train")
         dev, dev_drop = self.facts(relation, "dev")
         test, test_drop = self.facts(relation, "test")
@@ -308,51 +334,112 @@ class Probe:
         manual_template = self.manual_template(relation)
         templates, prompts_left_out = self.templates(relation)
         # the manual method on the manual template is the manual row: score it once
-        same_as_manual = args.method == "manual" and templates == [manual_template]
-        manual = None if same_as_manual else self.evaluate(_manual([manual_template], args), relation, test)
-        config = method.build(templates, args)
-        peft_model = get_peft_model(self.base, config)
-        try:
-            if method.native_peft:
-                model, collator = peft_baselines.native_adapter(peft_model, self.tokenizer, manual_template,
-                                                                self.candidate_tensor)
-            else:
-                model = peft_model
-                collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
-            exclude = self.exclusion(relation)
-            init_ranks = rank_answers(model, collator, test, exclude=exclude)
-            manual = init_ranks if manual is None else manual
-            history: list[dict[str, float]] = []
-            train_started = time.perf_counter()
-            if method.train and train:
-                checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
-                result = fit(model, collator, train, dev or train, train_settings(args, seed), checkpoint,
-                             progress=False, description=relation,  # the run's one bar counts relations
-                             accelerator=accelerator if args.data_parallel else None)
-                history = result.history
-            train_seconds = time.perf_counter() - train_started
-            ranks = rank_answers(model, collator, test, exclude=exclude) if method.train else init_ranks
-            none_ranks = rank_answers(model, collator, [{**f, "sub": NONE} for f in test], exclude=exclude)
-        finally:
-            if not method.native_peft:  # peft's prompt-learning models wrap the base without changing it
-                peft_model.unload()
+        same_as_manual = self.args.method == "manual" and templates == [manual_template]
+        manual = None if same_as_manual else self.evaluate(_manual([manual_template], self.args), relation, test)
+        return RelationJob(relation, seed, train, dev, test, dropped, manual_template, templates, prompts_left_out,
+                           manual, torch.get_rng_state())
+
+    def record(self, job: RelationJob, ranks: torch.Tensor, none_ranks: torch.Tensor, init_ranks: torch.Tensor,
+               history: list[dict[str, float]], train_seconds: float) -> dict[str, Any]:
+        manual = init_ranks if job.manual is None else job.manual
         return {
-            "relation": relation,
-            "seed": seed,
-            "type": self.relation_type(relation),
-            "templates": templates,
-            "prompts_left_out": prompts_left_out,
+            "relation": job.relation,
+            "seed": job.seed,
+            "type": self.relation_type(job.relation),
+            "templates": job.templates,
+            "prompts_left_out": job.prompts_left_out,
             "ranks": ranks.tolist(),
             "none_ranks": none_ranks.tolist(),
             "init_ranks": init_ranks.tolist(),
             "manual_ranks": manual.tolist(),
             "history": history,
             "train_seconds": round(train_seconds, 3),
-            "facts": {"train": len(train), "dev": len(dev), "test": len(test)},
-            "dropped": dropped,
+            "facts": {"train": len(job.train), "dev": len(job.dev), "test": len(job.test)},
+            "dropped": job.dropped,
         }
 
-    def run_joint(self, relations: list[str], seed: int, accelerator: Accelerator) -> list[dict[str, Any]]:
+    def run_relation(self, relation: str, seed: int, accelerator: Accelerator | None) -> dict[str, Any]:
+        """Train (if the method trains) and evaluate one relation with one seed."""
+        args = self.args
+        method = METHODS[args.method]
+        job = self.prepare(relation, seed)
+        if isinstance(job, dict):
+            return job
+        peft_model = get_peft_model(self.base, method.build(job.templates, args))
+        try:
+            if method.native_peft:
+                model, collator = peft_baselines.native_adapter(peft_model, self.tokenizer, job.manual_template,
+                                                                self.candidate_tensor)
+            else:
+                model = peft_model
+                collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
+            exclude = self.exclusion(relation)
+            init_ranks = rank_answers(model, collator, job.test, exclude=exclude)
+            history: list[dict[str, float]] = []
+            train_started = time.perf_counter()
+            if method.train and job.train:
+                checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
+                result = fit(model, collator, job.train, job.dev or job.train, train_settings(args, seed), checkpoint,
+                             progress=False, description=relation,  # the run's one bar counts relations
+                             accelerator=accelerator if args.data_parallel else None)
+                history = result.history
+            train_seconds = time.perf_counter() - train_started
+            ranks = rank_answers(model, collator, job.test, exclude=exclude) if method.train else init_ranks
+            none_ranks = rank_answers(model, collator, [{**f, "sub": NONE} for f in job.test], exclude=exclude)
+        finally:
+            if not method.native_peft:  # peft's prompt-learning models wrap the base without changing it
+                peft_model.unload()
+        return self.record(job, ranks, none_ranks, init_ranks, history, train_seconds)
+
+    def run_joint(self, relations: list[str], seed: int, progress: bool) -> list[dict[str, Any]]:
+        """Every relation's own adapter trained in one batched loop (``fit_joint``), then evaluated as
+        ``run_relation`` evaluates it: per relation the same initial parameters, batches, settings and checkpoints
+        (``OUTPUT/checkpoints/<rel>-seed<seed>``) as a run of one relation at a time."""
+        args = self.args
+        method = METHODS[args.method]
+        prepared = {relation: self.prepare(relation, seed) for relation in relations}
+        jobs = [job for job in prepared.values() if isinstance(job, RelationJob) and job.train]
+        records = {relation: job for relation, job in prepared.items() if isinstance(job, dict)}
+        model = None
+        try:
+            for job in jobs:  # each adapter starts from the RNG state a run of its relation alone would build it in
+                torch.set_rng_state(job.rng_state)
+                config = method.build(job.templates, args)
+                if model is None:
+                    model = get_peft_model(self.base, config, adapter_name=job.adapter)
+                else:
+                    model.add_adapter(job.adapter, config)
+            tasks, exclude, init_ranks = [], {}, {}
+            for job in jobs:
+                model.set_adapter(job.adapter)
+                collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor,
+                                          adapter_name=job.adapter)
+                exclude[job.adapter] = self.exclusion(job.relation)
+                init_ranks[job.adapter] = rank_answers(model, collator, job.test, exclude=exclude[job.adapter])
+                tasks.append(JointTask(job.adapter, collator, job.train, job.dev or job.train,
+                                       train_settings(args, seed)))
+            train_started = time.perf_counter()
+            results = fit_joint(model, tasks, Path(args.output) / "checkpoints", progress=progress,
+                                description=f"{len(tasks)} relations jointly, seed {seed}") if tasks else {}
+            train_seconds = time.perf_counter() - train_started
+            for job, task in zip(jobs, tasks, strict=True):
+                model.set_adapter(job.adapter)
+                ranks = rank_answers(model, task.collator, job.test, exclude=exclude[job.adapter])
+                none_ranks = rank_answers(model, task.collator, [{**f, "sub": NONE} for f in job.test],
+                                          exclude=exclude[job.adapter])
+                record = self.record(job, ranks, none_ranks, init_ranks[job.adapter], results[job.adapter].history,
+                                     train_seconds / len(jobs))  # the run's training time, shared evenly
+                records[job.relation] = {**record, "joint": {"relations": len(jobs),
+                                                             "train_seconds": round(train_seconds, 3)}}
+        finally:
+            if model is not None:
+                model.unload()
+        for relation in relations:  # a relation without training facts is evaluated on its own
+            if relation not in records:
+                records[relation] = self.run_relation(relation, seed, None)
+        return [records[relation] for relation in relations]
+
+    def run_pooled(self, relations: list[str], seed: int, accelerator: Accelerator) -> list[dict[str, Any]]:
         """One adapter trained on every relation's facts together (PromptGen), evaluated per relation."""
         args = self.args
         method = METHODS[args.method]
@@ -593,6 +680,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
+    check_joint(args)
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:
@@ -604,11 +692,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     unknown = [r for r in wanted if r not in available]
     if unknown:
         raise SystemExit(f"unknown relation(s) {unknown} for corpus {args.split!r}; available: {available}")
-    if not METHODS[args.method].joint:
+    if not METHODS[args.method].pooled:
         for relation in wanted:  # a relation without a prompt this LM can read stops the run before any training
             probe.templates(relation)
     out = Path(args.output)
     return run_locked(out, accelerator.is_main_process, lambda: run(args, accelerator, probe, wanted, out, started))
+
+
+def check_joint(args: argparse.Namespace) -> None:
+    """--joint trains one adapter per relation in one loop: refuse the settings it cannot honour."""
+    if not args.joint:
+        return
+    method = METHODS[args.method]
+    reason = (
+        "--method manual trains nothing" if not method.train
+        else f"--method {args.method} already trains one adapter on every relation's facts" if method.pooled
+        else f"peft's own {args.method} cannot mix adapters in one batch" if method.native_peft
+        else "the EM schedule (--em) runs one adapter at a time" if args.em
+        else "--data-parallel splits each relation's batches over processes; --joint splits the relations"
+        if args.data_parallel else None
+    )
+    if reason:
+        raise SystemExit(f"--joint cannot be used here: {reason}")
 
 
 def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -> dict[str, Any]:
@@ -637,20 +742,31 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
     jobs = [(rel, seed) for seed in seeds for rel in wanted]
-    if METHODS[args.method].joint:
+    if METHODS[args.method].pooled:
         for seed in seeds:
             targets = [out / "relations" / f"{relation}-seed{seed}.json" for relation in wanted]
             if args.resume and all(t.exists() for t in targets):
                 continue
             with accelerator.autocast():
-                records = probe.run_joint(wanted, seed, accelerator)
+                records = probe.run_pooled(wanted, seed, accelerator)
             if accelerator.is_main_process:
                 for target, record in zip(targets, records, strict=True):
                     atomic_write_text(target, json.dumps({**record, "process": [0, accelerator.num_processes]}))
             accelerator.wait_for_everyone()
-    mine = [] if METHODS[args.method].joint else jobs if args.data_parallel else jobs[
+    if args.joint:  # each process trains its share of the relations together, one seed at a time
+        for seed in seeds:
+            share = wanted[accelerator.process_index :: accelerator.num_processes]
+            left = [r for r in share if not (args.resume and (out / "relations" / f"{r}-seed{seed}.json").exists())]
+            if not left:
+                continue
+            with accelerator.autocast():
+                records = probe.run_joint(left, seed, progress=accelerator.is_local_main_process)
+            for relation, record in zip(left, records, strict=True):
+                record["process"] = [accelerator.process_index, accelerator.num_processes]
+                atomic_write_text(out / "relations" / f"{relation}-seed{seed}.json", json.dumps(record))
+    mine = [] if METHODS[args.method].pooled or args.joint else jobs if args.data_parallel else jobs[
         accelerator.process_index :: accelerator.num_processes]
-    bar = tqdm(mine, disable=not accelerator.is_local_main_process, desc="relations")
+    bar = tqdm(mine, disable=not accelerator.is_local_main_process or not mine, desc="relations")
     for relation, seed in bar:
         bar.set_postfix(relation=relation, seed=seed)
         target = out / "relations" / f"{relation}-seed{seed}.json"
