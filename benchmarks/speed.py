@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import functools
 import os
 import platform
 import random
@@ -153,6 +155,7 @@ class Family:
     train: list[tuple[str, str]]
     evaluation: list[tuple[str, str]]
     candidates: torch.Tensor
+    seq_len: int
 
 
 def single_token_words(tokenizer: Any) -> list[str]:
@@ -219,7 +222,7 @@ def build_family(name: str, args: argparse.Namespace) -> Family:
         size = f"{params:.{0 if params >= 10 else 2}f}M parameters"
         title = f"{label} {kind} ({args.model_size}: {size}, vocabulary {vocab})"
     return Family(name, title, model, tokenizer, lm_kind, examples[: args.batch], examples[: args.eval_batch],
-                  candidates)
+                  candidates, args.seq_len)
 
 
 def single_config(tokenizer: Any, lm_kind: str) -> MixturePromptConfig:
@@ -288,6 +291,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: glibc mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse, like a caching allocator; whether it took effect.
+
+    By default glibc serves every block over 32 MB with its own mmap and unmaps it when freed, so a step whose
+    activations exceed that size (GPT-2 at 128 rows: 50 MB per MLP activation) maps fresh pages and takes a page
+    fault on each of them every step: system time that grows faster than the rows. Serving large blocks from the
+    heap and never trimming it removes that cost for every variant alike. Not available outside glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 #: wall-clock time, or the CPU time of this process (not counting time other processes hold the cores)
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -316,7 +339,10 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
 
 @dataclass
 class Variant:
-    """One way of running a train step (``optimizer`` set) or of scoring an evaluation batch."""
+    """One way of running a train step (``optimizer`` set) or of scoring an evaluation batch.
+
+    ``rounds`` maps each repetition round the variant ran in to its time, so ratios pair times of the same round.
+    """
 
     family: str
     name: str
@@ -325,9 +351,21 @@ class Variant:
     collate: Callable[[], Any] | None = None
     facts: int = 0
     templates: int = 1
-    times: list[float] = field(default_factory=list)
+    rounds: dict[int, float] = field(default_factory=dict)
     collate_times: list[float] = field(default_factory=list)
     peak: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "scoring" if self.optimizer is None else "train"
+
+    @property
+    def times(self) -> list[float]:
+        return list(self.rounds.values())
+
+    def measure(self, device: torch.device, clock: Callable[[], float]) -> float:
+        """Seconds of one ``run``."""
+        return timed(self.run, device, clock)
 
     def run(self) -> torch.Tensor:
         """One train step (forward, backward, optimizer step) or one scoring pass without gradients."""
@@ -345,8 +383,9 @@ class Variant:
         return statistics.median(self.times)
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device) for key, value in batch.items()}
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every tensor of ``batch`` on ``device`` (``adapter_names`` stays a list)."""
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
 
 
 def adam(model: nn.Module) -> torch.optim.Optimizer:
@@ -493,6 +532,150 @@ def build_variants(
     return train, evaluation, gap
 
 
+# ------------------------------------------------------------------------------------------------ joint training
+
+#: P-tuning's LAMA protocol: batch 8 per relation, pseudo tokens around the subject and the answer, LSTM encoder
+JOINT_BATCH = 8
+JOINT_TEMPLATES = {"masked": "[P*3] [X] [P*3] [Y] [P*3]", "causal": "[P*3] [X] [P*3] [Y]"}
+JOINT, SEPARATE = "joint step", "separate steps"
+
+
+class JointComparison:
+    """R P-tuning adapters (one per relation) on one frozen model, each with its own Adam optimiser and 8 examples.
+
+    A joint step runs the 8·R rows in one forward with per-row adapters (``adapter_names``), backpropagates the sum
+    of the per-adapter losses and steps every optimiser (what ``fit_joint`` does); the separate steps make each
+    adapter active in turn and run forward, backward and its optimiser step on its own batch of 8 (what R separate
+    ``fit`` runs do). Both act on the same adapters, so every step of either kind is an ordinary training step.
+    """
+
+    def __init__(self, family: Family, relations: int, device: torch.device, seed: int) -> None:
+        tok, kind = family.tokenizer, family.lm_kind
+        self.names = [f"relation{index}" for index in range(relations)]
+        config = PTuningEncoderConfig(templates=[JOINT_TEMPLATES[kind]], encoder="lstm", tokenizer=tok)
+        torch.manual_seed(seed)
+        model = get_peft_model(share_weights(family.model), config, adapter_name=self.names[0])
+        for name in self.names[1:]:
+            model.add_adapter(name, config)
+        self.model = model.to(device)
+        self.tuner = self.model.base_model
+        self.params: dict[str, list[torch.Tensor]] = {}
+        for name in self.names:
+            self.tuner.set_adapter(name)
+            self.params[name] = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizers = {name: torch.optim.Adam(self.params[name], lr=1e-3) for name in self.names}
+        collators = {name: PromptCollator(tok, self.model, adapter_name=name, candidate_ids=family.candidates)
+                     for name in self.names}
+        first = collators[self.names[0]]
+        for collator in list(collators.values())[1:]:
+            first.add_collator(collator)
+        examples = joint_examples(family, first, relations * JOINT_BATCH, seed)
+        self.examples = {name: examples[i * JOINT_BATCH : (i + 1) * JOINT_BATCH] for i, name in enumerate(self.names)}
+        pairs = [(name, example) for name in self.names for example in self.examples[name]]
+        self.joint_batch = to_device(first.mixed_batch(pairs), device)
+        self.separate_batches = {name: to_device(collators[name](self.examples[name]), device) for name in self.names}
+        self.rows = len(pairs)
+
+    def _train_all(self) -> None:
+        """Every adapter's parameters trainable (``set_adapter`` leaves only the active adapter's)."""
+        for params in self.params.values():
+            for param in params:
+                param.requires_grad_(True)
+
+    def joint_step(self) -> dict[str, torch.Tensor]:
+        """One joint step; each adapter's loss."""
+        self._train_all()
+        return self._joint()
+
+    def _joint(self) -> dict[str, torch.Tensor]:
+        out = self.model(**self.joint_batch)
+        out.loss.backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {name: loss.detach() for name, loss in out.adapter_losses.items()}
+
+    def separate_step(self, name: str) -> torch.Tensor:
+        """One step of adapter ``name`` alone (made active first); its loss."""
+        self.tuner.set_adapter(name)
+        return self._separate(name)
+
+    def _separate(self, name: str) -> torch.Tensor:
+        loss = self.model(**self.separate_batches[name]).loss
+        loss.backward()
+        self.optimizers[name].step()
+        self.optimizers[name].zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def separate_steps(self) -> dict[str, torch.Tensor]:
+        """One step of every adapter alone; each adapter's loss."""
+        return {name: self.separate_step(name) for name in self.names}
+
+    def timed_joint(self, device: torch.device, clock: Callable[[], float]) -> float:
+        self._train_all()
+        return timed(self._joint, device, clock)
+
+    def timed_separate(self, device: torch.device, clock: Callable[[], float]) -> float:
+        """Seconds of the R steps, each timed after its ``set_adapter`` (a separate run sets its adapter once)."""
+        total = 0.0
+        for name in self.names:
+            self.tuner.set_adapter(name)
+            total += timed(functools.partial(self._separate, name), device, clock)
+        return total
+
+
+def joint_examples(family: Family, collator: PromptCollator, count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` (subject, answer) pairs with rows of at most ``--seq-len`` tokens and answers among the candidates."""
+    rng = random.Random(seed + 1)
+    tok = family.tokenizer
+    candidates = set(family.candidates.tolist())
+    words = single_token_words(tok)
+    answers = [w for w in words if tok(" " + w, add_special_tokens=False)["input_ids"][0] in candidates]
+    overhead = collator([(words[0], answers[0])])["input_ids"].shape[1] - 1
+    subjects = make_examples(words, count, max(1, family.seq_len - overhead), rng)
+    return [(subject, rng.choice(answers)) for subject, _ in subjects]
+
+
+@dataclass
+class JointVariant(Variant):
+    """The joint step or the R separate steps of one JointComparison, timed like the other variants."""
+
+    comparison: JointComparison | None = None
+    joint: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "joint"
+
+    @property
+    def relations(self) -> int:
+        return len(self.comparison.names)
+
+    def measure(self, device: torch.device, clock: Callable[[], float]) -> float:
+        comparison = self.comparison
+        return comparison.timed_joint(device, clock) if self.joint else comparison.timed_separate(device, clock)
+
+    def run(self) -> torch.Tensor:
+        losses = self.comparison.joint_step() if self.joint else self.comparison.separate_steps()
+        return torch.stack(list(losses.values())).sum()
+
+
+def joint_name(relations: int, joint: bool) -> str:
+    return f"{JOINT if joint else SEPARATE}, R={relations}"
+
+
+def build_joint_variants(family: Family, relation_counts: Sequence[int], device: torch.device,
+                         seed: int) -> list[Variant]:
+    """A joint and a separate variant for every R, on ``family``'s frozen weights."""
+    variants: list[Variant] = []
+    for relations in relation_counts:
+        comparison = JointComparison(family, relations, device, seed)
+        for joint in (True, False):
+            variants.append(JointVariant(family.name, joint_name(relations, joint), lambda: torch.zeros(()),
+                                         facts=comparison.rows, comparison=comparison, joint=joint))
+    return variants
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -529,43 +712,100 @@ def spread(times: Sequence[float]) -> str:
     return f"{ms(min(times))}–{ms(max(times))}"
 
 
+def quartiles(samples: Sequence[float]) -> tuple[float, float]:
+    """First and third quartile (inclusive method; a single sample is both)."""
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    first, _, third = statistics.quantiles(samples, n=4, method="inclusive")
+    return first, third
+
+
+def paired_ratios(numerator: Variant, denominator: Variant) -> list[float]:
+    """``numerator / denominator`` time of every round both ran in: a round's load affects both alike."""
+    return [numerator.rounds[r] / denominator.rounds[r] for r in sorted(numerator.rounds.keys() & denominator.rounds)]
+
+
 @dataclass
 class Check:
-    """One target of the issue: measured ratio against its limit."""
+    """One target of the issue: measured ratio against its limit.
+
+    A timing ratio keeps its per-round ``samples`` (the value is their median) and the variants it pairs; its
+    spread is the interquartile range of the samples. A memory ratio has no samples (it does not vary).
+    """
 
     what: str
     family: str
     value: float
     limit: float
     at_least: bool = False
+    samples: list[float] | None = None
+    variants: tuple[Variant, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def timing(cls, what: str, family: str, numerator: Variant, denominator: Variant, limit: float,
+               at_least: bool = False) -> Check:
+        """The ratio of two variants' times, from the rounds both ran in."""
+        samples = paired_ratios(numerator, denominator)
+        return cls(what, family, statistics.median(samples), limit, at_least, samples, (numerator, denominator))
 
     @property
     def passed(self) -> bool:
         return self.value >= self.limit if self.at_least else self.value <= self.limit
 
+    @property
+    def relative_spread(self) -> float:
+        """Interquartile range over the median (0 without samples)."""
+        if not self.samples:
+            return 0.0
+        first, third = quartiles(self.samples)
+        return (third - first) / self.value
+
+    @property
+    def crosses_limit(self) -> bool:
+        """Whether the limit lies inside the interquartile range: this run does not decide the target."""
+        if not self.samples:
+            return False
+        first, third = quartiles(self.samples)
+        return first <= self.limit <= third
+
+    def unsettled(self, tolerance: float) -> bool:
+        """Whether more rounds are needed: the spread crosses the limit or exceeds ``tolerance`` of the median."""
+        return self.crosses_limit or self.relative_spread > tolerance
+
     def row(self) -> str:
         sign = "≥" if self.at_least else "≤"
         verdict = "PASS" if self.passed else "FAIL"
-        return f"| {self.what} | {self.family} | {self.value:.2f}× | {sign} {self.limit:.2f}× | {verdict} |"
+        if self.crosses_limit:
+            verdict += " (limit inside the spread)"
+        if self.samples:
+            first, third = quartiles(self.samples)
+            spread_cells = f"{first:.2f}–{third:.2f}× | {self.relative_spread:.0%} | {len(self.samples)}"
+        else:
+            spread_cells = "– | – | –"
+        limit = f"{sign} {self.limit:.2f}×"
+        return f"| {self.what} | {self.family} | {self.value:.2f}× | {spread_cells} | {limit} | {verdict} |"
 
 
 def by_kind(variants: list[Variant], family: str) -> tuple[dict[str, Variant], dict[str, Variant]]:
     """The train-step and the scoring variants of ``family``, by name."""
     mine = [v for v in variants if v.family == family]
-    return ({v.name: v for v in mine if v.optimizer is not None}, {v.name: v for v in mine if v.optimizer is None})
+    return ({v.name: v for v in mine if v.kind == "train"}, {v.name: v for v in mine if v.kind == "scoring"})
 
 
 def checks(family: str, train: dict[str, Variant], evaluation: dict[str, Variant]) -> list[Check]:
+    if not train:
+        return []
     floor, single, peft_pt = train[FLOOR], train[SINGLE], train[PEFT_PT]
     out = [
-        Check("single soft prompt step / PEFT PROMPT_TUNING", family, single.step / peft_pt.step, 0.9),
-        Check("single soft prompt step / floor", family, single.step / floor.step, 1.05),
+        Check.timing("single soft prompt step / PEFT PROMPT_TUNING", family, single, peft_pt, 0.9),
+        Check.timing("single soft prompt step / floor", family, single, floor, 1.05),
     ]
     for k in MIXTURE_SIZES:
-        out.append(Check(f"mixture K={k} step / single", family, train[mixture_name(k)].step / single.step, 1.1 * k))
-    out.append(Check("deep step / single", family, train[DEEP].step / single.step, 1.1))
-    throughput = evaluation[SINGLE].step / evaluation[FLOOR].step
-    out.append(Check("scoring throughput / floor", family, 1 / throughput, 0.95, at_least=True))
+        out.append(Check.timing(f"mixture K={k} step / single", family, train[mixture_name(k)], single, 1.1 * k))
+    out.append(Check.timing("deep step / single", family, train[DEEP], single, 1.1))
+    # throughput ratio = floor time / single time
+    out.append(Check.timing("scoring throughput / floor", family, evaluation[FLOOR], evaluation[SINGLE], 0.95,
+                            at_least=True))
     for name, variant in train.items():
         if name.startswith("ours") and name != PROMPTGEN:
             k = variant.templates
@@ -573,6 +813,118 @@ def checks(family: str, train: dict[str, Variant], evaluation: dict[str, Variant
             what = f"peak memory / floor ({name.removeprefix('ours: ')}{rows})"
             out.append(Check(what, family, variant.peak / floor.peak, 1.1 * k))
     return out
+
+
+#: the issue's joint-training targets: joint rows/s over separate rows/s, on CPUs (every R) and on a GPU (R = 41)
+JOINT_TARGETS = {"cpu": 1.5, "cuda": 8.0}
+JOINT_GPU_RELATIONS = 41
+
+
+def joint_pairs(variants: list[Variant], family: str) -> list[tuple[JointVariant, JointVariant]]:
+    """(joint, separate) variant pairs of ``family``, by R."""
+    mine = {v.name: v for v in variants if v.family == family and isinstance(v, JointVariant)}
+    counts = dict.fromkeys(v.relations for v in mine.values())
+    return [(mine[joint_name(r, True)], mine[joint_name(r, False)]) for r in counts]
+
+
+def joint_checks(family: str, variants: list[Variant], device: torch.device) -> list[Check]:
+    out = []
+    for joint, separate in joint_pairs(variants, family):
+        relations = joint.relations
+        if device.type == "cuda" and relations != JOINT_GPU_RELATIONS:
+            continue
+        # rows/s ratio = separate time / joint time (the same rows)
+        out.append(Check.timing(f"joint / separate rows per second, R={relations}", family, separate, joint,
+                                JOINT_TARGETS[device.type], at_least=True))
+    return out
+
+
+def settle(
+    run_round: Callable[[int, list[Variant] | None], None],
+    current_checks: Callable[[], list[Check]],
+    first: int,
+    most: int,
+    tolerance: float,
+) -> int:
+    """Run ``first`` rounds of every variant, then rounds of only the variants behind unsettled ratios (see
+    ``Check.unsettled``) until none is left or ``most`` rounds ran. ``run_round(index, variants)`` runs round
+    ``index`` of ``variants`` (None: all). Returns the number of rounds run."""
+    for index in range(first):
+        run_round(index, None)
+    rounds = first
+    while rounds < most:
+        wide = {id(v): v for check in current_checks() if check.unsettled(tolerance) for v in check.variants}
+        if not wide:
+            break
+        run_round(rounds, list(wide.values()))
+        rounds += 1
+    return rounds
+
+
+def joint_report(pairs: list[tuple[JointVariant, JointVariant]], device: torch.device) -> list[str]:
+    """The joint-training table: rows/s of one joint step against R separate steps, with peak memory."""
+    lines = [
+        f"### Joint training (P-tuning LAMA protocol: R LSTM-encoder adapters, batch {JOINT_BATCH} per relation)",
+        "",
+        f"One forward of {JOINT_BATCH}·R rows with per-row adapters, the summed per-adapter losses backpropagated and "
+        f"every adapter's Adam step, against R steps of {JOINT_BATCH} rows with each adapter active in turn.",
+        "",
+        "| R | rows | joint step ms | min–max | R separate steps ms | min–max | joint rows/s | separate rows/s "
+        "| joint / separate | interquartile range | joint peak MB | separate peak MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for joint, separate in pairs:
+        samples = paired_ratios(separate, joint)
+        first, third = quartiles(samples)
+        lines.append(
+            f"| {joint.relations} | {joint.facts} | {ms(joint.step)} | {spread(joint.times)} | {ms(separate.step)} "
+            f"| {spread(separate.times)} | {joint.facts / joint.step:,.1f} | {separate.facts / separate.step:,.1f} "
+            f"| {statistics.median(samples):.2f}× | {first:.2f}–{third:.2f}× | {mb(joint.peak)} | {mb(separate.peak)} |"
+        )
+    memory = "torch.cuda.max_memory_allocated above" if device.type == "cuda" else "tensor storages allocated beyond"
+    lines += ["", f"Peak memory: {memory} the weights, the adapters and their Adam state, in the step after the "
+              "warm-up (activations and gradients; separate: the largest of the R steps).", ""]
+    return lines
+
+
+def method_report(train: dict[str, Variant], evaluation: dict[str, Variant], gap: float,
+                  args: argparse.Namespace) -> list[str]:
+    """The train-step and scoring tables of one model."""
+    floor, single, peft_pt = train[FLOOR], train[SINGLE], train[PEFT_PT]
+    lines = [
+        f"Floor and ours compute the same loss and scores (largest difference {gap:.1e}).",
+        "",
+        "### Train step (forward + backward + Adam step)",
+        "",
+        "| variant | step ms | min–max | collate ms | peak MB | / PEFT PROMPT_TUNING | / floor | / single | "
+        "peak / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, v in train.items():
+        collate = ms(statistics.median(v.collate_times)) if v.collate_times else "–"
+        versus_single = ratio(v.step, single.step) if name.startswith("ours") else "–"
+        lines.append(
+            f"| {name} | {ms(v.step)} | {spread(v.times)} | {collate} | {mb(v.peak)} "
+            f"| {ratio(v.step, peft_pt.step)} | {ratio(v.step, floor.step)} | {versus_single} "
+            f"| {ratio(v.peak, floor.peak)} |"
+        )
+    if PROMPTGEN not in train:
+        lines.append(f"| {PROMPTGEN} | masked LMs only | | | | | | | |")
+    lines += [
+        "",
+        f"### Scoring ({args.eval_batch} facts per batch, log-probabilities over the candidates, no gradients)",
+        "",
+        "| variant | batch ms | min–max | collate ms | facts/s | peak MB | throughput / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, v in evaluation.items():
+        collate = ms(statistics.median(v.collate_times)) if v.collate_times else "–"
+        lines.append(
+            f"| {name} | {ms(v.step)} | {spread(v.times)} | {collate} | {v.facts / v.step:,.1f} | {mb(v.peak)} | "
+            f"{ratio(evaluation[FLOOR].step, v.step)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def render_report(families: list[Family], variants: list[Variant], gaps: dict[str, float], all_checks: list[Check],
@@ -587,60 +939,43 @@ def render_report(families: list[Family], variants: list[Variant], gaps: dict[st
         "",
         "Settings:",
         "",
-        f"- device {device.type}; {CLOCK_TEXT[args.clock]}; median of {args.repeats} interleaved repetitions "
-        "(min–max beside it) after one warm-up pass;",
-        f"- train batch {args.batch} examples (mixture K: {args.batch}·K rows), rows of at most {args.seq_len} tokens; "
-        f"scoring batch {args.eval_batch} facts over {len(families[0].candidates):,} candidate ids;",
-        "- peak memory of the first step (the warm-up): "
-        + ("torch.cuda.max_memory_allocated above what was allocated before it" if device.type == "cuda" else
-           "tensor storages it allocates, counted by a TorchDispatchMode")
-        + ": activations, gradients and Adam state, not the weights;",
-        "- collate: building the batch from (subject, answer) strings with PromptCollator, not part of the step time.",
-        "",
+        f"- device {device.type}; {CLOCK_TEXT[args.clock]}; {args.repeats} interleaved repetitions after one warm-up "
+        f"pass, then up to {args.max_repeats} in all for the variants behind a ratio whose interquartile range "
+        f"crosses its limit or exceeds {args.spread_tolerance:.0%} of its median ({header['rounds']} rounds ran); "
+        "times are medians (min–max beside them), ratios the median of the per-round ratios with their interquartile "
+        "range;",
     ]
+    if args.only != "joint":
+        lines += [
+            f"- train batch {args.batch} examples (mixture K: {args.batch}·K rows), rows of at most {args.seq_len} "
+            f"tokens; scoring batch {args.eval_batch} facts over {len(families[0].candidates):,} candidate ids;",
+            "- peak memory of the first step (the warm-up): "
+            + ("torch.cuda.max_memory_allocated above what was allocated before it" if device.type == "cuda" else
+               "tensor storages it allocates, counted by a TorchDispatchMode")
+            + ": activations, gradients and Adam state, not the weights;",
+            "- collate: building the batch from (subject, answer) strings with PromptCollator, not part of the step "
+            "time;",
+        ]
+    if args.only != "methods":
+        relations = ", ".join(str(r) for r in args.joint_relations)
+        lines.append(f"- joint training: R = {relations} relations, {JOINT_BATCH} examples each, rows of at most "
+                     f"{args.seq_len} tokens, answers scored over {len(families[0].candidates):,} candidate ids;")
+    lines += [f"- memory allocator: {header['allocator']}.", ""]
     for family in families:
         train, evaluation = by_kind(variants, family.name)
-        floor, single, peft_pt = train[FLOOR], train[SINGLE], train[PEFT_PT]
-        lines += [
-            f"## {family.title}",
-            "",
-            f"Floor and ours compute the same loss and scores (largest difference {gaps[family.name]:.1e}).",
-            "",
-            "### Train step (forward + backward + Adam step)",
-            "",
-            "| variant | step ms | min–max | collate ms | peak MB | / PEFT PROMPT_TUNING | / floor | / single | "
-            "peak / floor |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, v in train.items():
-            collate = ms(statistics.median(v.collate_times)) if v.collate_times else "–"
-            versus_single = ratio(v.step, single.step) if name.startswith("ours") else "–"
-            lines.append(
-                f"| {name} | {ms(v.step)} | {spread(v.times)} | {collate} | {mb(v.peak)} "
-                f"| {ratio(v.step, peft_pt.step)} | {ratio(v.step, floor.step)} | {versus_single} "
-                f"| {ratio(v.peak, floor.peak)} |"
-            )
-        if PROMPTGEN not in train:
-            lines.append(f"| {PROMPTGEN} | masked LMs only | | | | | | | |")
-        lines += [
-            "",
-            f"### Scoring ({args.eval_batch} facts per batch, log-probabilities over the candidates, no gradients)",
-            "",
-            "| variant | batch ms | min–max | collate ms | facts/s | peak MB | throughput / floor |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, v in evaluation.items():
-            collate = ms(statistics.median(v.collate_times)) if v.collate_times else "–"
-            lines.append(
-                f"| {name} | {ms(v.step)} | {spread(v.times)} | {collate} | {v.facts / v.step:,.1f} | {mb(v.peak)} | "
-                f"{ratio(evaluation[FLOOR].step, v.step)} |"
-            )
-        lines.append("")
+        pairs = joint_pairs(variants, family.name)
+        if not train and not pairs:
+            continue
+        lines += [f"## {family.title}", ""]
+        if train:
+            lines += method_report(train, evaluation, gaps[family.name], args)
+        if pairs:
+            lines += joint_report(pairs, device)
     lines += [
-        "## Targets (issue \"Speed and memory\")",
+        "## Targets",
         "",
-        "| target | model | measured | limit | result |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| target | model | measured | interquartile range | IQR / median | rounds | limit | result |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         *[check.row() for check in all_checks],
         "",
     ]
@@ -650,13 +985,39 @@ def render_report(families: list[Family], variants: list[Variant], gaps: dict[st
 # ------------------------------------------------------------------------------------------------ main
 
 
+def relation_counts(text: str) -> list[int]:
+    """``--joint-relations``: comma-separated numbers of relations (adapters), each >= 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct numbers >= 1 separated by commas (e.g. 8,41), got {text!r}"
+        )
+    return counts
+
+
+PARTS = ("all", "methods", "joint")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-size", default="base", choices=("base", "small"))
     parser.add_argument("--model", default=None,
                         help="a local folder with a pretrained masked or causal LM to measure instead of the configs")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per variant (median reported)")
+    parser.add_argument("--only", default="all", choices=PARTS,
+                        help="methods: the train-step and scoring tables only; joint: the joint-training comparison "
+                        "only (the masked LM, or --model)")
+    parser.add_argument("--joint-relations", type=relation_counts, default=[8, 41],
+                        help="numbers of relations R of the joint-training comparison (default 8,41)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of every variant")
+    parser.add_argument("--max-repeats", type=int, default=None,
+                        help="most repetitions of the variants behind a ratio whose spread is wide (default 3x "
+                        "--repeats)")
+    parser.add_argument("--spread-tolerance", type=float, default=0.05,
+                        help="a ratio's interquartile range over its median above which more repetitions run")
     parser.add_argument("--batch", type=int, default=16, help="training examples per step")
     parser.add_argument("--seq-len", type=int, default=32, help="longest row of the single template, in tokens")
     parser.add_argument("--eval-batch", type=int, default=32, help="facts per scoring batch")
@@ -665,14 +1026,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--threads 1 (CPU devices only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice); 1 gives stable timings on a shared CPU")
+    parser.add_argument("--allocator", default="retain", choices=("retain", "system"),
+                        help="retain (CPU, glibc): freed memory is kept for reuse, as a caching allocator does; "
+                        "system: glibc's defaults, which map and unmap every block over 32 MB (see docs/speed.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/speed.md", help="markdown report")
     args = parser.parse_args(argv)
     if min(args.repeats, args.batch, args.eval_batch, args.threads or 1) < 1:
         parser.error("--repeats, --batch, --eval-batch and --threads must be >= 1")
+    if args.max_repeats is None:
+        args.max_repeats = 3 * args.repeats
+    if args.max_repeats < args.repeats:
+        parser.error(f"--max-repeats {args.max_repeats} is below --repeats {args.repeats}")
+    if not 0 < args.spread_tolerance < 1:
+        parser.error(f"--spread-tolerance must lie between 0 and 1, got {args.spread_tolerance}")
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu measures CPU work; time GPU runs with --clock wall")
     return args
+
+
+def run_round(variants: list[Variant], index: int, device: torch.device, clock: Callable[[], float]) -> None:
+    """Round ``index``: every variant once, in turn, starting at a position that rotates with the round."""
+    shift = index % len(variants)
+    for variant in variants[shift:] + variants[:shift]:
+        variant.rounds[index] = variant.measure(device, clock)
+        if variant.collate is not None:
+            variant.collate_times.append(timed(variant.collate, device, clock))
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -681,37 +1060,59 @@ def main(argv: list[str] | None = None) -> str:
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    allocator = "system malloc defaults"
+    if args.allocator == "retain" and device.type == "cpu":
+        kept = retain_freed_memory()
+        allocator = "malloc keeps freed memory (mallopt)" if kept else "system malloc defaults (mallopt unavailable)"
     started = time.perf_counter()
     load_start = f"{os.getloadavg()[0]:.1f}"
-    names = [Path(args.model).name] if args.model is not None else FAMILIES
+    if args.model is not None:
+        names = [Path(args.model).name]
+    else:
+        names = list(FAMILIES[:1] if args.only == "joint" else FAMILIES)  # joint: the masked LM (BERT)
     families = [build_family(name, args) for name in names]
     variants: list[Variant] = []
     gaps: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as directory:
-        # PromptGen (masked LMs only) needs a generator; a causal --model does not
-        masked = any(family.lm_kind == "masked" for family in families)
-        generator = save_generator(args.model_size, Path(directory), args.seed) if masked else None
-        for family in families:
-            train, evaluation, gaps[family.name] = build_variants(family, generator, device)
-            variants += train + evaluation
+    if args.only in ("all", "methods"):
+        with tempfile.TemporaryDirectory() as directory:
+            # PromptGen (masked LMs only) needs a generator; a causal --model does not
+            masked = any(family.lm_kind == "masked" for family in families)
+            generator = save_generator(args.model_size, Path(directory), args.seed) if masked else None
+            for family in families:
+                train, evaluation, gaps[family.name] = build_variants(family, generator, device)
+                variants += train + evaluation
+    if args.only in ("all", "joint"):
+        variants += build_joint_variants(families[0], args.joint_relations, device, args.seed)
     for variant in tqdm(variants, desc="warm-up and memory", leave=False):
+        if isinstance(variant, JointVariant):
+            variant.run()  # creates the Adam state: the peak is a step's activations and gradients
         variant.peak = peak_bytes(variant.run, device)
     clock = CLOCKS[args.clock]
-    for repeat in tqdm(range(args.repeats), desc="repetitions", leave=False):
-        shift = repeat % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.times.append(timed(variant.run, device, clock))
-            if variant.collate is not None:
-                variant.collate_times.append(timed(variant.collate, device, clock))
-    all_checks = [check for family in families for check in checks(family.name, *by_kind(variants, family.name))]
+
+    def all_checks() -> list[Check]:
+        found = [check for family in families for check in checks(family.name, *by_kind(variants, family.name))]
+        return found + joint_checks(families[0].name, variants, device)
+
+    bar = tqdm(total=args.repeats, desc="repetitions", leave=False)
+
+    def one_round(index: int, subset: list[Variant] | None) -> None:
+        run_round(variants if subset is None else subset, index, device, clock)
+        bar.update(1)
+
+    rounds = settle(one_round, all_checks, args.repeats, args.max_repeats, args.spread_tolerance)
+    bar.close()
     elapsed = time.perf_counter() - started
     header = {
         "machine": machine(device),
         "load_start": load_start,
         "load_end": f"{os.getloadavg()[0]:.1f}",
         "elapsed": f"{elapsed / 60:.1f} min" if elapsed >= 60 else f"{elapsed:.0f} s",
+        "rounds": str(rounds),
+        "allocator": allocator,
     }
-    report = render_report(families, variants, gaps, all_checks, args, argv, device, header)
+    if device.type == "cuda":
+        header["machine"] += f"; peak GPU memory of the run {mb(torch.cuda.max_memory_allocated(device))} MB"
+    report = render_report(families, variants, gaps, all_checks(), args, argv, device, header)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, encoding="utf-8")
