@@ -44,6 +44,7 @@ TABLE_ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("PromptGen, alpha = 0.3", "bert", ("--method", "promptgen", "--generator", "{world}/bart", *GENERATOR)),
     ("PromptGen, alpha = 0", "bert",
      ("--method", "promptgen", "--generator", "{world}/bart", "--leak-penalty", "0", *GENERATOR)),
+    ("P-tuning (masked LM), relations trained jointly", "bert", ("--method", "ptuning", *ENCODER, "--joint")),
 )
 
 
