@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,8 +130,8 @@ def test_decoder_prefix_follows_the_generator_targets() -> None:
     assert decoder_prefix(t5, t5_tok) == [t5.config.decoder_start_token_id]
 
 
-def test_paper_stopping_removes_unwritten_positions(bart_dir: Path) -> None:
-    model, tok = _model(bart_dir)
+def test_early_stopping_removes_unwritten_positions(bart_dir: Path) -> None:
+    model, tok = _model(bart_dir, stopping="eos")
     batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
     state = model.base_model.state
     seen = {}
@@ -191,3 +192,73 @@ def test_multiple_adapters_and_push_to_hub(bart_dir: Path, tmp_path: Path) -> No
         assert "import prompt_adapters" in hub.files("me/promptgen")["README.md"].decode()
         again = PeftModel.from_pretrained(build_tiny_model("bert")[0], "me/promptgen")
     assert torch.equal(again(**batch).answer_log_probs, expected)
+
+
+def _stop_margins(model, batch: dict[str, torch.Tensor], token: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Per row and generating step of a ``fixed`` run: logit of ``token`` minus the best shared-vocabulary logit."""
+    state = model.base_model.state
+    generator = state.generator["default"]
+    logits: list[torch.Tensor] = []
+    handle = generator.register_forward_hook(lambda module, args, out: logits.append(out.logits[:, -1].float()))
+    options = dict(state.options["default"])
+    state.options["default"]["stop_ids"] = (None, None)
+    try:
+        with torch.no_grad():
+            state.generate("default", batch["generator_input_ids"], batch["generator_attention_mask"],
+                           batch["generator_subject_ids"])
+    finally:
+        handle.remove()
+        state.options["default"] = options
+    stacked = torch.stack(logits, dim=1)
+    best = stacked.index_select(-1, options["gen_ids"]).max(-1).values
+    return stacked[..., token] - best
+
+
+def test_mask_stopping_ends_the_first_segment_where_mask_is_most_likely(bart_dir: Path) -> None:
+    """The paper's Figure 1: the segment before the answer slot ends at the first step whose most likely next token
+    (among the shared words and the mask) is the generator's mask token; the steps before it are the soft tokens
+    a run without stopping writes, and the stop step's distribution is dropped."""
+    model, tok = _model(bart_dir)
+    assert model.peft_config["default"].stopping == "mask"
+    state = model.base_model.state
+    generator = state.generator["default"]
+    mask_id = state.options["default"]["mask_id"]
+    assert state.options["default"]["stop_ids"] == (mask_id, generator.config.eos_token_id)
+    examples = [{**EXAMPLES[0], "X": subject} for subject in ("Dante", "Paris", "London")]
+    batch = PromptGenCollator(tok, model, leak_rows=False)(examples)
+    assert (batch["generator_subject_ids"] >= 0).all(), "one-token subjects: every row writes from the first step"
+    keys = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids")
+    state.options["default"]["stop_ids"] = (None, None)
+    with torch.no_grad():
+        free_steps, _ = state.generate("default", *(batch[k] for k in keys))
+    state.options["default"]["stop_ids"] = (mask_id, generator.config.eos_token_id)
+    margins = _stop_margins(model, batch, mask_id)[:, :4]  # the first segment's 4 steps, mask logit not yet biased
+    with torch.no_grad():  # a bias on the mask logit that makes it the most likely at some steps only
+        generator.final_logits_bias[0, mask_id] = 1e-3 - float(margins[:, 1].max())
+        margins = _stop_margins(model, batch, mask_id)[:, :4]
+        steps, lengths = state.generate("default", *(batch[k] for k in keys))
+    stops = margins > 0
+    expected = torch.where(stops.any(1), stops.float().argmax(1), 4)
+    assert lengths[:, 0].tolist() == expected.tolist()
+    assert any(0 < length < 4 for length in expected.tolist()) and 4 in expected.tolist(), expected
+    for row, length in enumerate(expected.tolist()):
+        torch.testing.assert_close(steps[row, :length], free_steps[row, :length])
+        assert not steps[row, length:4].any()
+
+
+def test_stopping_paper_of_saved_configs_reads_as_eos(bart_dir: Path, tmp_path: Path) -> None:
+    """``stopping="paper"`` (the </s> rule's earlier name) still loads, as ``eos``, with a warning."""
+    model, tok = _model(bart_dir, stopping="eos")
+    batch = PromptGenCollator(tok, model)(EXAMPLES)
+    expected = model(**batch).answer_log_probs
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["stopping"] == "eos"
+    saved["stopping"] = "paper"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(saved))
+    with pytest.warns(FutureWarning, match="stopping='paper' is now called 'eos'"):
+        again = PeftModel.from_pretrained(build_tiny_model("bert")[0], tmp_path)
+    assert again.peft_config["default"].stopping == "eos"
+    assert torch.equal(again(**batch).answer_log_probs, expected)
+    with pytest.raises(ValueError, match=r"stopping must be one of \('mask', 'eos', 'fixed'\), got 'early'"):
+        PromptGenConfig(generator_name_or_path=str(bart_dir), stopping="early")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -14,19 +15,28 @@ from prompt_adapters.tuner import PromptConfig
 from prompt_adapters.validation import check_field_types
 
 LEAK_FORMS = ("paper", "bounded")
-STOPPING = ("paper", "fixed")
+STOPPING = ("mask", "eos", "fixed")
+#: stopping values of earlier releases, read from saved configs: "paper" was the ``</s>`` rule of the paper's text
+RENAMED_STOPPING = {"paper": "eos"}
 
 
 @dataclass
 class PromptGenConfig(PromptConfig):
-    """A fine-tuned encoder-decoder writes ``num_before`` soft tokens, the answer slot, then ``num_after`` soft
-    tokens for every input; the downstream model stays frozen.
+    """A fine-tuned generator writes ``num_before`` soft tokens, the answer slot, then ``num_after`` soft tokens for
+    every input; the downstream model stays frozen.
 
     Args:
-        generator_name_or_path: the generator (a BART-style model + tokenizer; the paper uses bart-large).
-        num_before, num_after: the maximal soft tokens before / after the answer slot (paper: m = 10, n = 5).
-        stopping: ``paper`` ends a segment when the generator's most likely next token is ``</s>`` (or at its
-            maximum); ``fixed`` always writes exactly ``num_before`` / ``num_after`` tokens.
+        generator_name_or_path: the generator and its tokenizer: an encoder-decoder (the paper uses bart-large) or
+            a decoder-only LM (e.g. the downstream model's own architecture).
+        num_before, num_after: the maximal soft tokens before / after the answer slot (paper: m = 10, n = 5). A
+            causal downstream LM reads the answer as the token after the prompt, so nothing after the answer slot
+            is generated for it.
+        stopping: how a segment ends before its maximum. ``mask`` (default, the paper's Figure 1): the segment
+            before the answer slot ends where the generator's mask token is the most likely next token, the one
+            after it where ``</s>`` is; ``eos`` (the paper's Section 3.1.2 text): both end where ``</s>`` is the
+            most likely next token; ``fixed``: always ``num_before`` / ``num_after`` tokens. "Most likely" is
+            among the shared vocabulary and the stop token. ``paper``, this option's name for ``eos`` in earlier
+            releases, is read as ``eos`` with a warning.
         leak_penalty: alpha in L = -log P(o | T(s)) + alpha * leak(T(None)), T(None) being the same generated prompt
             with the subject replaced by ``none_subject``.
         leak_form: ``paper``: leak = log P(o | T(None)) (unbounded below; the paper's form, the default for
@@ -38,7 +48,7 @@ class PromptGenConfig(PromptConfig):
     generator_name_or_path: str | None = field(default=None)
     num_before: int = field(default=10)
     num_after: int = field(default=5)
-    stopping: str = field(default="paper")
+    stopping: str = field(default="mask")
     leak_penalty: float = field(default=0.3)
     leak_form: str = field(default="paper")
     none_subject: str = field(default="None")
@@ -53,6 +63,15 @@ class PromptGenConfig(PromptConfig):
             raise ValueError(
                 f"num_before={self.num_before} and num_after={self.num_after} must be >= 0 and not both 0"
             )
+        if self.stopping in RENAMED_STOPPING:
+            renamed = RENAMED_STOPPING[self.stopping]
+            warnings.warn(
+                f"PromptGenConfig stopping={self.stopping!r} is now called {renamed!r} (a segment ends where </s> is "
+                f"the most likely next token); read as {renamed!r}. The default is now 'mask' (the paper's Figure 1).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            self.stopping = renamed
         if self.stopping not in STOPPING:
             raise ValueError(f"stopping must be one of {STOPPING}, got {self.stopping!r}")
         if self.leak_form not in LEAK_FORMS:

@@ -1,10 +1,11 @@
-"""PromptGen: a fine-tuned encoder-decoder generates, for every input, soft prompt tokens for a frozen model.
+"""PromptGen: a fine-tuned generator writes, for every input, soft prompt tokens for a frozen model.
 
 Each generated token is a distribution D_t over the vocabulary both models share. The decoder starts from the copied
 subject; it reads each D_t back as the expectation of its own embeddings (the next decoder input, reusing the
-key/value cache, so m + n tokens cost m + n + 2 decoder steps after the longest subject), and the downstream
-model receives the expectation of *its* embeddings at the pseudo positions of ``[X] [P*m] [Y] [P*n]``. With the
-paper's stopping rule, unused soft positions are removed from the downstream input before it runs.
+key/value cache, so m + n tokens cost at most m + n + 1 decoder steps after the longest subject), and the downstream
+model receives the expectation of *its* embeddings at the pseudo positions of ``[X] [P*m] [Y] [P*n]``. When a
+segment may stop early (``stopping`` other than ``fixed``), unused soft positions are removed from the downstream
+input before it runs. The generator is an encoder-decoder (the paper's BART) or a decoder-only LM.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BatchEncoding,
+    PreTrainedTokenizerBase,
+)
 
 from prompt_adapters.data.collator import PromptCollator
 from prompt_adapters.injection import PromptHooks, ScoreRequest
@@ -46,27 +54,42 @@ class PromptGenLayer(MixturePromptLayer):
         self.last_generation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
+        generator_config = AutoConfig.from_pretrained(config.generator_name_or_path)  # type: ignore[attr-defined]
+        auto = AutoModelForSeq2SeqLM if generator_config.is_encoder_decoder else AutoModelForCausalLM
         if _creating_on_meta():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): the saved weights follow
-            generator = AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(config.generator_name_or_path))
+            generator = auto.from_config(generator_config)
         else:
-            generator = AutoModelForSeq2SeqLM.from_pretrained(config.generator_name_or_path).float()
-        generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)
+            generator = auto.from_pretrained(config.generator_name_or_path).float()  # type: ignore[attr-defined]
+        generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)  # type: ignore[attr-defined]
         self.generator[name] = generator
         down_ids, gen_ids = config.common_vocab  # type: ignore[attr-defined]
         embedding = model.get_input_embeddings()
         scale = _embed_scale(embedding, embedding.weight)
         self._downstream[name] = (embedding.weight, scale, embedding.weight.shape[0])
+        causal = config.lm_kind == "causal"
+        m, n = config.num_before, config.num_after  # type: ignore[attr-defined]
+        written_after = 0 if causal else n  # a causal LM never reads past the answer slot
+        stop_ids = _stop_ids(config.stopping, generator_tokenizer, generator, written_after)  # type: ignore[attr-defined]
+        mask_id = generator_tokenizer.mask_token_id
+        if written_after and mask_id is None:
+            raise ValueError(
+                f"num_after={n}: the generator {config.generator_name_or_path!r} has no mask token to copy at the "  # type: ignore[attr-defined]
+                "answer slot between the two segments; use num_after=0 or a generator whose tokenizer has a mask token"
+            )
         self.options[name] = {
             "down_ids": torch.tensor(down_ids),
             "gen_ids": torch.tensor(gen_ids),
-            "m": config.num_before,  # type: ignore[attr-defined]
-            "n": config.num_after,  # type: ignore[attr-defined]
-            "paper_stopping": config.stopping == "paper",  # type: ignore[attr-defined]
+            "m": m,
+            "n": n,
+            "written_after": written_after,
+            "stop_ids": stop_ids,
+            "stops_early": config.stopping != "fixed",  # type: ignore[attr-defined]
             "alpha": config.leak_penalty,  # type: ignore[attr-defined]
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
-            "mask_id": generator_tokenizer.mask_token_id,
+            "mask_id": mask_id,
+            "decoder_only": not generator_config.is_encoder_decoder,
             "prefix_ids": torch.tensor(decoder_prefix(generator, generator_tokenizer)),
-            "causal": config.lm_kind == "causal",
+            "causal": causal,
         }
         self.settings[name] = {"learn_weights": False, "data_dependent": False}
 
@@ -118,43 +141,47 @@ class PromptGenLayer(MixturePromptLayer):
 
         As in the paper's Figure 1, the decoder first reads its start tokens and the subject (copied, hard), so
         the first soft token continues "<s> Dante ..." where the generator's pretraining put the relation's words.
-        ``subject_ids`` holds the generator's tokens of each subject, padded with -1. Rows are not padded on the
-        decoder side: a row with a shorter subject starts writing earlier, so every row keeps its exact positions
-        and the whole batch decodes in one loop (rows still reading their subject ignore the step's output).
+        ``subject_ids`` holds the generator's tokens of each subject, padded with -1. An encoder-decoder reads the
+        generator text with its encoder; its decoder side is not padded: a row with a shorter subject starts writing
+        earlier, so every row keeps its exact positions and the whole batch decodes in one loop (rows still reading
+        their subject ignore the step's output). A decoder-only generator reads ``text </s> subject`` left-padded,
+        so all rows start writing together.
         """
         options, generator = self.options[name], self.generator[name]
-        m, n = options["m"], options["n"]
+        m, n = options["m"], options["written_after"]
         device = input_ids.device
         common = options["gen_ids"].to(device)
-        decoder = generator.get_decoder()
-        vocab_embeds = decoder.embed_tokens(common)
-        special = decoder.embed_tokens(
-            torch.tensor([generator.config.decoder_start_token_id, options["mask_id"]], device=device)
-        )
-        eos = generator.config.eos_token_id
+        embed = generator.get_input_embeddings() if options["decoder_only"] else generator.get_decoder().embed_tokens
+        vocab_embeds = embed(common)
         rows = input_ids.shape[0]
-        prefix_ids = torch.cat([options["prefix_ids"].to(device).expand(rows, -1), subject_ids], dim=1)
+        if options["decoder_only"]:
+            separator = options["prefix_ids"]
+            prefix_ids, prefix_mask = _decoder_only_prefix(input_ids, attention_mask, separator, subject_ids)
+            step = _DecoderOnlySteps(generator, prefix_mask)
+        else:
+            prefix_ids = torch.cat([options["prefix_ids"].to(device).expand(rows, -1), subject_ids], dim=1)
+            step = _EncoderDecoderSteps(generator, input_ids, attention_mask)
         prefix_lengths = (prefix_ids >= 0).sum(1)
-        prefix = decoder.embed_tokens(prefix_ids.clamp(min=0))
-        encoder_out = generator.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        steps = torch.zeros(rows, m + n, common.numel(), device=device)
+        prefix = embed(prefix_ids.clamp(min=0))
+        answer = embed(torch.tensor([options["mask_id"]], device=device))[0] if n else vocab_embeds[0]
+        stop_before, stop_after = options["stop_ids"]
+        steps = torch.zeros(rows, options["m"] + options["n"], common.numel(), device=device)
         phase = torch.zeros(rows, dtype=torch.long, device=device)
         count = torch.zeros_like(phase)
         lengths = torch.zeros(rows, 2, dtype=torch.long, device=device)
+        no_stop = torch.zeros(rows, dtype=torch.bool, device=device)
         position = int(prefix_lengths.min()) - 1
         inputs = prefix[:, : position + 1]
-        cache = None
         for _ in range(int(prefix_lengths.max()) - position - 1 + m + n + 2):
-            out = generator(encoder_outputs=encoder_out, attention_mask=attention_mask, decoder_inputs_embeds=inputs,
-                            past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            logits = step(inputs).float()
             generating = prefix_lengths - 1 <= position
-            logits = out.logits[:, -1].float()
             restricted = logits.index_select(-1, common)
-            stop = logits[:, eos] > restricted.max(-1).values if options["paper_stopping"] else torch.zeros_like(phase)
+            best = restricted.max(-1).values
+            stop0 = logits[:, stop_before] > best if stop_before is not None else no_stop
+            stop1 = logits[:, stop_after] > best if stop_after is not None else no_stop
             dist = torch.softmax(restricted, dim=-1)
-            write0 = generating & (phase == 0) & ~stop.bool() & (count < m)
-            write1 = generating & (phase == 1) & ~stop.bool() & (count < n)
+            write0 = generating & (phase == 0) & ~stop0 & (count < m)
+            write1 = generating & (phase == 1) & ~stop1 & (count < n)
             write = write0 | write1
             slot = torch.where(phase == 0, count, m + count)
             index = write.nonzero().squeeze(-1)
@@ -162,15 +189,17 @@ class PromptGenLayer(MixturePromptLayer):
             ends0 = generating & (phase == 0) & ~write0
             lengths[:, 0] = torch.where(write0, count + 1, lengths[:, 0])
             lengths[:, 1] = torch.where(write1, count + 1, lengths[:, 1])
-            position += 1
-            reading = prefix[:, min(position, prefix.shape[1] - 1)]
-            filler = torch.where(ends0.unsqueeze(-1), special[1], special[0])
-            next_input = torch.where(write.unsqueeze(-1), dist.to(vocab_embeds.dtype) @ vocab_embeds, filler)
-            inputs = torch.where(generating.unsqueeze(-1), next_input, reading).unsqueeze(1)
             count = torch.where(write, count + 1, torch.zeros_like(count))
-            phase = torch.where(ends0, torch.ones_like(phase), torch.where((phase == 1) & ~write1, 2, phase))
+            after = torch.where(ends0, torch.ones_like(phase), torch.where((phase == 1) & ~write1, 2, phase))
+            # the last segment at its maximum ends without asking the generator (its next output would be dropped)
+            full = (after == 1) & (count == n) if n else (after <= 1) & ((after == 1) | (count == m))
+            phase = torch.where(full, 2, after)
             if bool((phase == 2).all()):
                 break
+            position += 1
+            reading = prefix[:, min(position, prefix.shape[1] - 1)]
+            next_input = torch.where(write.unsqueeze(-1), dist.to(vocab_embeds.dtype) @ vocab_embeds, answer)
+            inputs = torch.where(generating.unsqueeze(-1), next_input, reading).unsqueeze(1)
         return steps, lengths
 
     def prepare(
@@ -192,7 +221,7 @@ class PromptGenLayer(MixturePromptLayer):
         rows = inputs["prompt_rows"].to(table.device)
         self._batch_table = table[rows]
         self._leak_rows = rows.numel() == 2 * table.shape[0]
-        if self.options[name]["paper_stopping"]:
+        if self.options[name]["stops_early"]:
             right = self._generating and self.options[name]["causal"]
             kwargs, request = _drop_unused(kwargs, request, lengths[rows], vocab, self.options[name]["m"], right,
                                            self._generating)
@@ -228,9 +257,16 @@ class PromptGenLayer(MixturePromptLayer):
 
 
 def decoder_prefix(generator: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The decoder tokens before the first generated word: the start token, then the tokenizer's bos when the
-    generator's targets begin with it (BART decodes ``</s> <s> words``; T5 has no bos). Generating the first word
-    right after the start token would ask the generator for a position it was never trained to fill."""
+    """The generator tokens just before the copied subject.
+
+    An encoder-decoder starts with its start token, then the tokenizer's bos when the generator's targets begin
+    with it (BART decodes ``</s> <s> words``; T5 has no bos): generating the first word right after the start token
+    would ask the generator for a position it was never trained to fill. A decoder-only generator reads the
+    generator text, then ``</s>`` (its eos, when it has one) as the separator before the subject.
+    """
+    if not generator.config.is_encoder_decoder:
+        eos = tokenizer.eos_token_id
+        return [] if eos is None else [eos]
     start = generator.config.decoder_start_token_id
     bos = tokenizer.bos_token_id
     if start is None:
@@ -238,6 +274,84 @@ def decoder_prefix(generator: nn.Module, tokenizer: PreTrainedTokenizerBase) -> 
     if bos is not None and bos != start and tokenizer("a").input_ids[:1] == [bos]:
         return [start, bos]
     return [start]
+
+
+def _stop_ids(
+    stopping: str, tokenizer: PreTrainedTokenizerBase, generator: nn.Module, written_after: int
+) -> tuple[int | None, int | None]:
+    """The token whose being most likely ends the segment before / after the answer slot (None: only the maximum)."""
+    if stopping == "fixed":
+        return None, None
+    eos = generator.config.eos_token_id if generator.config.eos_token_id is not None else tokenizer.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    before = tokenizer.mask_token_id if stopping == "mask" else eos
+    if before is None:
+        missing = "mask token" if stopping == "mask" else "eos token"
+        raise ValueError(
+            f"stopping={stopping!r} ends a segment where the generator's {missing} is most likely, but the generator "
+            f"{tokenizer.name_or_path!r} has none; use stopping='eos' or stopping='fixed'"
+        )
+    if written_after and eos is None:
+        raise ValueError(
+            f"stopping={stopping!r} ends the segment after the answer slot where </s> is most likely, but the "
+            f"generator {tokenizer.name_or_path!r} has no eos token; use stopping='fixed' or num_after=0"
+        )
+    return before, eos
+
+
+class _EncoderDecoderSteps:
+    """One decoder step of an encoder-decoder generator per call (the encoder runs once), with the key/value cache."""
+
+    def __init__(self, generator: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.generator = generator
+        self.attention_mask = attention_mask
+        self.encoder_out = generator.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        self.cache: Any = None
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (G, V) after the decoder inputs ``inputs`` (G, T, d)."""
+        out = self.generator(encoder_outputs=self.encoder_out, attention_mask=self.attention_mask,
+                             decoder_inputs_embeds=inputs, cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+class _DecoderOnlySteps:
+    """The left-padded prefix, then one token per call, of a decoder-only generator with the key/value cache."""
+
+    def __init__(self, generator: nn.Module, prefix_mask: torch.Tensor) -> None:
+        self.generator = generator
+        self.mask = prefix_mask
+        self.positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
+        self.cache: Any = None
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (G, V) after ``inputs`` (G, T, d): the prefix first, then one soft token at a time."""
+        if self.cache is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], inputs.shape[1])], dim=1)
+            self.positions = self.positions[:, -1:] + torch.arange(1, inputs.shape[1] + 1, device=inputs.device)
+        out = self.generator(inputs_embeds=inputs, attention_mask=self.mask, position_ids=self.positions,
+                             cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+def _decoder_only_prefix(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, separator: torch.Tensor, subject_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's generator text (padding removed), the separator and its subject, left-padded to one width: ids
+    (padding 0, masked) and the attention mask."""
+    rows = [
+        torch.cat([text[mask.bool()], separator.to(text.device), subject[subject >= 0]])
+        for text, mask, subject in zip(input_ids, attention_mask, subject_ids, strict=True)
+    ]
+    width = max(len(row) for row in rows)
+    ids = input_ids.new_zeros(len(rows), width)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, width - len(row) :] = row
+        mask[index, width - len(row) :] = 1
+    return ids, mask
 
 
 _ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "prompt_ids", "inputs_embeds")
