@@ -1,15 +1,19 @@
-"""Speed and memory: train-step time, peak memory and scoring throughput of the prompt methods, in one run.
+"""Speed and memory: train-step time, peak memory and scoring throughput of the prompt methods, and joint training
+of many relations against separate steps, in one run.
 
-    python benchmarks/speed.py [--model-size base|small] [--device cpu|cuda] [--repeats N] [--batch B] \
-        [--seq-len L] [--eval-batch E] [--threads T] [--clock wall|cpu] [--out benchmarks/results/speed.md]
+    python benchmarks/speed.py [--model-size base|small] [--device cpu|cuda] [--only all|methods|joint] \
+        [--joint-relations 8,41] [--repeats N] [--max-repeats M] [--batch B] [--seq-len L] [--eval-batch E] \
+        [--threads T] [--clock wall|cpu] [--allocator retain|system] [--out benchmarks/results/speed.md]
     python benchmarks/speed.py --model DIR ...      # a pretrained masked or causal LM instead (e.g. SmolLM2)
 
 Models are built from configs, nothing is downloaded: a BERT-base-sized masked LM (vocabulary 28996) and a
 GPT-2-sized causal LM (``--model-size small``: tiny configs for quick runs and the test); ``--model DIR`` measures
 one pretrained masked or causal LM from a local folder instead (e.g. SmolLM2-135M from benchmarks/models.py).
 Every variant of one model shares the same frozen weights and the same examples. A warm-up pass over all variants
-measures peak memory; then each repetition runs every variant once, round-robin with a rotating start, and the table
-reports medians. See docs/speed.md for what each variant does and how to read the numbers.
+measures peak memory; then each round runs every variant once, round-robin with a rotating start; ratios whose
+spread is wide get more rounds (bounded), and the report gives medians with their spread. The joint-training
+comparison (``--only joint``) runs on the masked LM: one step of R P-tuning adapters in one batch against R separate
+steps. See docs/speed.md for what each variant does and how to read the numbers.
 """
 
 from __future__ import annotations
@@ -1111,7 +1115,8 @@ def main(argv: list[str] | None = None) -> str:
         "allocator": allocator,
     }
     if device.type == "cuda":
-        header["machine"] += f"; peak GPU memory of the run {mb(torch.cuda.max_memory_allocated(device))} MB"
+        peak = mb(torch.cuda.max_memory_allocated(device))
+        header["machine"] += f"; peak GPU memory allocated during the timed rounds {peak} MB"
     report = render_report(families, variants, gaps, all_checks(), args, argv, device, header)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_header_names_the_command_and_the_machine(report: str) -> None:
     assert "Command: `python benchmarks/speed.py --model-size small --repeats 2" in report
     assert f"torch {torch.__version__}" in report and "intra-op thread" in report and "logical cores" in report
+    assert "- memory allocator: system malloc defaults." in report
 
 
 @pytest.mark.parametrize("family", ["BERT", "GPT-2"])
