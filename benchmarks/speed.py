@@ -946,8 +946,8 @@ def render_report(families: list[Family], variants: list[Variant], gaps: dict[st
         f"- device {device.type}; {CLOCK_TEXT[args.clock]}; {args.repeats} interleaved repetitions after one warm-up "
         f"pass, then up to {args.max_repeats} in all for the variants behind a ratio whose interquartile range "
         f"crosses its limit or exceeds {args.spread_tolerance:.0%} of its median ({header['rounds']} rounds ran); "
-        "times are medians (min–max beside them), ratios the median of the per-round ratios with their interquartile "
-        "range;",
+        "times are medians (min–max beside them); the tables divide median times, the targets and the joint "
+        "comparison take the median of the per-round ratios, with their interquartile range;",
     ]
     if args.only != "joint":
         lines += [
@@ -1064,7 +1064,7 @@ def main(argv: list[str] | None = None) -> str:
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    allocator = "system malloc defaults"
+    allocator = "torch's CUDA caching allocator" if device.type == "cuda" else "system malloc defaults"
     if args.allocator == "retain" and device.type == "cpu":
         kept = retain_freed_memory()
         allocator = "malloc keeps freed memory (mallopt)" if kept else "system malloc defaults (mallopt unavailable)"
