@@ -262,3 +262,34 @@ def test_stopping_paper_of_saved_configs_reads_as_eos(bart_dir: Path, tmp_path: 
     assert torch.equal(again(**batch).answer_log_probs, expected)
     with pytest.raises(ValueError, match=r"stopping must be one of \('mask', 'eos', 'fixed'\), got 'early'"):
         PromptGenConfig(generator_name_or_path=str(bart_dir), stopping="early")
+
+
+def test_none_rows_in_a_call_of_their_own_give_the_loss_and_gradients_of_one_call(bart_dir: Path) -> None:
+    """A training batch's None rows run in their own, shorter downstream call (the speed-up); the loss, both
+    log-probability fields and the generator's gradients are those of the single call over all rows, which other
+    model inputs (here ``return_dict``) still take."""
+    model, tok = _model(bart_dir, leak_penalty=0.3, leak_form="bounded")
+    perturb_trainable(model, 0.05)
+    examples = [*EXAMPLES, {"X": "Barack Obama Senior", "Y": "Paris", "template": "[X] lived in [Y] ."}]
+    batch = PromptGenCollator(tok, model, candidate_ids=torch.tensor(tok.convert_tokens_to_ids(["Paris", "London",
+                                                                                                "born"])))(examples)
+    widths: list[int] = []
+    embeddings = model.base_model.model.get_input_embeddings()
+    handle = embeddings.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    results = []
+    for extra in ({}, {"return_dict": True}):
+        widths.clear()
+        out = model(**batch, **extra)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        results.append((out, grads, list(widths)))
+    handle.remove()
+    (split, split_grads, split_widths), (single, single_grads, single_widths) = results
+    none_width, examples_width = split_widths  # the None rows run first, inside the examples' call
+    assert none_width < examples_width <= single_widths[0] and len(single_widths) == 1, (split_widths, single_widths)
+    for key in ("loss", "answer_log_probs", "none_log_probs", "logits"):
+        torch.testing.assert_close(split[key], single[key], rtol=1e-5, atol=1e-6)
+    assert split_grads.keys() == single_grads.keys()
+    for name, grad in split_grads.items():
+        torch.testing.assert_close(grad, single_grads[name], rtol=1e-4, atol=1e-6, msg=name)
