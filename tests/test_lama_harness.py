@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from lama_runs import finish, kill_once_written, launch, records
 
 from prompt_adapters.testing import save_tiny_model
 from prompt_adapters.training import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "lama.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lama  # noqa: E402
@@ -33,10 +30,6 @@ def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
         "--model", str(model), "--data-dir", str(data / "lama"), "--relations", "P19,P1376",
         "--max-train", "24", "--max-test", "40", "--epochs", "2", "--output", str(out), *extra,
     ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def test_outputs_and_protocol_header(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
@@ -91,28 +84,13 @@ def test_bad_input_is_reported_clearly(tiny_bert: Path, fixture_data: Path, tmp_
                    str(tmp_path / "out"), "--max-test", "5"])
 
 
-def _launch(args: list[str], processes: int) -> subprocess.Popen:
-    if processes == 1:
-        command = [sys.executable, str(SCRIPT), *args]
-    else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), str(SCRIPT), *args]
-    return subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _records(out: Path) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted((out / "relations").glob("*.json"))}
-
-
 def test_two_processes_equal_one_process(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     args = ["--method", "mixture", "--relations", "P19,P20,P1376"]
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
-        proc = _launch(_args(tiny_bert, fixture_data, out, *args), processes)
-        log, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, log[-3000:]
-        runs[processes] = _records(out)
+        finish(launch(_args(tiny_bert, fixture_data, out, *args), processes))
+        runs[processes] = records(out)
     assert {tuple(r["process"]) for r in runs[2].values()} == {(0, 2), (1, 2)}
     for name, record in runs[1].items():
         other = runs[2][name]
@@ -124,25 +102,17 @@ def test_two_processes_equal_one_process(tiny_bert: Path, fixture_data: Path, tm
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     args = ["--method", "deep", "--relations", "P19,P20", "--epochs", "6", "--patience", "10"]
-    whole = _launch(_args(tiny_bert, fixture_data, tmp_path / "whole", *args), 1)
-    assert whole.wait(timeout=600) == 0
+    finish(launch(_args(tiny_bert, fixture_data, tmp_path / "whole", *args)))
     out = tmp_path / "cut"
-    proc = _launch(_args(tiny_bert, fixture_data, out, *args), 1)
     checkpoint = out / "checkpoints" / "P20-seed42" / "LATEST"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_once_written(launch(_args(tiny_bert, fixture_data, out, *args)), checkpoint)
     assert (out / "relations" / "P19-seed42.json").exists() and not (out / "relations" / "P20-seed42.json").exists()
     latest = latest_checkpoint(checkpoint.parent)
     assert latest is not None
     epochs_done = json.loads((latest / "meta.json").read_text())["loop"]["epoch"]
     assert 1 <= epochs_done < 6
-    resumed = _launch(_args(tiny_bert, fixture_data, out, *args, "--resume"), 1)
-    log, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, log[-3000:]
-    cut, full = _records(out), _records(tmp_path / "whole")
+    finish(launch(_args(tiny_bert, fixture_data, out, *args, "--resume")))
+    cut, full = records(out), records(tmp_path / "whole")
     for name in full:
         assert cut[name]["ranks"] == full[name]["ranks"] and cut[name]["history"] == full[name]["history"], name
 
@@ -154,10 +124,8 @@ def test_data_parallel_training_does_not_depend_on_the_number_of_processes(
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"dp{processes}"
-        proc = _launch(_args(tiny_bert, fixture_data, out, *args), processes)
-        log, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, log[-3000:]
-        runs[processes] = _records(out)["P1376-seed42.json"]
+        finish(launch(_args(tiny_bert, fixture_data, out, *args), processes))
+        runs[processes] = records(out)["P1376-seed42.json"]
     assert runs[2]["process"] == [0, 2]
     assert runs[1]["ranks"] == runs[2]["ranks"]
     for one, two in zip(runs[1]["history"], runs[2]["history"], strict=True):
@@ -197,14 +165,14 @@ def test_relation_whose_objects_all_split_is_skipped_and_counted(
                    "--output", str(tmp_path / "out2")])
 
 
-def test_promptgen_joint_job_and_none_diagnostic(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     bart = save_tiny_model("bart", tmp_path / "bart")
     summary = lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg", "--method", "promptgen", "--generator",
                               str(bart), "--epochs", "1"))
-    records = _records(tmp_path / "pg")
-    assert set(records) == {"P19-seed42.json", "P1376-seed42.json"}
-    assert all(len(r["none_ranks"]) == len(r["ranks"]) for r in records.values())
-    assert records["P19-seed42.json"]["history"] == records["P1376-seed42.json"]["history"]  # one joint run
+    pooled = records(tmp_path / "pg")
+    assert set(pooled) == {"P19-seed42.json", "P1376-seed42.json"}
+    assert all(len(r["none_ranks"]) == len(r["ranks"]) for r in pooled.values())
+    assert pooled["P19-seed42.json"]["history"] == pooled["P1376-seed42.json"]["history"]  # one adapter, one run
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
 

@@ -3,20 +3,16 @@ relation at a time, resumes after a kill, and does not depend on the number of p
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from lama_runs import finish, kill_once_written, launch, records
 from transformers import AutoConfig
 
 from prompt_adapters.testing import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "lama.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lama  # noqa: E402
@@ -40,11 +36,7 @@ def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--max-dev", "6", "--max-test", "20", "--epochs", "3", "--batch-size", "4", "--output", str(out), *extra]
 
 
-def _records(out: Path) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted((out / "relations").glob("*.json"))}
-
-
-def _assert_same_records(joint: dict[str, dict], separate: dict[str, dict]) -> None:
+def _assert_samerecords(joint: dict[str, dict], separate: dict[str, dict]) -> None:
     assert joint.keys() == separate.keys() and len(joint) == len(RELATIONS.split(","))
     for name, alone in separate.items():
         together = joint[name]
@@ -63,13 +55,13 @@ def test_joint_run_equals_one_relation_at_a_time(method: list[str], tiny_bert_wi
                                                  fixture_data: Path, tmp_path: Path) -> None:
     separate = lama.main(_args(tiny_bert_without_dropout, fixture_data, tmp_path / "separate", *method))
     joint = lama.main(_args(tiny_bert_without_dropout, fixture_data, tmp_path / "joint", *method, "--joint"))
-    _assert_same_records(_records(tmp_path / "joint"), _records(tmp_path / "separate"))
+    _assert_samerecords(records(tmp_path / "joint"), records(tmp_path / "separate"))
     assert joint["headline"] == separate["headline"]
-    for record in _records(tmp_path / "joint").values():  # every adapter trained: its loss moved epoch to epoch
+    for record in records(tmp_path / "joint").values():  # every adapter trained: its loss moved epoch to epoch
         losses = [h["train_loss"] for h in record["history"]]
         assert len(losses) == 3 and losses[-1] < losses[0], record["relation"]
     assert joint["train_seconds"]["mean"] == pytest.approx(
-        next(iter(_records(tmp_path / "joint").values()))["joint"]["train_seconds"], abs=0.01)
+        next(iter(records(tmp_path / "joint").values()))["joint"]["train_seconds"], abs=0.01)
 
 
 @pytest.mark.parametrize("extra, reason", [
@@ -86,37 +78,16 @@ def test_joint_refuses_what_it_cannot_honour(extra: list[str], reason: str, tiny
     assert not (tmp_path / "relations").exists()
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _launch(args: list[str], processes: int = 1) -> subprocess.Popen:
-    command = [sys.executable, str(SCRIPT), *args] if processes == 1 else [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        str(SCRIPT), *args]
-    return subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen) -> None:
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log[-3000:]
-
-
 def test_killed_joint_run_resumes_to_the_uninterrupted_result(tiny_bert_without_dropout: Path, fixture_data: Path,
                                                                tmp_path: Path) -> None:
     args = ["--method", "deep", "--lr", "0.05", "--epochs", "6", "--patience", "10", "--joint"]
-    _finish(_launch(_args(tiny_bert_without_dropout, fixture_data, tmp_path / "whole", *args)))
+    finish(launch(_args(tiny_bert_without_dropout, fixture_data, tmp_path / "whole", *args)))
     out = tmp_path / "cut"
-    proc = _launch(_args(tiny_bert_without_dropout, fixture_data, out, *args))
-    checkpoint = out / "checkpoints" / "P20-seed42" / "LATEST"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_once_written(launch(_args(tiny_bert_without_dropout, fixture_data, out, *args)),
+                      out / "checkpoints" / "P20-seed42" / "LATEST")
     assert not (out / "relations").exists() or not list((out / "relations").glob("*.json"))
-    _finish(_launch(_args(tiny_bert_without_dropout, fixture_data, out, *args, "--resume")))
-    cut, whole = _records(out), _records(tmp_path / "whole")
+    finish(launch(_args(tiny_bert_without_dropout, fixture_data, out, *args, "--resume")))
+    cut, whole = records(out), records(tmp_path / "whole")
     assert cut.keys() == whole.keys()
     for name in whole:
         assert cut[name]["ranks"] == whole[name]["ranks"], name
@@ -129,8 +100,8 @@ def test_joint_run_does_not_depend_on_the_number_of_processes(tiny_bert_without_
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
-        _finish(_launch(_args(tiny_bert_without_dropout, fixture_data, out, *args), processes))
-        runs[processes] = _records(out)
+        finish(launch(_args(tiny_bert_without_dropout, fixture_data, out, *args), processes))
+        runs[processes] = records(out)
     assert {tuple(r["process"]) for r in runs[2].values()} == {(0, 2), (1, 2)}
     assert {r["joint"]["relations"] for r in runs[2].values()} == {1, 2}  # P19, P1376 on one process; P20 alone
     for name, record in runs[1].items():
