@@ -89,6 +89,10 @@ def test_causal_save_load_roundtrip_with_safetensors(
 ) -> None:
     model, tok = _model("gpt2", generators[generator_family], STOPPING[generator_family])
     perturb_trainable(model, 0.05)
+    generator = model.base_model.state.generator["default"]
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == sum(p.numel() for p in generator.parameters())  # the generator, tied weights once
+    assert total == trainable + sum(p.numel() for p in build_tiny_model("gpt2")[0].parameters())
     batch = PromptGenCollator(tok, model)(EXAMPLES)
     with torch.no_grad():
         expected = model(**batch).answer_log_probs
