@@ -160,7 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generator", default="facebook/bart-large", help="PromptGen generator (Hub id or dir)")
     parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
     parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
-    parser.add_argument("--stopping", default="paper", choices=("paper", "fixed"), help="PromptGen stopping rule")
+    parser.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"),
+                        help="PromptGen stopping rule (docs/promptgen.md)")
     parser.add_argument("--data-dir", default=str(lama_data.default_lama_dir()),
                         help="LAMA data folder (default: where --download puts it; docs/lama-data-and-metrics.md)")
     parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))
