@@ -545,7 +545,8 @@ JOINT, SEPARATE = "joint step", "separate steps"
 
 
 class JointComparison:
-    """R P-tuning adapters (one per relation) on one frozen model, each with its own Adam optimiser and 8 examples.
+    """R P-tuning adapters (one per relation) on one frozen model, each with its own Adam optimiser (fused on a GPU,
+    as ``fit_joint``'s) and 8 examples.
 
     A joint step runs the 8·R rows in one forward with per-row adapters (``adapter_names``), backpropagates the sum
     of the per-adapter losses and steps every optimiser (what ``fit_joint`` does); the separate steps make each
@@ -567,7 +568,9 @@ class JointComparison:
         for name in self.names:
             self.tuner.set_adapter(name)
             self.params[name] = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizers = {name: torch.optim.Adam(self.params[name], lr=1e-3) for name in self.names}
+        # fused on a GPU, as prompt_adapters.training builds its optimisers; both variants step these same ones
+        self.optimizers = {name: torch.optim.Adam(self.params[name], lr=1e-3, fused=device.type == "cuda")
+                           for name in self.names}
         collators = {name: PromptCollator(tok, self.model, adapter_name=name, candidate_ids=family.candidates)
                      for name in self.names}
         first = collators[self.names[0]]

@@ -64,6 +64,9 @@ class PromptSource(Protocol):
         """Whether adapter ``name`` puts any vector into the input (all-hard templates have none to miss)."""
         ...
 
+    #: one adapter name per input row with peft's ``adapter_names``, else None
+    row_adapters: list[str] | None
+
     def check_rows(self, pseudo: torch.Tensor, rows: torch.Tensor) -> None:
         """Refuse prompt positions the rows' adapters do not have (per-row adapters)."""
         ...
@@ -242,28 +245,41 @@ class PromptHooks:
         table = self.source.active_table()
         if table is None:
             return embeds
-        selected = rows[pseudo]
         available = table.shape[-2]
-        if selected.numel() and int(selected.max()) >= available:
+        if table.dim() == 3:  # one table per input row (input-dependent prompts, per-row adapters)
+            if self.source.row_adapters is None:  # per-row adapters' rows were checked by check_rows
+                self._check_available(rows.masked_fill(~pseudo, 0), available)
+            values = self._row_lookup(table, pseudo, rows, "prompt tables")
+            return embeds if values is None else torch.where(pseudo.unsqueeze(-1), values.to(embeds.dtype), embeds)
+        selected = rows[pseudo]
+        self._check_available(selected, available)
+        return embeds.index_put((pseudo,), table[selected].to(embeds.dtype))
+
+    def _check_available(self, rows: torch.Tensor, available: int) -> None:
+        """Refuse soft rows the active adapter does not have."""
+        if rows.numel() and int(rows.max()) >= available:
             raise IndexError(
-                f"input has pseudo id {self.vocab_size + int(selected.max())} but the active adapter has only "
+                f"input has pseudo id {self.vocab_size + int(rows.max())} but the active adapter has only "
                 f"{available} soft rows (ids {self.vocab_size}..{self.vocab_size + available - 1}); "
                 "were these inputs built for another adapter?"
             )
-        if table.dim() == 3:  # one table per input row (input-dependent prompts, per-row adapters)
-            return embeds.index_put((pseudo,), self._row_lookup(table, pseudo, rows, "prompt tables").to(embeds.dtype))
-        return embeds.index_put((pseudo,), table[selected].to(embeds.dtype))
 
-    def _row_lookup(self, table: torch.Tensor, pseudo: torch.Tensor, rows: torch.Tensor, what: str) -> torch.Tensor:
-        """``table[row, soft row]`` at every prompt position of a (rows, soft rows, hidden) per-row table."""
+    def _row_lookup(
+        self, table: torch.Tensor, pseudo: torch.Tensor, rows: torch.Tensor, what: str
+    ) -> torch.Tensor | None:
+        """``table[row, soft row]`` at every position of a (rows, soft rows, hidden) per-row table, shaped like the
+        input (positions that are not prompt positions read a valid row, for ``torch.where`` to drop); None for a
+        table without soft rows. Dense on purpose: boolean-mask indexing would make the host wait for the device."""
         batch = pseudo.shape[0]
         expand = batch // max(table.shape[0], 1)
         if self.generating and expand > 1 and batch == expand * table.shape[0]:
             table = table.repeat_interleave(expand, dim=0)  # generate() expanded the rows (beams, samples)
         if table.shape[0] != batch:
             raise ValueError(f"per-row {what} for {table.shape[0]} rows, but the input has {batch}")
-        owner = torch.arange(batch, device=pseudo.device).unsqueeze(1).expand_as(pseudo)
-        return table[owner[pseudo], rows[pseudo]]
+        if table.shape[1] == 0:
+            return None
+        owner = torch.arange(batch, device=pseudo.device).unsqueeze(1)
+        return table[owner, rows.clamp(max=table.shape[1] - 1)]
 
     # ------------------------------------------------------------------------------------------ deep deltas
 
@@ -279,8 +295,10 @@ class PromptHooks:
                 f"prompt positions {tuple(pseudo.shape)} do not match the hidden states {tuple(hidden.shape[:2])} "
                 f"of block stack {stack}; the model changed the sequence length between embedding and blocks"
             )
-        values = self._row_lookup(delta, pseudo, rows, "deltas") if delta.dim() == 3 else delta[rows[pseudo]]
-        return hidden.index_put((pseudo,), values.to(hidden.dtype), accumulate=True)
+        if delta.dim() == 3:
+            values = self._row_lookup(delta, pseudo, rows, "deltas")
+            return hidden if values is None else hidden + torch.where(pseudo.unsqueeze(-1), values.to(hidden.dtype), 0)
+        return hidden.index_put((pseudo,), delta[rows[pseudo]].to(hidden.dtype), accumulate=True)
 
     def _block_pre_hook(self, stack: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = _first(args, kwargs, "hidden_states")

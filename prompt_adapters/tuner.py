@@ -8,7 +8,7 @@ Everything else (hooks, templates, save/load layout, enable/disable, multiple ad
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
@@ -165,6 +165,8 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         self._base_weight: tuple[torch.Tensor, ...] = ()
         #: one adapter name per input row during a call with peft's ``adapter_names`` (None: the active adapter)
         self.row_adapters: list[str] | None = None
+        #: ``_row_lookup_tables``' last result, with the row names and device it was built for
+        self._row_tables: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # --------------------------------------------------------------------------- creation
 
@@ -179,6 +181,7 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         init_ids = [i for template in compiled for i in template.soft_init_ids()]
         fallback = _fallback_id(model)
         self.hard_table[name] = torch.tensor([i if i >= 0 else fallback for i in init_ids], dtype=torch.long)
+        self._row_tables = None
         self._base_weight = (model.get_input_embeddings().weight,)
         self.create(name, config, model, init_ids)
         self._move_adapter_to_device_of_base_layer(name)
@@ -236,8 +239,7 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         if self.row_adapters is None:
             return
         names = self.row_names(rows.shape[0])
-        limits = torch.tensor([0 if name == BASE_ROW else self.hard_table[name].numel() for name in names],
-                              device=rows.device)
+        limits = self._row_lookup_tables(names, rows.device)[0][:, 1]
         beyond = pseudo & (rows >= limits.unsqueeze(1))
         if not bool(beyond.any()):  # one check for the whole batch; the rest only names the first bad row
             return
@@ -256,18 +258,40 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     def hard_ids(self, rows: torch.Tensor) -> torch.Tensor:
         """Real token ids standing in for pseudo ids: the template's own words (used when disabled)."""
         if self.row_adapters is not None:
-            names = self.row_names(rows.shape[0])
-            result = torch.zeros_like(rows)
-            for name in set(names) - {BASE_ROW}:
-                index = torch.tensor([i for i, n in enumerate(names) if n == name], device=rows.device)
-                result[index] = self._hard_ids_of(name, rows[index])
-            return result
+            info, hard = self._row_lookup_tables(self.row_names(rows.shape[0]), rows.device)
+            last = (info[:, 1:] - 1).clamp(min=0)  # base rows and adapters without soft rows read a zero column
+            return hard[info[:, :1], torch.minimum(rows, last)]
         return self._hard_ids_of(self.active_name, rows)
 
-    def _hard_ids_of(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+    def _row_lookup_tables(self, names: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For per-row adapters: a (rows, 2) tensor of each row's adapter index and soft-row count (0 for base
+        rows), and the adapters' hard-id tables stacked and zero-padded (one zero row last, for base rows).
+
+        Built on the host and moved in one copy, without waiting for the device, and kept while the rows' adapters
+        stay the same (a training loop repeats them): per-adapter indexing would cost one round trip each.
+        """
+        key = (tuple(names), device)
+        if self._row_tables is not None and self._row_tables[0] == key:
+            return self._row_tables[1]
+        adapters = [name for name in dict.fromkeys(names) if name != BASE_ROW]
+        position = {name: index for index, name in enumerate(adapters)}
+        info = [[position.get(name, len(adapters)), 0 if name == BASE_ROW else self.hard_table[name].numel()]
+                for name in names]
+        hard = [self._hard_ids_table(name, device) for name in adapters]
+        padded = nn.utils.rnn.pad_sequence([*hard, torch.zeros(1, dtype=torch.long, device=device)], batch_first=True)
+        tables = (to_device(torch.tensor(info, dtype=torch.long), device), padded)
+        self._row_tables = (key, tables)
+        return tables
+
+    def _hard_ids_table(self, name: str, device: torch.device) -> torch.Tensor:
+        """Adapter ``name``'s hard ids, moved to ``device`` once."""
         table = self.hard_table[name]
-        if table.device != rows.device:
-            table = self.hard_table[name] = table.to(rows.device)
+        if table.device != device:
+            table = self.hard_table[name] = table.to(device)
+        return table
+
+    def _hard_ids_of(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        table = self._hard_ids_table(name, rows.device)
         if table.numel() == 0:
             return torch.zeros_like(rows)
         return table[rows.clamp(max=table.numel() - 1)]
@@ -278,7 +302,8 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         if self.disable_adapters:
             return None
         if self.row_adapters is not None:
-            return self._per_row({name: self.prompt_table(name) for name in set(self.row_adapters) - {BASE_ROW}})
+            return self._per_row(self.prompt_tables([name for name in dict.fromkeys(self.row_adapters)
+                                                     if name != BASE_ROW]))
         return self.prompt_table(self.active_name)
 
     def active_delta(self, stack: int, depth: int) -> torch.Tensor | None:
@@ -308,6 +333,11 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     def prompt_table(self, name: str) -> torch.Tensor:
         """The (rows, hidden) matrix of soft vectors of adapter ``name``."""
         return self.table[name]
+
+    def prompt_tables(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``prompt_table`` of each named adapter (a mixed batch needs several); methods whose tables are computed
+        override it to compute them together (P-tuning batches its encoders)."""
+        return {name: self.prompt_table(name) for name in names}
 
     def delta(self, name: str, stack: int, depth: int) -> torch.Tensor | None:
         """The (rows, hidden) delta added at block ``depth`` of ``stack`` (0: before the first block)."""
@@ -365,12 +395,20 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         super().delete_adapter(adapter_name)
         self.offsets.pop(adapter_name, None)
         self.hard_table.pop(adapter_name, None)
+        self._row_tables = None
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         """peft's move to the base weight's device and float dtype; the tuner's autocast then upcasts to fp32."""
         super()._move_adapter_to_device_of_base_layer(adapter_name, device)
         if adapter_name in self.hard_table:
             self.hard_table[adapter_name] = self.hard_table[adapter_name].to(device or self.weight.device)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``; to a GPU through pinned memory, so the host does not wait for it."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _fallback_id(model: nn.Module) -> int:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from prompt_adapters.injection import ScoreRequest
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs, target_log_probs
-from prompt_adapters.tuner import BASE_ROW, PromptConfig, PromptLayer, PromptTuner
+from prompt_adapters.tuner import BASE_ROW, PromptConfig, PromptLayer, PromptTuner, to_device
+
+
+class GoldAnswers(NamedTuple):
+    """Single-token scoring: each example's gold candidate position (IGNORE: unknown) and whether any is known."""
+
+    positions: torch.Tensor
+    any_known: bool
 
 
 class MixturePromptLayer(PromptLayer):
@@ -41,12 +48,17 @@ class MixturePromptLayer(PromptLayer):
     def log_weights(self, name: str) -> torch.Tensor:
         """log pi_t, shape (K,); uniform while the adapter is disabled (the plain ensemble of hard prompts)."""
         if name not in self.mixture or self.disable_adapters:
-            return torch.full((self.num_templates(name),), -math.log(self.num_templates(name)))
+            count = self.num_templates(name)
+            return torch.full((count,), -math.log(count), device=self.weight.device)
         return torch.log_softmax(self.mixture[name].float(), dim=0)
 
     def combine(self, name: str, request: ScoreRequest, output: Any) -> Any:
         """Mixture over templates of the answer distribution (single-token answers) or of answer-sequence
         log-probabilities (``num_choices`` set: multi-token answers, multiple choice), with its loss."""
+        return self._combine(name, request, output, None)
+
+    def _combine(self, name: str, request: ScoreRequest, output: Any, gold: GoldAnswers | None) -> Any:
+        """``combine``; ``gold``: the examples' gold candidate positions when the caller computed them already."""
         num_templates = self.num_templates(name)
         logits = output["logits"]
         choices = request.num_choices or 1
@@ -64,7 +76,7 @@ class MixturePromptLayer(PromptLayer):
             query = target_log_probs(logits[answer_rows:], request.targets[answer_rows:]).sum(-1)
             log_weights = torch.log_softmax(log_weights + query.view(batch, num_templates), dim=1)
         if request.num_choices is None:
-            fields = self._single_token(request, logits[:answer_rows, 0], log_weights, batch, num_templates)
+            fields = self._single_token(request, logits[:answer_rows, 0], log_weights, batch, num_templates, gold)
         else:
             fields = self._sequences(request, logits[:answer_rows], log_weights, batch, choices, num_templates)
         result = type(output)(loss=fields.pop("loss", None), **{k: v for k, v in output.items() if k != "loss"})
@@ -81,6 +93,9 @@ class MixturePromptLayer(PromptLayer):
 
         Rows follow the collator's layout, per example: K_a x choices answer rows of its adapter a, then (for
         data-dependent adapters) K_a query rows per example after every answer row, in example order.
+
+        Every index is built on the host and moved in one copy, and single-token gold answers are looked up once
+        for the whole batch: per-adapter copies and checks would each make the host wait for the device.
         """
         logits = output["logits"]
         names = self.row_names(logits.shape[0])
@@ -106,26 +121,52 @@ class MixturePromptLayer(PromptLayer):
                 count = self.num_templates(name)
                 examples[index] = (name, rows + list(range(position, position + count)))
                 position += count
+        adapters = list(dict.fromkeys(name for name, _ in examples))
+        mine = {name: [index for index, (owner, _) in enumerate(examples) if owner == name] for name in adapters}
+        rows = {}
+        for name in adapters:
+            answer = [row for index in mine[name] for row in examples[index][1][: self.num_templates(name) * choices]]
+            query = [row for index in mine[name] for row in examples[index][1][self.num_templates(name) * choices :]]
+            rows[name] = answer + query
+        host = [values for name in adapters for values in (rows[name], mine[name])]
+        host.append([rows_of_example[0] for _, rows_of_example in examples])
+        host.append([adapters.index(name) for name, _ in examples])
+        pieces = to_device(torch.tensor([i for values in host for i in values]), logits.device)
+        pieces = pieces.split([len(values) for values in host])
+        device_rows = dict(zip(adapters, pieces[0:-2:2], strict=True))
+        device_mine = dict(zip(adapters, pieces[1:-2:2], strict=True))
+        gold = self._gold_answers(request, pieces[-2], pieces[-1], adapters)
         results: dict[str, Any] = {}
-        order: dict[str, list[int]] = {}
-        for name in dict.fromkeys(name for name, _ in examples):
-            mine = [index for index, (owner, _) in enumerate(examples) if owner == name]
-            answer = [row for index in mine for row in examples[index][1][: self.num_templates(name) * choices]]
-            query = [row for index in mine for row in examples[index][1][self.num_templates(name) * choices :]]
-            rows = torch.tensor(answer + query, device=logits.device)
+        for name in adapters:
+            index = device_rows[name]
+            labels = request.choice_labels
             sub_request = ScoreRequest(
-                request.positions[rows],
-                None if request.targets is None else request.targets[rows],
+                request.positions[index],
+                None if request.targets is None else request.targets[index],
                 request.candidate_ids,
                 request.num_choices,
-                None if request.choice_labels is None else request.choice_labels[torch.tensor(mine)],
+                None if labels is None else labels[device_mine[name].to(labels.device)],
             )
-            results[name] = self.combine(name, sub_request, type(output)(logits=logits[rows]))
-            order[name] = mine
-        return self._merge_rows(output, results, order, len(examples))
+            own_gold = None if gold is None else GoldAnswers(gold[0][device_mine[name]], gold[1][name])
+            results[name] = self._combine(name, sub_request, type(output)(logits=logits[index]), own_gold)
+        return self._merge_rows(output, results, device_mine, len(examples))
 
     @staticmethod
-    def _merge_rows(output: Any, results: dict[str, Any], order: dict[str, list[int]], count: int) -> Any:
+    def _gold_answers(
+        request: ScoreRequest, first_rows: torch.Tensor, owners: torch.Tensor, adapters: list[str]
+    ) -> tuple[torch.Tensor, dict[str, bool]] | None:
+        """Single-token scoring: every example's gold candidate position (from its first row) and whether each
+        adapter (``owners``: each example's index in ``adapters``) has an example with a known answer, found with
+        one wait for the device; None otherwise."""
+        if request.num_choices is not None or request.targets is None:
+            return None
+        gold = candidate_positions(request.candidate_ids, request.targets[first_rows, 0])
+        known = torch.zeros(len(adapters), dtype=torch.long, device=gold.device)
+        known.index_add_(0, owners.to(gold.device), (gold != IGNORE).long())
+        return gold, dict(zip(adapters, (count > 0 for count in known.tolist()), strict=True))
+
+    @staticmethod
+    def _merge_rows(output: Any, results: dict[str, Any], order: dict[str, torch.Tensor], count: int) -> Any:
         """Per-example fields of each adapter's result back in example order; the loss is their sum."""
         merged = type(output)(**{k: v for k, v in output.items() if k != "loss"})
         losses = {name: result["loss"] for name, result in results.items() if result.get("loss") is not None}
@@ -140,7 +181,7 @@ class MixturePromptLayer(PromptLayer):
             # rows of an adapter without the field (no known target) are NaN; missing template columns are -inf
             field = first.new_full((count, *width), float("nan"))
             for name, part in parts.items():
-                index = torch.tensor(order[name], device=part.device)
+                index = order[name].to(part.device)
                 field[index] = float("-inf")
                 field[(index, *(slice(0, size) for size in part.shape[1:]))] = part
             merged[key] = field
@@ -148,7 +189,12 @@ class MixturePromptLayer(PromptLayer):
 
     @staticmethod
     def _single_token(
-        request: ScoreRequest, logits: torch.Tensor, log_weights: torch.Tensor, batch: int, num_templates: int
+        request: ScoreRequest,
+        logits: torch.Tensor,
+        log_weights: torch.Tensor,
+        batch: int,
+        num_templates: int,
+        gold: GoldAnswers | None = None,
     ) -> dict[str, torch.Tensor]:
         per_template = slot_log_probs(logits, request.candidate_ids).view(batch, num_templates, -1)
         if num_templates == 1:
@@ -157,14 +203,17 @@ class MixturePromptLayer(PromptLayer):
             mixture = torch.logsumexp(log_weights.unsqueeze(-1) + per_template, dim=1)
         fields = {"answer_log_probs": mixture}
         if request.targets is not None:
-            answer_rows = batch * num_templates
-            gold = candidate_positions(request.candidate_ids, request.targets[:answer_rows:num_templates, 0])
-            known = gold != IGNORE
-            if known.any():
-                index = gold.clamp(min=0).view(batch, 1, 1).expand(-1, num_templates, 1)
+            if gold is None:
+                answer_rows = batch * num_templates
+                positions = candidate_positions(request.candidate_ids, request.targets[:answer_rows:num_templates, 0])
+                gold = GoldAnswers(positions, bool((positions != IGNORE).any()))
+            if gold.any_known:
+                known = gold.positions != IGNORE
+                index = gold.positions.clamp(min=0).view(batch, 1, 1).expand(-1, num_templates, 1)
                 gold_log_probs = per_template.gather(2, index).squeeze(-1)
                 # the loss needs only the gold entries: log sum_t pi_t p_t(y|x), not the whole (B, K, V) mixture
-                fields["loss"] = -torch.logsumexp(log_weights + gold_log_probs, dim=1)[known].mean()
+                mixture_gold = torch.logsumexp(log_weights + gold_log_probs, dim=1)
+                fields["loss"] = -mixture_gold.masked_fill(~known, 0.0).sum() / known.sum()
                 fields["template_log_probs"] = gold_log_probs
         return fields
 

@@ -6,6 +6,7 @@ The encoder is saved with the adapter (so training resumes exactly; peft's own P
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import torch
@@ -52,6 +53,67 @@ class PromptEncoder(nn.Module):
             vectors = self.mlp(vectors)
         return vectors.squeeze(0)
 
+    def signature(self) -> Hashable:
+        """What encoders must share to run as one batched computation: kind, every parameter's shape, dtype and
+        device, and the dropout in force."""
+        params = tuple((tuple(p.shape), p.dtype, p.device) for p in self.parameters())
+        dropout = self.lstm.dropout if self.kind == "lstm" and self.training else 0.0
+        return self.kind, params, dropout
+
+
+def encode_group(encoders: Sequence[PromptEncoder]) -> torch.Tensor:
+    """The outputs of encoders with one ``signature``, stacked (encoders, rows, output size), computed at once.
+
+    The same math as each ``PromptEncoder.forward`` (``nn.LSTM``'s gate order i, f, g, o, its two biases, both
+    directions concatenated, dropout between layers in training), with every adapter's weights stacked and the
+    recurrence run as batched matrix products: one chain of small kernels for all encoders instead of one LSTM call
+    each, which is what bounds a step of many adapters on a GPU.
+    """
+    first = encoders[0]
+    vectors = torch.stack([encoder.embedding.weight for encoder in encoders])
+    if first.kind == "lstm":
+        vectors = _stacked_lstm(vectors, [encoder.lstm for encoder in encoders])
+    if first.kind in ("lstm", "mlp"):
+        for index in (0, 2):  # Linear, ReLU, Linear
+            weight = torch.stack([encoder.mlp[index].weight for encoder in encoders])
+            bias = torch.stack([encoder.mlp[index].bias for encoder in encoders])
+            vectors = torch.baddbmm(bias.unsqueeze(1), vectors, weight.transpose(1, 2))
+            if index == 0:
+                vectors = torch.relu(vectors)
+    return vectors
+
+
+def _stacked_lstm(inputs: torch.Tensor, lstms: Sequence[nn.LSTM]) -> torch.Tensor:
+    """Bidirectional multi-layer LSTMs (zero initial state, batch of one sequence each) over ``inputs`` of shape
+    (lstms, steps, input size); both directions run together, the backward one on the time-reversed sequence."""
+    first = lstms[0]
+    groups, steps = inputs.shape[:2]
+    for layer in range(first.num_layers):
+        suffixes = (f"_l{layer}", f"_l{layer}_reverse")
+
+        def stacked(kind: str, suffixes: tuple[str, ...] = suffixes) -> torch.Tensor:
+            return torch.stack([getattr(lstm, kind + suffix) for suffix in suffixes for lstm in lstms])
+
+        # (2 * lstms, steps, input size): forward sequences, then the reversed ones
+        sequences = torch.cat([inputs, inputs.flip(1)])
+        bias = (stacked("bias_ih") + stacked("bias_hh")).unsqueeze(1)
+        projected = torch.baddbmm(bias, sequences, stacked("weight_ih").transpose(1, 2))
+        recurrent = stacked("weight_hh").transpose(1, 2)
+        hidden = projected.new_zeros(2 * groups, 1, recurrent.shape[1])
+        cell = projected.new_zeros(2 * groups, 1, recurrent.shape[1])
+        outputs = []
+        for step in range(steps):
+            gates = torch.baddbmm(projected[:, step : step + 1], hidden, recurrent)
+            in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
+            cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+            hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+            outputs.append(hidden)
+        states = torch.cat(outputs, dim=1)
+        inputs = torch.cat([states[:groups], states[groups:].flip(1)], dim=-1)
+        if layer < first.num_layers - 1 and first.dropout and first.training:
+            inputs = nn.functional.dropout(inputs, first.dropout, training=True)
+    return inputs
+
 
 class PTuningEncoderLayer(MixturePromptLayer):
     """One PromptEncoder per template (ModuleList) per adapter, plus the mixture weights for K > 1."""
@@ -83,10 +145,43 @@ class PTuningEncoderLayer(MixturePromptLayer):
             cached = self._cache[name] = (versions, self._encode(name))
         return cached[1]
 
+    def prompt_tables(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Every named adapter's table, the encoders that share a shape computed as one batched computation
+        (``encode_group``); without autograd the cached tables are reused as in ``prompt_table``."""
+        if torch.is_grad_enabled():
+            return self._encode_many(names)
+        stale = []
+        for name in names:
+            versions = tuple(param._version for param in self.encoder[name].parameters())
+            cached = self._cache.get(name)
+            if cached is None or cached[0] != versions:
+                stale.append((name, versions))
+        fresh = self._encode_many([name for name, _ in stale])
+        for name, versions in stale:
+            self._cache[name] = (versions, fresh[name])
+        return {name: self._cache[name][1] for name in names}
+
+    def _encode_many(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``_encode`` of several adapters; encoders are grouped by ``signature`` and each group runs at once."""
+        groups: dict[Hashable, list[PromptEncoder]] = {}
+        for name in names:
+            for encoder in self._soft_encoders(name):
+                groups.setdefault(encoder.signature(), []).append(encoder)
+        outputs: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            if len(members) == 1 or members[0].kind == "none":
+                outputs.update((id(encoder), encoder()) for encoder in members)
+            else:
+                outputs.update(zip(map(id, members), encode_group(members).unbind(0), strict=True))
+        return {name: torch.cat([outputs[id(encoder)] for encoder in self._soft_encoders(name)]) for name in names}
+
+    def _soft_encoders(self, name: str) -> list[PromptEncoder]:
+        """The encoders of the adapter's templates that have soft rows, in table order."""
+        return [encoder for encoder, template in zip(self.encoder[name], self.templates[name], strict=True)
+                if template.num_soft]
+
     def _encode(self, name: str) -> torch.Tensor:
-        parts = [enc() for enc, template in zip(self.encoder[name], self.templates[name], strict=True)
-                 if template.num_soft]
-        return torch.cat(parts, dim=0)
+        return torch.cat([encoder() for encoder in self._soft_encoders(name)], dim=0)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
