@@ -252,13 +252,13 @@ def relation_seed(seed: int, relation: str) -> int:
 class Probe:
     """Everything shared by the relation jobs of one run: model, tokenizer, candidates, protocol."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         self.args = args
         self.data_dir = Path(args.data_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = load_base(args.model).eval()
+        self.base = load_base(args.model).eval().to(device)
         args.lm_kind = detect_lm_kind(self.base)
         if METHODS[args.method].native_peft and args.lm_kind != "causal":
             raise SystemExit(f"--method {args.method} reads the answer after the prompt, so it needs a causal LM; "
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.precision["note"] and accelerator.is_main_process:
         print(f"warning: {args.precision['note']}", file=sys.stderr)
     started = time.time()
-    probe = Probe(args)
+    probe = Probe(args, accelerator.device)
     available = lama_data.available_relations(args.data_dir, args.split, "test")
     wanted = args.relations.split(",") if args.relations else available
     unknown = [r for r in wanted if r not in available]

@@ -45,7 +45,14 @@ from prompt_adapters.run_dir import (
     run_locked,
 )
 from prompt_adapters.scoring import fill_most_confident_first
-from prompt_adapters.training import TrainSettings, atomic_write_text, describe_precision, fit, mixed_precision_used
+from prompt_adapters.training import (
+    TrainSettings,
+    atomic_write_text,
+    describe_precision,
+    fit,
+    mixed_precision_used,
+    on_model_device,
+)
 
 #: P-tuning Table 5, row "P-tuning" (albert-xxlarge-v2, 32 examples, selection on dev32, full SuperGLUE dev)
 PUBLISHED_FEWSHOT: dict[str, dict[str, float]] = {
@@ -191,7 +198,7 @@ class Scorer:
         if self.task.answer == "wsc":
             examples = [{**e, "answer_length": len(self.collate.answer_tokens(e["Y"])) + e["extra_masks"]}
                         for e in examples]
-        return self.collate(examples)
+        return on_model_device(self.model, self.collate(examples))
 
     @torch.no_grad()
     def predict(self, examples: list[dict[str, Any]], batch_size: int = 16, fast: bool = False) -> list[Any]:
@@ -203,7 +210,8 @@ class Scorer:
         self.model.eval()
         if self.task.answer == "copa":
             if fast:
-                return [int(self.model(**self.collate([e])).choice_log_probs.argmax()) for e in examples]
+                return [int(self.model(**on_model_device(self.model, self.collate([e]))).choice_log_probs.argmax())
+                        for e in examples]
             return [self._copa(e) for e in examples]
         if self.task.answer == "wsc":
             return [self._wsc(e, fast) for e in examples]
@@ -218,7 +226,8 @@ class Scorer:
         """Each choice scored with as many masks as its own tokens, filled most confident first (gold-guided)."""
         scores = []
         for choice in example["choices"]:
-            batch = self.collate([{**example, "Y": choice, "choices": [choice], "label": 0}])
+            single = {**example, "Y": choice, "choices": [choice], "label": 0}
+            batch = on_model_device(self.model, self.collate([single]))
             positions = batch["score_positions"][0].tolist()
             _, score = fill_most_confident_first(self.model, batch["input_ids"][:1], positions,
                                                  batch["score_targets"][0].tolist())
@@ -279,7 +288,7 @@ def train_settings(args: argparse.Namespace, task: sg.Task, n_train: int, seed: 
 def run_job(args: argparse.Namespace, task: sg.Task, seed: int, accelerator: Accelerator) -> dict[str, Any]:
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    base = AutoModelForMaskedLM.from_pretrained(args.model)
+    base = AutoModelForMaskedLM.from_pretrained(args.model).to(accelerator.device)
     data = task_data(args, task, seed)
     model = get_peft_model(base, adapter_config(args, task, tokenizer))
     if args.method == "ptuning" and not args.frozen:

@@ -148,7 +148,7 @@ def rank_answers(
     ranks = []
     for start in tqdm(range(0, len(examples), batch_size), disable=not progress, desc="scoring", leave=False):
         chunk = examples[start : start + batch_size]
-        batch = collator(chunk)
+        batch = on_model_device(model, collator(chunk))
         out = model(**batch)
         step = _rows_per_example(collator)
         gold = batch["score_targets"][: len(chunk) * step : step, 0]
@@ -156,9 +156,16 @@ def rank_answers(
         if (index == IGNORE).any():
             raise ValueError("every scored example needs a gold answer")
         mask = exclude(chunk) if exclude is not None else None
-        ranks.append(gold_rank(out[scores].float(), index, mask))
+        ranks.append(gold_rank(out[scores].float(), index, mask).cpu())
     model.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def on_model_device(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's tensors on the model's device: collators build CPU tensors (as transformers' do) and the loops
+    here move them, so a model placed on a GPU trains and scores there."""
+    device = next(model.parameters()).device
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def _rows_per_example(collator: PromptCollator) -> int:
@@ -378,7 +385,7 @@ def _batch_loss(
     """Mean loss of the examples ``index`` (EM: responsibility-weighted); a zero that keeps the graph if empty."""
     if not index:
         return sum(param.sum() * 0.0 for param in params.values())  # type: ignore[return-value]
-    out = model(**collator([train[i] for i in index]))
+    out = model(**on_model_device(model, collator([train[i] for i in index])))
     if responsibilities is not None:
         return -(responsibilities[index] * out.template_log_probs).sum(1).mean()
     return out.loss
@@ -506,7 +513,7 @@ def fit_joint(
             pairs = [(name, runs[name][0].train[i]) for name in here for i in batches[name][step]]
             for name in here:
                 runs[name][1].zero_grad()
-            out = model(**collator.mixed_batch(pairs))
+            out = model(**on_model_device(model, collator.mixed_batch(pairs)))
             for name in here:
                 loss = out.adapter_losses.get(name) if out.get("adapter_losses") is not None else None
                 if loss is None:
@@ -617,7 +624,7 @@ def em_step(model: nn.Module, collator: PromptCollator, train: Sequence[Any], ba
     model.eval()
     gammas = []
     for start in range(0, len(train), batch_size):
-        out = model(**collator(train[start : start + batch_size]))
+        out = model(**on_model_device(model, collator(train[start : start + batch_size])))
         joint = out.mixture_log_weights + out.template_log_probs
         gammas.append(torch.softmax(joint.float(), dim=1))
     gamma = torch.cat(gammas)

@@ -21,6 +21,7 @@ from prompt_adapters.training import (
     TrainSettings,
     em_step,
     fit,
+    on_model_device,
     precision_at_1,
     rank_answers,
 )
@@ -166,3 +167,17 @@ def test_em_schedule_sets_weights_to_mean_responsibilities() -> None:
     result = fit(model, collate, FACTS, FACTS, settings, progress=False)
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_loops_move_the_collators_cpu_batches_to_the_models_device() -> None:
+    """The collators build CPU tensors; fit, fit_joint and rank_answers run them on the model's device (a model on
+    a GPU trains there). The meta device stands in for an accelerator: every tensor moves, other values stay."""
+    base, tokenizer = build_tiny_model("bert")
+    model = get_peft_model(base, MixturePromptConfig(templates=["[X] was born in [Y] ."], tokenizer=tokenizer))
+    batch = PromptCollator(tokenizer, model)([("Dante", "Paris")])
+    batch["adapter_names"] = ["default"]
+    moved = on_model_device(model.to("meta"), batch)
+    assert moved.keys() == batch.keys() and moved["adapter_names"] == ["default"]
+    tensors = [key for key, value in batch.items() if isinstance(value, torch.Tensor)]
+    assert "input_ids" in tensors and all(moved[key].device.type == "meta" for key in tensors)
+    assert all(batch[key].device.type == "cpu" for key in tensors)
