@@ -128,27 +128,31 @@ class MixturePromptLayer(PromptLayer):
             answer = [row for index in mine[name] for row in examples[index][1][: self.num_templates(name) * choices]]
             query = [row for index in mine[name] for row in examples[index][1][self.num_templates(name) * choices :]]
             rows[name] = answer + query
-        host = [values for name in adapters for values in (rows[name], mine[name])]
+        host = [rows[name] for name in adapters] + [mine[name] for name in adapters]
         host.append([rows_of_example[0] for _, rows_of_example in examples])
         host.append([adapters.index(name) for name, _ in examples])
         pieces = to_device(torch.tensor([i for values in host for i in values]), logits.device)
         pieces = pieces.split([len(values) for values in host])
-        device_rows = dict(zip(adapters, pieces[0:-2:2], strict=True))
-        device_mine = dict(zip(adapters, pieces[1:-2:2], strict=True))
+        device_mine = dict(zip(adapters, pieces[len(adapters) : 2 * len(adapters)], strict=True))
         gold = self._gold_answers(request, pieces[-2], pieces[-1], adapters)
+        # one gather in adapter order, then contiguous slices: its backward is one scatter, not one per adapter
+        ordered = torch.cat(pieces[: len(adapters)])
+        counts = [len(rows[name]) for name in adapters]
+        own_logits = logits[ordered].split(counts)
+        own_positions = request.positions[ordered].split(counts)
+        own_targets = [None] * len(adapters) if request.targets is None else request.targets[ordered].split(counts)
         results: dict[str, Any] = {}
-        for name in adapters:
-            index = device_rows[name]
+        for index, name in enumerate(adapters):
             labels = request.choice_labels
             sub_request = ScoreRequest(
-                request.positions[index],
-                None if request.targets is None else request.targets[index],
+                own_positions[index],
+                own_targets[index],
                 request.candidate_ids,
                 request.num_choices,
                 None if labels is None else labels[device_mine[name].to(labels.device)],
             )
             own_gold = None if gold is None else GoldAnswers(gold[0][device_mine[name]], gold[1][name])
-            results[name] = self._combine(name, sub_request, type(output)(logits=logits[index]), own_gold)
+            results[name] = self._combine(name, sub_request, type(output)(logits=own_logits[index]), own_gold)
         return self._merge_rows(output, results, device_mine, len(examples))
 
     @staticmethod
