@@ -1,7 +1,11 @@
-"""P-tuning's grouped encoders: in a mixed-adapter batch, the encoders that share a shape run as one batched
-computation, and every adapter's table and gradients equal those of its own ``nn.LSTM`` / MLP encoder."""
+"""Mixed-adapter batches computed at once: P-tuning encoders that share a shape run as one batched computation
+(every adapter's table and gradients equal those of its own ``nn.LSTM`` / MLP encoder), and single-token scoring
+combines every adapter's rows in one computation (each example's fields equal its adapter's alone)."""
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import pytest
 import torch
@@ -123,3 +127,40 @@ def test_mixed_batch_loss_and_gradients_equal_separate_steps() -> None:
     assert set(joint) == {name for name, param in state.named_parameters() if param.grad is not None}
     for name, gradient in joint.items():
         torch.testing.assert_close(gradient, dict(state.named_parameters())[name].grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_scoring_at_once_equals_each_adapter_alone(disabled: bool) -> None:
+    """Learned mixture weights (K = 2), K = 1 adapters and an adapter without a known answer (no loss, NaN template
+    field) in one batch; disabled adapters score with uniform weights, as alone."""
+    model, tokenizer = make_model("lstm")
+    with torch.no_grad():
+        model.base_model.state.mixture["d"].copy_(torch.tensor([0.7, -0.4]))
+    examples = [{"X": "Dante", "Y": "Paris", "adapter": "d"}, {"X": "Obama", "adapter": "c"},
+                {"X": "Rome", "Y": "London", "adapter": "a"}, {"X": "Berlin", "Y": "Rome", "adapter": "d"}]
+    state = model.base_model.state
+    with torch.no_grad(), model.disable_adapter() if disabled else contextlib.nullcontext():
+        mixed = model(**PromptCollator(tokenizer, model)(examples))
+        assert set(mixed.adapter_losses) == {"a", "d"}
+        torch.testing.assert_close(mixed.loss, mixed.adapter_losses["a"] + mixed.adapter_losses["d"])
+        assert torch.isnan(mixed.template_log_probs[1]).all()
+        for name in ("a", "d"):
+            model.set_adapter(name)
+            own = [index for index, example in enumerate(examples) if example["adapter"] == name]
+            batch = PromptCollator(tokenizer, model, adapter_name=name)(
+                [{k: v for k, v in examples[i].items() if k != "adapter"} for i in own]
+            )
+            single = model(**batch)
+            templates = state.num_templates(name)
+            torch.testing.assert_close(mixed.adapter_losses[name], single.loss, **TOLERANCE)
+            for position, index in enumerate(own):
+                torch.testing.assert_close(mixed.answer_log_probs[index], single.answer_log_probs[position],
+                                           **TOLERANCE)
+                torch.testing.assert_close(mixed.template_log_probs[index, :templates],
+                                           single.template_log_probs[position], **TOLERANCE)
+                torch.testing.assert_close(mixed.mixture_log_weights[index, :templates],
+                                           single.mixture_log_weights[position], **TOLERANCE)
+                assert torch.isneginf(mixed.mixture_log_weights[index, templates:]).all()
+    uniform = torch.full((2,), -math.log(2))
+    weights = mixed.mixture_log_weights[0]
+    assert torch.allclose(weights, uniform) == disabled
