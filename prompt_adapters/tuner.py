@@ -324,11 +324,13 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         if template is None:
             return self.weight.new_zeros(len(names), 0, self.weight.shape[1])
         longest = max(table.shape[0] for table in tables.values())
-        padded = {
-            name: nn.functional.pad(table, (0, 0, 0, longest - table.shape[0])) for name, table in tables.items()
-        }
-        zeros = template.new_zeros(longest, template.shape[1])
-        return torch.stack([padded.get(name, zeros) for name in names])
+        padded = [nn.functional.pad(table, (0, 0, 0, longest - table.shape[0])) if table.shape[0] < longest else table
+                  for table in tables.values()]
+        stacked = torch.stack([*padded, template.new_zeros(longest, template.shape[1])])
+        # each table once, then one gather by row: stacking every row's table would sum R copies in the backward
+        position = {name: index for index, name in enumerate(tables)}
+        owners = torch.tensor([position.get(name, len(position)) for name in names])
+        return stacked[to_device(owners, stacked.device)]
 
     def prompt_table(self, name: str) -> torch.Tensor:
         """The (rows, hidden) matrix of soft vectors of adapter ``name``."""

@@ -77,10 +77,18 @@ def encode_group(encoders: Sequence[PromptEncoder]) -> torch.Tensor:
         for index in (0, 2):  # Linear, ReLU, Linear
             weight = torch.stack([encoder.mlp[index].weight for encoder in encoders])
             bias = torch.stack([encoder.mlp[index].bias for encoder in encoders])
-            vectors = torch.baddbmm(bias.unsqueeze(1), vectors, weight.transpose(1, 2))
+            vectors = _batched_linear(vectors, weight, bias)
             if index == 0:
                 vectors = torch.relu(vectors)
     return vectors
+
+
+def _batched_linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``inputs @ weight.T + bias`` for each of a stack of (out, in) weights, computed as ``(weight @ inputs.T).T``:
+    the weight's gradient then comes out in the weight's own layout, so each adapter's slice of it becomes the
+    parameter's gradient as it is, without a copy per parameter."""
+    outputs = torch.bmm(weight, inputs.transpose(1, 2)).transpose(1, 2)
+    return outputs if bias is None else outputs + bias.unsqueeze(1)
 
 
 def _stacked_lstm(inputs: torch.Tensor, lstms: Sequence[nn.LSTM]) -> torch.Tensor:
@@ -96,14 +104,13 @@ def _stacked_lstm(inputs: torch.Tensor, lstms: Sequence[nn.LSTM]) -> torch.Tenso
 
         # (2 * lstms, steps, input size): forward sequences, then the reversed ones
         sequences = torch.cat([inputs, inputs.flip(1)])
-        bias = (stacked("bias_ih") + stacked("bias_hh")).unsqueeze(1)
-        projected = torch.baddbmm(bias, sequences, stacked("weight_ih").transpose(1, 2))
-        recurrent = stacked("weight_hh").transpose(1, 2)
-        hidden = projected.new_zeros(2 * groups, 1, recurrent.shape[1])
-        cell = projected.new_zeros(2 * groups, 1, recurrent.shape[1])
+        projected = _batched_linear(sequences, stacked("weight_ih"), stacked("bias_ih") + stacked("bias_hh"))
+        recurrent = stacked("weight_hh")
+        hidden = projected.new_zeros(2 * groups, 1, recurrent.shape[2])
+        cell = projected.new_zeros(2 * groups, 1, recurrent.shape[2])
         outputs = []
         for step in range(steps):
-            gates = torch.baddbmm(projected[:, step : step + 1], hidden, recurrent)
+            gates = projected[:, step : step + 1] + _batched_linear(hidden, recurrent)
             in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
             cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
             hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
