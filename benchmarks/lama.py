@@ -50,11 +50,11 @@ from prompt_adapters import (
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
-    MANIFEST,
     ResumeMismatchError,
     check_manifest,
     digest,
     model_digest,
+    refuse_used_output,
     remove_stale_temporaries,
     run_locked,
 )
@@ -730,8 +730,7 @@ def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -
 def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted: list[str], out: Path,
         started: float) -> dict[str, Any] | None:
     """Run (or resume) every (relation, seed) job of an output directory this process holds the lock of."""
-    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
-        raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    refuse_used_output(out, args.resume, accelerator.is_main_process)
     if accelerator.is_main_process:
         remove_stale_temporaries(out)
         remove_stale_temporaries(out / "relations")

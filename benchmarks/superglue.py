@@ -36,11 +36,11 @@ from prompt_adapters import PromptCollator, PTuningEncoderConfig
 from prompt_adapters.data import superglue as sg
 from prompt_adapters.metrics.superglue import AVERAGE_OF, superglue_average, superglue_metric
 from prompt_adapters.run_dir import (
-    MANIFEST,
     ResumeMismatchError,
     check_manifest,
     digest,
     model_digest,
+    refuse_used_output,
     remove_stale_temporaries,
     run_locked,
 )
@@ -400,8 +400,7 @@ def run_manifest(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace, accelerator: Accelerator, names: list[str], out: Path,
         started: float) -> dict[str, Any] | None:
     """Run (or resume) every (task, seed) job of an output directory this process holds the lock of."""
-    if not args.resume and any((out / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
-        raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    refuse_used_output(out, args.resume, accelerator.is_main_process)
     if accelerator.is_main_process:
         remove_stale_temporaries(out)
         remove_stale_temporaries(out / "jobs")

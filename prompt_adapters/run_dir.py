@@ -84,6 +84,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def refuse_used_output(out: Path, resume: bool, is_main_process: bool) -> None:
+    """Stop a new run (no resume) whose output folder already holds a run's files.
+
+    Only the main process looks: it writes ``run.json`` before the others pass the barrier that follows, so a
+    process started a little later would otherwise find the new run's own manifest and refuse it.
+    """
+    if not is_main_process or resume:
+        return
+    if any((Path(out) / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
+        raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+
+
 def remove_stale_temporaries(directory: Path) -> list[str]:
     """Delete the temporaries an interrupted atomic write left in ``directory``; return their names.
 

@@ -25,7 +25,8 @@ def launch(args: list[str], processes: int = 1) -> subprocess.Popen:
 def finish(proc: subprocess.Popen) -> None:
     """Wait for a run and fail with the end of its log if it did not succeed."""
     log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log[-3000:]
+    errors = [line for line in log.splitlines() if "Error" in line or "SystemExit" in line or "already" in line]
+    assert proc.returncode == 0, "\n".join(errors[:30]) + "\n...\n" + log[-3000:]
 
 
 def kill_once_written(proc: subprocess.Popen, path: Path) -> None:

@@ -29,6 +29,7 @@ from prompt_adapters.run_dir import (
     RunLockedError,
     atomic_write_text,
     check_manifest,
+    refuse_used_output,
     remove_stale_temporaries,
 )
 from prompt_adapters.training import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -429,3 +430,14 @@ def test_superglue_resume_checks_settings_and_reports_precision(tiny_bert: Path,
     with pytest.raises(SystemExit, match=r"settings\.lr: 0\.01 in the saved run, 0\.02 now"):
         superglue.main(args("--lr", "0.02", "--resume"))
     assert superglue.main(args("--lr", "0.01", "--resume")) is not None
+
+
+def test_only_the_main_process_refuses_an_output_that_holds_a_run(tmp_path: Path) -> None:
+    """A process of a multi-process run that reaches the check after the main process wrote the new run's run.json
+    must not take it for an earlier run (it did, and the 2-process runs failed now and then)."""
+    refuse_used_output(tmp_path, resume=False, is_main_process=True)  # empty: a new run may start
+    (tmp_path / "run.json").write_text("{}")
+    refuse_used_output(tmp_path, resume=False, is_main_process=False)
+    refuse_used_output(tmp_path, resume=True, is_main_process=True)
+    with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
+        refuse_used_output(tmp_path, resume=False, is_main_process=True)
