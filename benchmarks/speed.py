@@ -1017,6 +1017,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="all", choices=PARTS,
                         help="methods: the train-step and scoring tables only; joint: the joint-training comparison "
                         "only (the masked LM, or --model)")
+    parser.add_argument("--family", default=None, choices=FAMILIES, action="append",
+                        help="measure only this built model (repeatable; default: every one); e.g. --family gpt2")
     parser.add_argument("--joint-relations", type=relation_counts, default=[8, 41],
                         help="numbers of relations R of the joint-training comparison (default 8,41)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of every variant")
@@ -1076,7 +1078,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.model is not None:
         names = [Path(args.model).name]
     else:
-        names = list(FAMILIES[:1] if args.only == "joint" else FAMILIES)  # joint: the masked LM (BERT)
+        names = list(FAMILIES[:1] if args.only == "joint" else args.family or FAMILIES)  # joint: the masked LM
     families = [build_family(name, args) for name in names]
     variants: list[Variant] = []
     gaps: dict[str, float] = {}

@@ -209,11 +209,18 @@ def test_paired_ratios_use_the_rounds_both_variants_ran_in() -> None:
     (["--joint-relations", "8,8"], "'8,8'"),
     (["--repeats", "5", "--max-repeats", "3"], "--max-repeats 3 is below --repeats 5"),
     (["--spread-tolerance", "1.5"], "got 1.5"),
+    (["--family", "t5"], "invalid choice: 't5'"),
 ])
 def test_bad_options_are_refused_by_name(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         speed.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_family_option_selects_the_built_models() -> None:
+    assert speed.parse_args([]).family is None
+    assert speed.parse_args(["--family", "gpt2"]).family == ["gpt2"]
+    assert speed.parse_args(["--family", "gpt2", "--family", "bert"]).family == ["gpt2", "bert"]
 
 
 @pytest.mark.parametrize("family", speed.FAMILIES)
