@@ -13,7 +13,7 @@ import torch
 from peft import get_peft_model
 
 from prompt_adapters import PromptCollator, PTuningEncoderConfig
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, widen_weights
 from prompt_adapters.training import JointTask, TrainSettings, fit_joint, precision_at_1, rank_answers
 
 #: two relations over the same people: each adapter must learn its own mapping
@@ -27,10 +27,7 @@ RELATIONS = {
 def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = build_tiny_model("bert")
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "LayerNorm" not in name:
-                param.normal_(0, 0.2)
+    widen_weights(base)
     object_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for objs, _ in RELATIONS.values()
                    for word in objs]
     candidates = torch.tensor(sorted(object_ids))  # answers are scored among the relations' objects

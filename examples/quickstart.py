@@ -12,7 +12,7 @@ from peft import PeftModel, get_peft_model
 
 import prompt_adapters
 from prompt_adapters import MixturePromptConfig, PromptCollator
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, widen_weights
 
 FACTS = [("Dante", "Paris"), ("Obama", "London"), ("Einstein", "Rome"), ("Newton", "Berlin")]
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y] ."]
@@ -28,10 +28,7 @@ def answers(model: PeftModel, collate: PromptCollator, tokenizer) -> list[str]: 
 def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = build_tiny_model("bert")
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "LayerNorm" not in name:
-                param.normal_(0, 0.2)
+    widen_weights(base)
 
     model = get_peft_model(base, MixturePromptConfig(templates=TEMPLATES, tokenizer=tokenizer))
     model.print_trainable_parameters()

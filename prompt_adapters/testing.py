@@ -709,6 +709,15 @@ def save_tiny_model(family: str, directory: str | Path, seed: int = 0) -> Path:
 
 
 @torch.no_grad()
+def widen_weights(model: torch.nn.Module, std: float = 0.2) -> None:
+    """Redraw every weight but the LayerNorms from N(0, std) (from the global RNG): a tiny random model whose answers
+    depend on its prompt, which its default small initialisation barely lets them do."""
+    for name, param in model.named_parameters():
+        if "LayerNorm" not in name:
+            param.normal_(0, std)
+
+
+@torch.no_grad()
 def perturb_trainable(model: torch.nn.Module, scale: float = 0.1) -> None:
     """Add Gaussian noise of ``scale`` to every trainable parameter, so a test of saving or exporting an adapter
     compares trained-looking values rather than its initialisation."""

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from prompt_adapters import DeepPerturbConfig, PromptCollator, training
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, widen_weights
 from prompt_adapters.training import JointTask, TrainSettings, fit, fit_joint
 
 PAIRS = [("Dante", "Paris"), ("Obama", "London"), ("Einstein", "Rome"), ("Newton", "Berlin"), ("Bach", "Oslo")]
@@ -30,10 +30,7 @@ SETTINGS = {
 def _model() -> tuple[PeftModel, dict[str, PromptCollator]]:
     base, tokenizer = build_tiny_model("bert")
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "LayerNorm" not in name:
-                param.normal_(0, 0.2)
+    widen_weights(base)
     model = get_peft_model(base, DeepPerturbConfig(templates=TEMPLATES["a"], tokenizer=tokenizer), adapter_name="a")
     model.add_adapter("b", DeepPerturbConfig(templates=TEMPLATES["b"], tokenizer=tokenizer))
     return model, {name: PromptCollator(tokenizer, model, adapter_name=name) for name in TEMPLATES}

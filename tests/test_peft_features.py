@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokeniz
 import prompt_adapters
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
 from prompt_adapters.peft_registry import check_peft_version, extend_peft_type
-from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model
+from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model, widen_weights
 
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y]."]
 FACTS = [("Dante", "Paris"), ("Obama", "London")]
@@ -202,10 +202,7 @@ LEARN_FACTS = [("Dante", "Paris"), ("Obama", "London"), ("Einstein", "Rome"), ("
 def _expressive_bert() -> tuple[torch.nn.Module, object]:
     """A tiny BERT with large random weights, so its answers depend on the prompt enough to be tuned."""
     model, tok = build_tiny_model("bert")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "LayerNorm" not in name:
-                param.normal_(0, 0.2)
+    widen_weights(model)
     return model, tok
 
 

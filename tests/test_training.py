@@ -15,7 +15,7 @@ from peft import get_peft_model
 
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
 from prompt_adapters.run_dir import ResumeMismatchError
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, widen_weights
 from prompt_adapters.training import (
     DivergedError,
     TrainSettings,
@@ -36,10 +36,7 @@ TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y] ."]
 def _model(config_cls=DeepPerturbConfig):  # type: ignore[no-untyped-def]
     base, tok = build_tiny_model("bert")
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in base.named_parameters():
-            if "LayerNorm" not in name:
-                param.normal_(0, 0.2)
+    widen_weights(base)
     model = get_peft_model(base, config_cls(templates=TEMPLATES, tokenizer=tok))
     return model, PromptCollator(tok, model)
 
