@@ -6,7 +6,7 @@ The encoder is saved with the adapter (so training resumes exactly; peft's own P
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import torch
@@ -144,26 +144,26 @@ class PTuningEncoderLayer(MixturePromptLayer):
     def prompt_table(self, name: str) -> torch.Tensor:
         """The encoder output; without autograd it is cached until an encoder parameter changes (inference only
         needs the output embeddings, so evaluation does not re-run the LSTM on every forward)."""
-        if torch.is_grad_enabled():
-            return self._encode(name)
-        versions = tuple(param._version for param in self.encoder[name].parameters())
-        cached = self._cache.get(name)
-        if cached is None or cached[0] != versions:
-            cached = self._cache[name] = (versions, self._encode(name))
-        return cached[1]
+        return self._tables([name], lambda names: {name: self._encode(name) for name in names})[name]
 
     def prompt_tables(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Every named adapter's table, the encoders that share a shape computed as one batched computation
-        (``encode_group``); without autograd the cached tables are reused as in ``prompt_table``."""
+        (``encode_group``), cached as in ``prompt_table``."""
+        return self._tables(names, self._encode_many)
+
+    def _tables(
+        self, names: Sequence[str], encode: Callable[[Sequence[str]], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """``encode(names)``; without autograd, only for the adapters whose encoder changed since it was cached."""
         if torch.is_grad_enabled():
-            return self._encode_many(names)
+            return encode(names)
         stale = []
         for name in names:
             versions = tuple(param._version for param in self.encoder[name].parameters())
             cached = self._cache.get(name)
             if cached is None or cached[0] != versions:
                 stale.append((name, versions))
-        fresh = self._encode_many([name for name, _ in stale])
+        fresh = encode([name for name, _ in stale]) if stale else {}
         for name, versions in stale:
             self._cache[name] = (versions, fresh[name])
         return {name: self._cache[name][1] for name in names}
