@@ -441,20 +441,20 @@ class Probe:
         return [records[relation] for relation in relations]
 
     def run_pooled(self, relations: list[str], seed: int, accelerator: Accelerator) -> list[dict[str, Any]]:
-        """One adapter trained on every relation's facts together (PromptGen), evaluated per relation."""
+        """One adapter trained on every relation's facts together (PromptGen), evaluated per relation; the records
+        are built as ``run_relation`` builds them, with the pooled training time shared evenly."""
         args = self.args
         method = METHODS[args.method]
-        splits: dict[str, dict[str, list[dict[str, str]]]] = {}
-        dropped: dict[str, dict[str, Any]] = {}
-        for relation in relations:
-            template = self.manual_template(relation)
-            splits[relation], dropped[relation] = {}, {}
-            for split in ("train", "dev", "test"):
-                facts, drop = self.facts(relation, split)
-                splits[relation][split] = [{**fact, "template": template} for fact in facts]
-                dropped[relation][split] = drop
-        train = [fact for relation in relations for fact in splits[relation]["train"]]
-        dev = [fact for relation in relations for fact in splits[relation]["dev"]] or train
+        prepared = {relation: self.prepare(relation, seed) for relation in relations}
+        jobs = [job for job in prepared.values() if isinstance(job, RelationJob)]
+        records = {relation: job for relation, job in prepared.items() if isinstance(job, dict)}
+        if not jobs:
+            return [records[relation] for relation in relations]
+        for job in jobs:  # the generator reads each fact with its relation's manual template
+            for split in (job.train, job.dev, job.test):
+                split[:] = [{**fact, "template": job.manual_template} for fact in split]
+        train = [fact for job in jobs for fact in job.train]
+        dev = [fact for job in jobs for fact in job.dev] or train
         torch.manual_seed(relation_seed(seed, "joint"))
         config = method.build([], args)
         config.compile(self.tokenizer)
@@ -462,35 +462,26 @@ class Probe:
         try:
             scored = PromptGenCollator(self.tokenizer, model, leak_rows=False, candidate_ids=self.candidate_tensor)
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
-            init = {rel: rank_answers(model, scored, splits[rel]["test"]) for rel in relations if splits[rel]["test"]}
+            exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
+            init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
             world = accelerator if accelerator.num_processes > 1 else None
+            train_started = time.perf_counter()
             result = fit(model, leaky, train, dev, train_settings(args, seed),
                          Path(args.output) / "checkpoints" / f"joint-seed{seed}",
                          progress=accelerator.is_local_main_process, description="joint", accelerator=world,
                          dev_metric=lambda: precision_at_1(rank_answers(model, scored, dev)))
-            ranked = {
-                rel: (rank_answers(model, scored, splits[rel]["test"]),
-                      rank_answers(model, leaky, splits[rel]["test"], scores="none_log_probs"))
-                for rel in init
-            }
+            train_seconds = time.perf_counter() - train_started
+            for job in jobs:
+                ranks = rank_answers(model, scored, job.test, exclude=exclude[job.relation])
+                none_ranks = rank_answers(model, leaky, job.test, scores="none_log_probs",
+                                          exclude=exclude[job.relation])
+                record = self.record(job, ranks, none_ranks, init[job.relation], result.history,
+                                     train_seconds / len(jobs))
+                records[job.relation] = {**record, "templates": config.templates,
+                                         "pooled": {"relations": len(jobs), "train_seconds": round(train_seconds, 3)}}
         finally:
             model.unload()
-        records = []
-        for relation in relations:
-            if relation not in ranked:
-                records.append({"relation": relation, "seed": seed, "type": self.relation_type(relation),
-                                "skipped": "no test fact left after filtering", "dropped": dropped[relation]})
-                continue
-            test = splits[relation]["test"]
-            manual = self.evaluate(_manual([self.manual_template(relation)], args), relation, test)
-            records.append({
-                "relation": relation, "seed": seed, "type": self.relation_type(relation),
-                "templates": config.templates, "ranks": ranked[relation][0].tolist(),
-                "none_ranks": ranked[relation][1].tolist(), "init_ranks": init[relation].tolist(),
-                "manual_ranks": manual.tolist(), "history": result.history, "dropped": dropped[relation],
-                "facts": {split: len(splits[relation][split]) for split in ("train", "dev", "test")},
-            })
-        return records
+        return [records[relation] for relation in relations]
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
         model = get_peft_model(self.base, config)

@@ -173,6 +173,12 @@ def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data:
     assert set(pooled) == {"P19-seed42.json", "P1376-seed42.json"}
     assert all(len(r["none_ranks"]) == len(r["ranks"]) for r in pooled.values())
     assert pooled["P19-seed42.json"]["history"] == pooled["P1376-seed42.json"]["history"]  # one adapter, one run
+    # the pooled records are built as every other method's: the training time shared evenly, prompts counted
+    assert len({r["pooled"]["train_seconds"] for r in pooled.values()}) == 1
+    assert sum(r["train_seconds"] for r in pooled.values()) == pytest.approx(
+        pooled["P19-seed42.json"]["pooled"]["train_seconds"], abs=2e-3)
+    assert summary["train_seconds"]["mean"] == pytest.approx(sum(r["train_seconds"] for r in pooled.values()))
+    assert all(r["prompts_left_out"] == 0 and r["templates"] == ["[X] [P*10] [Y] [P*5]"] for r in pooled.values())
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
 
