@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -665,7 +666,9 @@ def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    datasets.disable_progress_bars()  # filtering facts is instant; the run shows one bar, over its relations
+    # filtering facts and loading weights are quick; the run shows one bar, over its relations
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
     if args.download:
         lama_data.download_lama(args.data_dir)
         return None

@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 import prompt_adapters
 from prompt_adapters import PromptCollator, PTuningEncoderConfig
@@ -378,6 +379,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    transformers_logging.disable_progress_bar()  # the run shows one bar, over its tasks
     names = list(sg.TASKS) if args.task == "all" else [sg.get_task(t).name for t in args.task.split(",")]
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)

@@ -22,11 +22,12 @@ def launch(args: list[str], processes: int = 1) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc: subprocess.Popen) -> None:
-    """Wait for a run and fail with the end of its log if it did not succeed."""
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for a run, fail with the end of its log if it did not succeed, and return the log."""
     log, _ = proc.communicate(timeout=600)
     errors = [line for line in log.splitlines() if "Error" in line or "SystemExit" in line or "already" in line]
     assert proc.returncode == 0, "\n".join(errors[:30]) + "\n...\n" + log[-3000:]
+    return log
 
 
 def kill_once_written(proc: subprocess.Popen, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -181,6 +182,13 @@ def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data:
     assert all(r["prompts_left_out"] == 0 and r["templates"] == ["[X] [P*10] [Y] [P*5]"] for r in pooled.values())
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
+
+
+def test_a_run_shows_one_progress_display(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    """Only the bar over relations: no bar of transformers' weight loading or of datasets' filtering."""
+    log = finish(launch(_args(tiny_bert, fixture_data, tmp_path, "--method", "mixture", "--epochs", "1")))
+    bars = {re.sub(r"[:|].*", "", line).strip() for line in re.split(r"[\r\n]", log) if re.search(r"\d+%\|", line)}
+    assert bars == {"relations"}, bars
 
 
 def test_a_used_output_directory_needs_resume(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
