@@ -492,7 +492,7 @@ def promptgen(family: Family, generator: Path, device: torch.device) -> Variant:
 
 
 def build_variants(
-    family: Family, generator: Path | None, device: torch.device
+    family: Family, generator: Path, device: torch.device
 ) -> tuple[list[Variant], list[Variant], float]:
     """Train-step and scoring variants of one family, and the largest |floor - ours| over loss and scores."""
     tok, kind = family.tokenizer, family.lm_kind
@@ -519,8 +519,7 @@ def build_variants(
     deep = DeepPerturbConfig(templates=[template(TEMPLATES[0], kind)], tokenizer=tok)
     ptuning = PTuningEncoderConfig(templates=[PTUNING_TEMPLATES[kind]], encoder="mlp", tokenizer=tok)
     train += [ours(family, DEEP, deep, device)[0], ours(family, PTUNING, ptuning, device)[0]]
-    if kind == "masked" and generator is not None:
-        train.append(promptgen(family, generator, device))
+    train.append(promptgen(family, generator, device))
 
     scorer = PromptCollator(tok, single_model, candidate_ids=family.candidates)
     eval_batch = to_device(scorer(family.evaluation), device)
@@ -915,8 +914,6 @@ def method_report(train: dict[str, Variant], evaluation: dict[str, Variant], gap
             f"| {ratio(v.step, peft_pt.step)} | {ratio(v.step, floor.step)} | {versus_single} "
             f"| {ratio(v.peak, floor.peak)} |"
         )
-    if PROMPTGEN not in train:
-        lines.append(f"| {PROMPTGEN} | masked LMs only | | | | | | | |")
     lines += [
         "",
         f"### Scoring ({args.eval_batch} facts per batch, log-probabilities over the candidates, no gradients)",
@@ -1084,9 +1081,7 @@ def main(argv: list[str] | None = None) -> str:
     gaps: dict[str, float] = {}
     if args.only in ("all", "methods"):
         with tempfile.TemporaryDirectory() as directory:
-            # PromptGen (masked LMs only) needs a generator; a causal --model does not
-            masked = any(family.lm_kind == "masked" for family in families)
-            generator = save_generator(args.model_size, Path(directory), args.seed) if masked else None
+            generator = save_generator(args.model_size, Path(directory), args.seed)  # PromptGen's, for every family
             for family in families:
                 train, evaluation, gaps[family.name] = build_variants(family, generator, device)
                 variants += train + evaluation
