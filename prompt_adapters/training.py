@@ -7,6 +7,7 @@ order comes from a generator seeded by (seed, epoch), so a resumed run continues
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -271,6 +272,97 @@ def load_checkpoint(
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+class _AdapterRun:
+    """One adapter's optimiser, learning-rate schedule, early stopping and best parameters through a training run.
+
+    ``fit`` drives one, ``fit_joint`` one per adapter; both take the same steps in the same order, which is what
+    makes a joint run and separate runs end with the same parameters and resume each other's checkpoints.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, torch.Tensor],
+        settings: TrainSettings,
+        steps_per_epoch: int,
+        load: Callable[[torch.optim.Optimizer], dict[str, Any] | None],
+        dev_score: Callable[[], float],
+    ) -> None:
+        """``load`` reads a checkpoint into the parameters and the optimiser (None: start afresh); without one, the
+        untrained adapter's ``dev_score`` is the score to beat and its parameters the best so far (epoch 0)."""
+        self.params = params
+        self.settings = settings
+        self.optimizer = _make_optimizer(params, settings)
+        self.scheduler = _make_scheduler(self.optimizer, settings, steps_per_epoch)
+        saved = load(self.optimizer)
+        if saved is not None:
+            self.best = saved.pop("best_params")
+            self.loop = saved
+            done = self.loop["epoch"]
+            self.scheduler.last_epoch = done if settings.schedule == "exponential" else done * steps_per_epoch
+        else:
+            self.loop = {"epoch": 0, "best_dev": dev_score(), "best_epoch": 0, "bad_epochs": 0, "history": []}
+            self.best = self._snapshot()
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {name: param.detach().cpu().clone() for name, param in self.params.items()}
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished."""
+        return self.loop["epoch"]
+
+    @property
+    def training(self) -> bool:
+        return self.epoch < self.settings.epochs and not _patience_exhausted(self.loop, self.settings)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def batches(self, count: int) -> list[list[int]]:
+        """The next epoch's batches of example indices, shuffled by a generator seeded with (seed, epoch)."""
+        seed = self.settings.seed * 1000 + self.epoch
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+        size = self.settings.batch_size
+        return [order[start : start + size].tolist() for start in range(0, count, size)]
+
+    def step(self) -> None:
+        """The update after a backward pass: gradient clipping, optimiser step, per-step schedule."""
+        if self.settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.settings.max_grad_norm)
+        self.optimizer.step()
+        if self.settings.schedule == "linear":
+            self.scheduler.step()
+
+    def end_epoch(self, train_loss: float, dev_score: Callable[[], float]) -> float:
+        """Per-epoch schedule, dev score, history, best parameters and patience; returns the epoch's dev score."""
+        if self.settings.schedule == "exponential":
+            self.scheduler.step()
+        dev = dev_score()
+        epoch = self.epoch + 1
+        self.loop["epoch"] = epoch
+        self.loop["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_p1": dev})
+        if dev > self.loop["best_dev"] or (self.settings.improve_on_tie and dev == self.loop["best_dev"]):
+            self.loop.update(best_dev=dev, best_epoch=epoch, bad_epochs=0)
+            self.best = self._snapshot()
+        else:
+            self.loop["bad_epochs"] += 1
+        return dev
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint stores besides parameters and optimiser: the loop counters and the best parameters."""
+        return {**self.loop, "best_params": self.best}
+
+    def finish(self) -> FitResult:
+        """Load the best parameters and report."""
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(self.best[name])
+        loop = self.loop
+        stopped = _patience_exhausted(loop, self.settings)
+        return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], stopped)
+
+
 def fit(
     model: nn.Module,
     collator: PromptCollator,
@@ -296,9 +388,6 @@ def fit(
     if len(train) == 0:
         raise ValueError("no training examples")
     params = trainable_parameters(model)
-    optimizer = _make_optimizer(params, settings)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    scheduler = _make_scheduler(optimizer, settings, steps_per_epoch)
 
     def dev_score() -> float:
         model.eval()
@@ -306,35 +395,25 @@ def fit(
             return dev_metric()
         return precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
 
-    loop: dict[str, Any] = {"epoch": 0, "best_dev": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    best_params: dict[str, torch.Tensor] = {}
-    saved = None
-    if checkpoint_dir is not None:
-        saved = load_checkpoint(Path(checkpoint_dir), model, optimizer, _resume_settings(settings))
-    if saved is not None:
-        loop = saved
-        best_params = loop.pop("best_params")
-        scheduler.last_epoch = loop["epoch"] if settings.schedule == "exponential" else loop["epoch"] * steps_per_epoch
-    if loop["epoch"] == 0 and loop["best_dev"] < 0:
-        loop["best_dev"] = dev_score()
-        loop["best_epoch"] = 0
-        best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
+    def load(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        if checkpoint_dir is None:
+            return None
+        return load_checkpoint(Path(checkpoint_dir), model, optimizer, _resume_settings(settings))
+
+    run = _AdapterRun(params, settings, math.ceil(len(train) / settings.batch_size), load, dev_score)
     responsibilities = None
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
-    bar = tqdm(total=settings.epochs, initial=loop["epoch"], disable=not progress or rank != 0, desc=description,
+    bar = tqdm(total=settings.epochs, initial=run.epoch, disable=not progress or rank != 0, desc=description,
                leave=False)
-    while loop["epoch"] < settings.epochs and not _patience_exhausted(loop, settings):
-        epoch = loop["epoch"]
+    while run.training:
         if settings.em:
             responsibilities = em_step(model, collator, train, settings.eval_batch_size)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))
         model.train(settings.dropout)
         total = 0.0
-        for step, start in enumerate(range(0, len(train), settings.batch_size), start=1):
-            index = order[start : start + settings.batch_size].tolist()
+        for step, index in enumerate(run.batches(len(train)), start=1):
             local = index[rank::world]
-            optimizer.zero_grad()
+            run.optimizer.zero_grad()
             loss = _batch_loss(model, collator, train, local, responsibilities, params) * (len(local) / len(index))
             loss.backward()
             if world > 1:
@@ -342,36 +421,20 @@ def fit(
                     if param.grad is not None:
                         param.grad = accelerator.reduce(param.grad, "sum")  # type: ignore[union-attr]
                 loss = accelerator.reduce(loss.detach(), "sum")  # type: ignore[union-attr]
-            check_finite_loss(loss, epoch + 1, step, optimizer.param_groups[0]["lr"])
-            if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(list(params.values()), settings.max_grad_norm)
-            optimizer.step()
-            if settings.schedule == "linear":
-                scheduler.step()
+            check_finite_loss(loss, run.epoch + 1, step, run.learning_rate)
+            run.step()
             total += float(loss.detach()) * len(index)
-        if settings.schedule == "exponential":
-            scheduler.step()
-        dev_p1 = dev_score()
-        loop["epoch"] = epoch + 1
-        loop["history"].append({"epoch": epoch + 1, "train_loss": total / len(train), "dev_p1": dev_p1})
-        if dev_p1 > loop["best_dev"] or (settings.improve_on_tie and dev_p1 == loop["best_dev"]):
-            loop.update(best_dev=dev_p1, best_epoch=epoch + 1, bad_epochs=0)
-            best_params = {k: v.detach().cpu().clone() for k, v in params.items()}
-        else:
-            loop["bad_epochs"] += 1
+        dev_p1 = run.end_epoch(total / len(train), dev_score)
         if checkpoint_dir is not None and rank == 0:
-            save_checkpoint(Path(checkpoint_dir), model, optimizer, {**loop, "best_params": best_params},
-                            _resume_settings(settings))
+            save_checkpoint(Path(checkpoint_dir), model, run.optimizer, run.state(), _resume_settings(settings))
         if world > 1:
             accelerator.wait_for_everyone()  # type: ignore[union-attr]
         bar.update(1)
         bar.set_postfix(loss=f"{total / len(train):.3f}", dev=f"{dev_p1:.3f}")
     bar.close()
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(best_params[name])
+    result = run.finish()
     model.eval()
-    return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], _patience_exhausted(loop, settings))
+    return result
 
 
 def _batch_loss(
@@ -468,93 +531,63 @@ def fit_joint(
         for param in params[name].values():
             param.requires_grad_(True)
 
-    runs: dict[str, Any] = {}
-    for task in tasks:
-        name = task.adapter
-        optimizer = _make_optimizer(params[name], task.settings)
-        steps = math.ceil(len(task.train) / task.settings.batch_size)
-        scheduler = _make_scheduler(optimizer, task.settings, steps)
-        saved = None
-        if checkpoint_dir is not None:
-            only(name)
-            saved = load_checkpoint(Path(checkpoint_dir) / name, model, optimizer, _resume_settings(task.settings))
+    def load(task: JointTask) -> Callable[[torch.optim.Optimizer], dict[str, Any] | None]:
+        def read(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+            if checkpoint_dir is None:
+                return None
+            only(task.adapter)
+            directory = Path(checkpoint_dir) / task.adapter
+            saved = load_checkpoint(directory, model, optimizer, _resume_settings(task.settings))
             trainable(True)
-        if saved is not None:
-            best = saved.pop("best_params")
-            loop = saved
-            scheduler.last_epoch = loop["epoch"] if task.settings.schedule == "exponential" else loop["epoch"] * steps
-        else:
-            loop = {"epoch": 0, "best_dev": dev_score(task), "best_epoch": 0, "bad_epochs": 0, "history": []}
-            best = {k: v.detach().cpu().clone() for k, v in params[name].items()}
-        runs[name] = [task, optimizer, scheduler, loop, best]
+            return saved
+
+        return read
+
+    runs = {
+        task.adapter: _AdapterRun(params[task.adapter], task.settings,
+                                  math.ceil(len(task.train) / task.settings.batch_size),
+                                  load(task), functools.partial(dev_score, task))
+        for task in tasks
+    }
+    by_name = {task.adapter: task for task in tasks}
     collator = tasks[0].collator
     for task in tasks[1:]:
         collator.add_collator(task.collator)
 
-    def training(name: str) -> bool:
-        task, _, _, loop, _ = runs[name]
-        return loop["epoch"] < task.settings.epochs and not _patience_exhausted(loop, task.settings)
-
     total_epochs = max(task.settings.epochs for task in tasks)
-    done = min(run[3]["epoch"] for run in runs.values())
+    done = min(run.epoch for run in runs.values())
     bar = tqdm(total=total_epochs, initial=done, disable=not progress, desc=description, leave=False)  # rounds
-    while active := [name for name in runs if training(name)]:
-        batches = {}
-        for name in active:  # each adapter's next epoch, in fit's order (resumed adapters may be at other epochs)
-            task, loop = runs[name][0], runs[name][3]
-            seed = task.settings.seed * 1000 + loop["epoch"]
-            order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))
-            size = task.settings.batch_size
-            batches[name] = [order[start : start + size].tolist() for start in range(0, len(task.train), size)]
+    while active := [name for name, run in runs.items() if run.training]:
+        # each adapter's next epoch, in fit's order (resumed adapters may be at other epochs)
+        batches = {name: runs[name].batches(len(by_name[name].train)) for name in active}
         model.train(tasks[0].settings.dropout)
         totals = dict.fromkeys(active, 0.0)
         for step in range(max(len(chunks) for chunks in batches.values())):
             here = [name for name in active if step < len(batches[name])]
-            pairs = [(name, runs[name][0].train[i]) for name in here for i in batches[name][step]]
+            pairs = [(name, by_name[name].train[i]) for name in here for i in batches[name][step]]
             for name in here:
-                runs[name][1].zero_grad()
+                runs[name].optimizer.zero_grad()
             out = model(**on_model_device(model, collator.mixed_batch(pairs)))
             for name in here:
                 loss = out.adapter_losses.get(name) if out.get("adapter_losses") is not None else None
                 if loss is None:
                     raise ValueError(f"adapter {name!r}: a training batch without any known answer")
-                check_finite_loss(loss, runs[name][3]["epoch"] + 1, step + 1, runs[name][1].param_groups[0]["lr"])
+                check_finite_loss(loss, runs[name].epoch + 1, step + 1, runs[name].learning_rate)
                 totals[name] += float(loss.detach()) * len(batches[name][step])
             out.loss.backward()
             for name in here:
-                task, optimizer, scheduler, _, _ = runs[name]
-                if task.settings.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(list(params[name].values()), task.settings.max_grad_norm)
-                optimizer.step()
-                if task.settings.schedule == "linear":
-                    scheduler.step()
+                runs[name].step()
         for name in active:
-            task, optimizer, scheduler, loop, _ = runs[name]
-            if task.settings.schedule == "exponential":
-                scheduler.step()
-            dev_p1 = dev_score(task)
-            epoch = loop["epoch"] + 1
-            loop["epoch"] = epoch
-            loop["history"].append({"epoch": epoch, "train_loss": totals[name] / len(task.train), "dev_p1": dev_p1})
-            if dev_p1 > loop["best_dev"] or (task.settings.improve_on_tie and dev_p1 == loop["best_dev"]):
-                loop.update(best_dev=dev_p1, best_epoch=epoch, bad_epochs=0)
-                runs[name][4] = {k: v.detach().cpu().clone() for k, v in params[name].items()}
-            else:
-                loop["bad_epochs"] += 1
+            task, run = by_name[name], runs[name]
+            run.end_epoch(totals[name] / len(task.train), functools.partial(dev_score, task))
             if checkpoint_dir is not None:
                 only(name)
-                save_checkpoint(Path(checkpoint_dir) / name, model, optimizer, {**loop, "best_params": runs[name][4]},
+                save_checkpoint(Path(checkpoint_dir) / name, model, run.optimizer, run.state(),
                                 _resume_settings(task.settings))
                 trainable(True)
         bar.update(1)
     bar.close()
-    results = {}
-    with torch.no_grad():
-        for name, (task, _, _, loop, best) in runs.items():
-            for key, param in params[name].items():
-                param.copy_(best[key])
-            results[name] = FitResult(loop["best_dev"], loop["best_epoch"], loop["history"],
-                                      _patience_exhausted(loop, task.settings))
+    results = {name: run.finish() for name, run in runs.items()}
     tuner.set_adapter(original)
     model.eval()
     return results
