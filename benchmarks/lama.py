@@ -636,7 +636,8 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
+def per_relation_figure(summary: dict[str, Any], per_rel: dict[str, Any]) -> Any:
+    """Bars of per-relation P@1: the manual prompt beside the method (one set when the method is the manual prompt)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -647,14 +648,25 @@ def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
     manual = [100 * per_rel["manual_ranks"]["per_relation"][r]["P@1"] for r in relations]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(relations) + 2), 4))
     x = range(len(relations))
-    ax.bar([i - 0.2 for i in x], manual, width=0.4, label="manual prompt", color="#9ca3af")
-    ax.bar([i + 0.2 for i in x], ours, width=0.4, label=summary["protocol"]["method"], color="#2563eb")
+    protocol = summary["protocol"]
+    if protocol["method"] == "manual" and protocol["prompts"] == "manual":  # the method row is the manual row
+        ax.bar(list(x), manual, width=0.6, label="manual prompt", color="#9ca3af")
+    else:
+        ax.bar([i - 0.2 for i in x], manual, width=0.4, label="manual prompt", color="#9ca3af")
+        ax.bar([i + 0.2 for i in x], ours, width=0.4, label=protocol["method"], color="#2563eb")
     ax.set_xticks(list(x), relations, rotation=90, fontsize=7)
     ax.set_ylabel("P@1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{summary['protocol']['model']}: per-relation P@1")
+    ax.set_title(f"{protocol['model']}: per-relation P@1")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = per_relation_figure(summary, per_rel)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

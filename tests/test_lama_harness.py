@@ -191,6 +191,17 @@ def test_a_run_shows_one_progress_display(tiny_bert: Path, fixture_data: Path, t
     assert bars == {"relations"}, bars
 
 
+def test_plot_shows_the_manual_prompt_once_for_the_manual_method(tiny_bert: Path, fixture_data: Path,
+                                                                   tmp_path: Path) -> None:
+    """The manual method's row is the manual row: one set of bars, not the same bars twice."""
+    for method, labels in (("manual", ["manual prompt"]), ("mixture", ["manual prompt", "mixture"])):
+        summary = lama.main(_args(tiny_bert, fixture_data, tmp_path / method, "--method", method, "--epochs", "1"))
+        per_rel = summary["per_seed"][str(summary["protocol"]["seeds"][0])]
+        (ax,) = lama.per_relation_figure(summary, per_rel).axes
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == labels
+        assert [len(bars) for bars in ax.containers] == [2] * len(labels)  # P19 and P1376
+
+
 def test_a_used_output_directory_needs_resume(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
     lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376"))
     with pytest.raises(SystemExit, match="pass --resume"):
