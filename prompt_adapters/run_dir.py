@@ -243,7 +243,7 @@ class RunLock:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(handle, 4096).decode("utf-8", "replace")
+            holder = _read_holder(handle)
             os.close(handle)
             raise RunLockedError(
                 f"output directory {self.directory} is in use by another run ({describe_holder(holder)}); wait for it "
@@ -289,6 +289,22 @@ def run_locked(directory: Path, is_main_process: bool, run: Callable[[], Any]) -
             lock.release()
 
 
+def _read_holder(handle: int, wait: float = 2.0) -> str:
+    """The lock file's holder record. A holder writes it just after taking the lock, so a run that lost the race by
+    an instant may find the file still empty: it re-reads for up to ``wait`` seconds before giving up on it."""
+    deadline = time.monotonic() + wait
+    while True:
+        os.lseek(handle, 0, os.SEEK_SET)
+        text = os.read(handle, 4096).decode("utf-8", "replace")
+        if describe_holder(text) != HOLDER_UNKNOWN or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.01)
+
+
+#: what the refusal says when the lock file names no holder
+HOLDER_UNKNOWN = "holder not recorded yet"
+
+
 def describe_holder(text: str) -> str:
     """'pid 123 on host x, started ..., command ...' from a lock file's content."""
     try:
@@ -296,7 +312,7 @@ def describe_holder(text: str) -> str:
         return (f"pid {info['pid']} on host {info['host']}, started {info['started']}, "
                 f"command: {info.get('command', '?')}")
     except (ValueError, KeyError, TypeError):
-        return "holder not recorded yet"
+        return HOLDER_UNKNOWN
 
 
 # ------------------------------------------------------------------------------------------------ manifest

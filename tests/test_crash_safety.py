@@ -304,6 +304,25 @@ def test_two_processes_started_together_one_wins(tmp_path: Path) -> None:
     assert "RunLockedError" in loser[1] and "in use by another run (pid " in loser[1]
 
 
+def test_a_run_that_loses_the_race_by_an_instant_still_names_the_holder(tmp_path: Path) -> None:
+    """The holder writes its record just after taking the lock; a contender that finds the file still empty waits
+    for it instead of saying the holder is unknown."""
+    import fcntl
+    import threading
+
+    handle = os.open(RunLock(tmp_path).path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(handle, fcntl.LOCK_EX)  # taken, record not written yet
+    record = json.dumps({"pid": 4242, "host": "gpu-3", "started": "2026-01-05 10:12:03", "command": "lama.py"})
+    writer = threading.Timer(0.2, lambda: os.write(handle, record.encode()))
+    writer.start()
+    try:
+        with pytest.raises(RunLockedError, match="pid 4242 on host gpu-3"):
+            RunLock(tmp_path).acquire()
+    finally:
+        writer.join()
+        os.close(handle)
+
+
 # ------------------------------------------------------------------------------------------------ manifest
 
 
