@@ -246,6 +246,11 @@ class RelationJob:
         return f"{self.relation}-seed{self.seed}"
 
 
+def is_manual_row(method: str, prompts: str) -> bool:
+    """Whether the method's row is the manual row (the manual method on the manual template): scored and drawn once."""
+    return method == "manual" and prompts == "manual"
+
+
 def relation_seed(seed: int, relation: str) -> int:
     return seed * 1_000_003 + zlib.crc32(relation.encode())
 
@@ -335,9 +340,9 @@ class Probe:
         torch.manual_seed(relation_seed(seed, relation))
         manual_template = self.manual_template(relation)
         templates, prompts_left_out = self.templates(relation)
-        # the manual method on the manual template is the manual row: score it once
-        same_as_manual = self.args.method == "manual" and templates == [manual_template]
-        manual = None if same_as_manual else self.evaluate(_manual([manual_template], self.args), relation, test)
+        manual = None  # the manual row is the method's own row: scored once
+        if not is_manual_row(self.args.method, self.args.init):
+            manual = self.evaluate(_manual([manual_template], self.args), relation, test)
         return RelationJob(relation, seed, train, dev, test, dropped, manual_template, templates, prompts_left_out,
                            manual, torch.get_rng_state())
 
@@ -649,7 +654,7 @@ def per_relation_figure(summary: dict[str, Any], per_rel: dict[str, Any]) -> Any
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(relations) + 2), 4))
     x = range(len(relations))
     protocol = summary["protocol"]
-    if protocol["method"] == "manual" and protocol["prompts"] == "manual":  # the method row is the manual row
+    if is_manual_row(protocol["method"], protocol["prompts"]):
         ax.bar(list(x), manual, width=0.6, label="manual prompt", color="#9ca3af")
     else:
         ax.bar([i - 0.2 for i in x], manual, width=0.4, label="manual prompt", color="#9ca3af")

@@ -289,6 +289,10 @@ def run_locked(directory: Path, is_main_process: bool, run: Callable[[], Any]) -
             lock.release()
 
 
+#: what the refusal says when the lock file names no holder
+HOLDER_UNKNOWN = "holder not recorded yet"
+
+
 def _read_holder(handle: int, wait: float = 2.0) -> str:
     """The lock file's holder record. A holder writes it just after taking the lock, so a run that lost the race by
     an instant may find the file still empty: it re-reads for up to ``wait`` seconds before giving up on it."""
@@ -299,10 +303,6 @@ def _read_holder(handle: int, wait: float = 2.0) -> str:
         if describe_holder(text) != HOLDER_UNKNOWN or time.monotonic() >= deadline:
             return text
         time.sleep(0.01)
-
-
-#: what the refusal says when the lock file names no holder
-HOLDER_UNKNOWN = "holder not recorded yet"
 
 
 def describe_holder(text: str) -> str:

@@ -291,6 +291,7 @@ class _AdapterRun:
         untrained adapter's ``dev_score`` is the score to beat and its parameters the best so far (epoch 0)."""
         self.params = params
         self.settings = settings
+        self.dev_score = dev_score
         self.optimizer = _make_optimizer(params, settings)
         self.scheduler = _make_scheduler(self.optimizer, settings, steps_per_epoch)
         saved = load(self.optimizer)
@@ -334,11 +335,11 @@ class _AdapterRun:
         if self.settings.schedule == "linear":
             self.scheduler.step()
 
-    def end_epoch(self, train_loss: float, dev_score: Callable[[], float]) -> float:
+    def end_epoch(self, train_loss: float) -> float:
         """Per-epoch schedule, dev score, history, best parameters and patience; returns the epoch's dev score."""
         if self.settings.schedule == "exponential":
             self.scheduler.step()
-        dev = dev_score()
+        dev = self.dev_score()
         epoch = self.epoch + 1
         self.loop["epoch"] = epoch
         self.loop["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_p1": dev})
@@ -424,7 +425,7 @@ def fit(
             check_finite_loss(loss, run.epoch + 1, step, run.learning_rate)
             run.step()
             total += float(loss.detach()) * len(index)
-        dev_p1 = run.end_epoch(total / len(train), dev_score)
+        dev_p1 = run.end_epoch(total / len(train))
         if checkpoint_dir is not None and rank == 0:
             save_checkpoint(Path(checkpoint_dir), model, run.optimizer, run.state(), _resume_settings(settings))
         if world > 1:
@@ -579,7 +580,7 @@ def fit_joint(
                 runs[name].step()
         for name in active:
             task, run = by_name[name], runs[name]
-            run.end_epoch(totals[name] / len(task.train), functools.partial(dev_score, task))
+            run.end_epoch(totals[name] / len(task.train))
             if checkpoint_dir is not None:
                 only(name)
                 save_checkpoint(Path(checkpoint_dir) / name, model, run.optimizer, run.state(),
