@@ -85,11 +85,35 @@ class Method:
     native_peft: bool = False
 
 
+#: --prompt-form: "rewrite" tunes the prompt's own words (Qin & Eisner; P-tuning's word-free template); "prefix"
+#: keeps the prompt's words as real tokens and tunes soft tokens put in front of it (what peft's prompt methods read)
+PROMPT_FORMS = ("rewrite", "prefix")
+
+
+def soft_prefix_template(template: str) -> str:
+    """The template with a soft copy of its own words in front: ``[soft: was born in .][X] was born in [Y] .``.
+
+    Read with ``words="hard"``, the original words stay real tokens and only the copy is tuned, initialised from
+    the words' embeddings: token for token the input peft's PROMPT_TUNING with text init reads (the copy is glued
+    to the prompt, so the prompt's first piece is tokenised as the start of a text, as peft tokenises it).
+    """
+    words = peft_baselines.template_words(template)
+    if not words:
+        raise SystemExit(f"--prompt-form prefix needs a template with words to copy, got {template!r}")
+    return f"[soft: {words}]{template}"
+
+
 def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
+    if args.prompt_form == "prefix":
+        return MixturePromptConfig(templates=[soft_prefix_template(t) for t in templates], words="hard",
+                                   init=args.init_vectors, data_dependent=args.data_dependent)
     return MixturePromptConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
 
 
 def _deep(templates: list[str], args: argparse.Namespace) -> DeepPerturbConfig:
+    if args.prompt_form == "prefix":
+        return DeepPerturbConfig(templates=[soft_prefix_template(t) for t in templates], words="hard",
+                                 init=args.init_vectors, data_dependent=args.data_dependent)
     return DeepPerturbConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
 
 
@@ -101,7 +125,14 @@ def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConf
 PTUNING_TEMPLATES = {"causal": "[P*3] [X] [P*3] [Y]", "masked": "[P*3] [X] [P*3] [Y] [P*3]"}
 
 
+#: pseudo tokens in front of the manual prompt for --prompt-form prefix: as many as the paper's causal template has
+PTUNING_PREFIX_TOKENS = 9
+
+
 def _ptuning(templates: list[str], args: argparse.Namespace) -> PTuningEncoderConfig:
+    if args.prompt_form == "prefix":
+        return PTuningEncoderConfig(templates=[f"[P*{PTUNING_PREFIX_TOKENS}]{t}" for t in templates],
+                                    encoder=args.encoder)
     template = PTUNING_TEMPLATES["causal" if args.lm_kind == "causal" else "masked"]
     return PTuningEncoderConfig(templates=[template], encoder=args.encoder)
 
@@ -113,8 +144,7 @@ def _peft_prompt_tuning(templates: list[str], args: argparse.Namespace) -> Any:
 
 def _peft_p_tuning(templates: list[str], args: argparse.Namespace) -> Any:
     """peft's P_TUNING with as many virtual tokens as our causal P-tuning template has pseudo tokens."""
-    count = PTUNING_TEMPLATES["causal"].count("[P*3]") * 3
-    return peft_baselines.p_tuning_config(count, args.encoder, args.embed_size)
+    return peft_baselines.p_tuning_config(PTUNING_PREFIX_TOKENS, args.encoder, args.embed_size)
 
 
 QIN_EISNER = TrainSettings(epochs=16, learning_rate=1e-3, batch_size=32, patience=4, seed=42)
@@ -148,6 +178,8 @@ METHODS: dict[str, Method] = {
     "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
 }
 NONE = "None"
+#: the methods whose prompt can be read in --prompt-form prefix
+PREFIX_METHODS = ("mixture", "deep", "ptuning")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,6 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", default="manual", help="prompt list the templates come from (a load_prompts kind)")
     parser.add_argument("--init-vectors", default="words", choices=("words", "random", "vocab"))
     parser.add_argument("--data-dependent", action="store_true", help="per-example mixture weights")
+    parser.add_argument("--prompt-form", default="rewrite", choices=PROMPT_FORMS,
+                        help="rewrite: tune the prompt's own words (the papers' setting); prefix: keep the words as "
+                        "real tokens and tune soft tokens in front of them, as peft's prompt methods do "
+                        "(mixture, deep, ptuning)")
     parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"), help="P-tuning encoder")
     parser.add_argument("--generator", default="facebook/bart-large", help="PromptGen generator (Hub id or dir)")
     parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
@@ -542,7 +578,8 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
     return {
         "command": " ".join(sys.argv),
         "protocol": {
-            "model": args.model, "method": args.method, "prompts": args.init, "init_vectors": args.init_vectors,
+            "model": args.model, "method": args.method, "prompts": args.init, "prompt_form": args.prompt_form,
+            "init_vectors": args.init_vectors,
             "data_dependent": args.data_dependent, "corpus": args.split, "candidates": args.candidates,
             "dedupe": not args.no_dedupe, "exclude_other_valid": args.exclude_other_valid, "mrr_cap": cap,
             "averaging": "macro (mean over relations) is the headline; micro pools facts",
@@ -693,6 +730,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
     check_joint(args)
+    if args.prompt_form == "prefix" and args.method not in PREFIX_METHODS:
+        raise SystemExit(f"--prompt-form prefix applies to --method {', '.join(PREFIX_METHODS)}; --method "
+                         f"{args.method} reads its prompt as it is")
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:

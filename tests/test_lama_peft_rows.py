@@ -116,3 +116,32 @@ def test_prompts_a_causal_lm_cannot_read_stop_the_run_before_training(tiny_gpt2:
     with pytest.raises(SystemExit, match="none of the 2 'lpaqa_mined' prompts of P19 can be read by a causal LM"):
         lama.main(_args(tiny_gpt2, data, tmp_path / "out", "--method", "mixture", "--init", "lpaqa_mined"))
     assert not (tmp_path / "out" / "relations").exists()
+
+
+def test_prefix_form_reads_what_peft_prompt_tuning_reads_before_training(tiny_gpt2: Path, fixture_data: Path,
+                                                                         tmp_path: Path) -> None:
+    """--prompt-form prefix keeps the manual words as real tokens and puts a soft copy of them in front: before
+    training it must rank every test fact exactly as peft's PROMPT_TUNING (text init) does."""
+    assert lama.soft_prefix_template(TEMPLATE) == "[soft: was born in .][X] was born in [Y] ."
+    lama.main(_args(tiny_gpt2, fixture_data, tmp_path / "ours", "--method", "mixture", "--prompt-form", "prefix",
+                    "--seed", "1"))
+    lama.main(_args(tiny_gpt2, fixture_data, tmp_path / "peft", "--method", "peft_prompt_tuning", "--seed", "1"))
+    ours, theirs = _record(tmp_path / "ours", 1), _record(tmp_path / "peft", 1)
+    assert ours["init_ranks"] == theirs["init_ranks"]
+    assert ours["init_ranks"] != ours["manual_ranks"]  # the copy in front changes what the LM reads
+    protocol = json.loads((tmp_path / "ours" / "results.json").read_text())["protocol"]
+    assert protocol["prompt_form"] == "prefix"
+
+
+@pytest.mark.parametrize("method", ["ptuning", "deep"])
+def test_prefix_form_trains_the_other_methods(method: str, tiny_gpt2: Path, fixture_data: Path,
+                                              tmp_path: Path) -> None:
+    lama.main(_args(tiny_gpt2, fixture_data, tmp_path, "--method", method, "--prompt-form", "prefix", "--seed", "1"))
+    record = _record(tmp_path, 1)
+    assert [h["epoch"] for h in record["history"]] == [1, 2] and len(record["ranks"]) == 12
+
+
+def test_prefix_form_is_refused_where_it_does_not_apply(tiny_gpt2: Path, fixture_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--prompt-form prefix applies to --method mixture, deep, ptuning"):
+        lama.main(_args(tiny_gpt2, fixture_data, tmp_path, "--method", "peft_prompt_tuning", "--prompt-form",
+                        "prefix"))
