@@ -125,8 +125,9 @@ def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConf
 PTUNING_TEMPLATES = {"causal": "[P*3] [X] [P*3] [Y]", "masked": "[P*3] [X] [P*3] [Y] [P*3]"}
 
 
-#: pseudo tokens in front of the manual prompt for --prompt-form prefix: as many as the paper's causal template has
-PTUNING_PREFIX_TOKENS = 9
+#: pseudo tokens in front of the manual prompt for --prompt-form prefix and peft's P_TUNING row: as many as the
+#: paper's causal template has (6)
+PTUNING_PREFIX_TOKENS = PTUNING_TEMPLATES["causal"].count("[P*3]") * 3
 
 
 def _ptuning(templates: list[str], args: argparse.Namespace) -> PTuningEncoderConfig:
