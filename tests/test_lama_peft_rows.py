@@ -120,14 +120,16 @@ def test_prompts_a_causal_lm_cannot_read_stop_the_run_before_training(tiny_gpt2:
 
 def test_prefix_form_reads_what_peft_prompt_tuning_reads_before_training(tiny_gpt2: Path, fixture_data: Path,
                                                                          tmp_path: Path) -> None:
-    """--prompt-form prefix keeps the manual words as real tokens and puts a soft copy of them in front: before
-    training it must rank every test fact exactly as peft's PROMPT_TUNING (text init) does."""
+    """--prompt-form prefix keeps the manual words as real tokens and puts a soft copy of them in front: the input
+    peft's PROMPT_TUNING (text init) reads. Same input, same loss, same loop: it must rank every test fact as peft
+    does before training, follow the same training history and end with the same ranks."""
     assert lama.soft_prefix_template(TEMPLATE) == "[soft: was born in .][X] was born in [Y] ."
     lama.main(_args(tiny_gpt2, fixture_data, tmp_path / "ours", "--method", "mixture", "--prompt-form", "prefix",
                     "--seed", "1"))
     lama.main(_args(tiny_gpt2, fixture_data, tmp_path / "peft", "--method", "peft_prompt_tuning", "--seed", "1"))
     ours, theirs = _record(tmp_path / "ours", 1), _record(tmp_path / "peft", 1)
     assert ours["init_ranks"] == theirs["init_ranks"]
+    assert ours["history"] == theirs["history"] and ours["ranks"] == theirs["ranks"]
     assert ours["init_ranks"] != ours["manual_ranks"]  # the copy in front changes what the LM reads
     protocol = json.loads((tmp_path / "ours" / "results.json").read_text())["protocol"]
     assert protocol["prompt_form"] == "prefix"
