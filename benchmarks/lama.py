@@ -90,6 +90,12 @@ class Method:
 PROMPT_FORMS = ("rewrite", "prefix")
 
 
+def subject_before_answer(template: str) -> bool:
+    """Whether the subject slot [X] comes before the answer slot [Y]: all a causal LM reads is the text before [Y]."""
+    subject, answer = template.find("[X]"), template.find("[Y]")
+    return 0 <= subject < answer
+
+
 def soft_prefix_template(template: str) -> str:
     """The template with a soft copy of its own words in front: ``[soft: was born in .][X] was born in [Y] .``.
 
@@ -339,16 +345,19 @@ class Probe:
     def templates(self, relation: str) -> tuple[list[str], int]:
         """The --init prompts this LM can read (first --max-prompts of them) and how many were left out.
 
-        A causal LM reads the answer after the prompt, so prompts that start with [Y] are left out (and counted).
+        A causal LM reads only the text before [Y], so a prompt whose subject [X] does not come before [Y]
+        (``[Y] native [X] .``, ``The capital of [Y] is [X] .``) cannot be answered from the subject: such prompts are
+        left out (and counted).
         """
         if self.args.init == "manual":
             return [self.manual_template(relation)], 0
         prompts = lama_data.load_prompts(self.data_dir, self.args.init, relation)
-        usable = [p for p in prompts if not (self.args.lm_kind == "causal" and p.lstrip().startswith("[Y]"))]
+        usable = [p for p in prompts if self.args.lm_kind != "causal" or subject_before_answer(p)]
         kept = usable[: self.args.max_prompts] if self.args.max_prompts else usable
         if not kept:
             raise SystemExit(f"none of the {len(prompts)} {self.args.init!r} prompts of {relation} can be read by a "
-                             f"{self.args.lm_kind} LM (each starts with [Y])")
+                             f"{self.args.lm_kind} LM (in each, the subject [X] comes after the answer slot [Y], and "
+                             "a causal LM reads only the text before [Y])")
         return kept, len(prompts) - len(kept)
 
     def exclusion(self, relation: str) -> Callable[[list[dict[str, str]]], torch.Tensor] | None:

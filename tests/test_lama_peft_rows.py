@@ -93,11 +93,25 @@ def test_max_prompts_keeps_the_prompts_a_causal_lm_can_read(tiny_gpt2: Path, fix
                                                             tmp_path: Path) -> None:
     mined = [json.loads(line)["template"] for line in
              (fixture_data / "lama" / "prompts" / "lpaqa_mined" / "P19.jsonl").read_text().splitlines()]
-    readable = [t for t in mined if not t.startswith("[Y]")]
+    readable = [t for t in mined if t.index("[X]") < t.index("[Y]")]
     lama.main(_args(tiny_gpt2, fixture_data, tmp_path, "--method", "manual", "--init", "lpaqa_mined",
                     "--max-prompts", "2"))
     record = _record(tmp_path, 42)
     assert record["templates"] == readable[:2] and record["prompts_left_out"] == len(mined) - 2
+
+
+def test_prompts_that_put_the_subject_after_the_answer_are_left_out_for_a_causal_lm(
+        tiny_gpt2: Path, fixture_data: Path, tmp_path: Path) -> None:
+    """A causal LM reads only the text before [Y]: "The capital of [Y] is [X] ." never shows it the subject."""
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data / "lama", data / "lama")
+    mined = data / "lama" / "prompts" / "lpaqa_mined" / "P19.jsonl"
+    mined.write_text('{"template": "The birthplace of [Y] is [X] ."}\n{"template": "[X] was born in [Y] ."}\n'
+                     '{"template": "[Y] is where [X] was born ."}\n{"template": "[X] is from [Y] ."}\n')
+    lama.main(_args(tiny_gpt2, data, tmp_path / "out", "--method", "manual", "--init", "lpaqa_mined"))
+    record = _record(tmp_path / "out", 42)
+    assert record["templates"] == ["[X] was born in [Y] .", "[X] is from [Y] ."] and record["prompts_left_out"] == 2
+    assert not lama.subject_before_answer("[Y] [X]") and not lama.subject_before_answer("no subject [Y]")
 
 
 def test_peft_rows_refuse_a_masked_lm(fixture_data: Path, tmp_path: Path) -> None:
