@@ -109,18 +109,20 @@ def soft_prefix_template(template: str) -> str:
     return f"[soft: {words}]{template}"
 
 
-def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
+def _soft_prompts(templates: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields of the mixture-style methods: their templates and word mode in the chosen --prompt-form."""
+    common = {"init": args.init_vectors, "data_dependent": args.data_dependent}
     if args.prompt_form == "prefix":
-        return MixturePromptConfig(templates=[soft_prefix_template(t) for t in templates], words="hard",
-                                   init=args.init_vectors, data_dependent=args.data_dependent)
-    return MixturePromptConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
+        return {**common, "templates": [soft_prefix_template(t) for t in templates], "words": "hard"}
+    return {**common, "templates": templates}
+
+
+def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
+    return MixturePromptConfig(**_soft_prompts(templates, args))
 
 
 def _deep(templates: list[str], args: argparse.Namespace) -> DeepPerturbConfig:
-    if args.prompt_form == "prefix":
-        return DeepPerturbConfig(templates=[soft_prefix_template(t) for t in templates], words="hard",
-                                 init=args.init_vectors, data_dependent=args.data_dependent)
-    return DeepPerturbConfig(templates=templates, init=args.init_vectors, data_dependent=args.data_dependent)
+    return DeepPerturbConfig(**_soft_prompts(templates, args))
 
 
 def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
