@@ -83,6 +83,7 @@ class Method:
     defaults: TrainSettings
     pooled: bool = False  # one adapter trained on every relation's facts together (PromptGen)
     native_peft: bool = False
+    prefix_form: bool = False  # builds its prompt in --prompt-form prefix too
 
 
 #: --prompt-form: "rewrite" tunes the prompt's own words (Qin & Eisner; P-tuning's word-free template); "prefix"
@@ -179,16 +180,14 @@ def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfi
 #: --method name -> Method; a new method is one entry here
 METHODS: dict[str, Method] = {
     "manual": Method(_manual, train=False, defaults=QIN_EISNER),
-    "mixture": Method(_mixture, train=True, defaults=QIN_EISNER),
-    "deep": Method(_deep, train=True, defaults=QIN_EISNER),
-    "ptuning": Method(_ptuning, train=True, defaults=P_TUNING),
+    "mixture": Method(_mixture, train=True, defaults=QIN_EISNER, prefix_form=True),
+    "deep": Method(_deep, train=True, defaults=QIN_EISNER, prefix_form=True),
+    "ptuning": Method(_ptuning, train=True, defaults=P_TUNING, prefix_form=True),
     "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, pooled=True),
     "peft_prompt_tuning": Method(_peft_prompt_tuning, train=True, defaults=QIN_EISNER, native_peft=True),
     "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
 }
 NONE = "None"
-#: the methods whose prompt can be read in --prompt-form prefix
-PREFIX_METHODS = ("mixture", "deep", "ptuning")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -742,9 +741,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
     check_joint(args)
-    if args.prompt_form == "prefix" and args.method not in PREFIX_METHODS:
-        raise SystemExit(f"--prompt-form prefix applies to --method {', '.join(PREFIX_METHODS)}; --method "
-                         f"{args.method} reads its prompt as it is")
+    if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:
+        names = ", ".join(name for name, method in METHODS.items() if method.prefix_form)
+        raise SystemExit(f"--prompt-form prefix applies to --method {names}; --method {args.method} reads its "
+                         "prompt as it is")
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:
