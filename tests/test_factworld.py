@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,3 +253,29 @@ def test_tuned_prompts_beat_the_manual_prompt_on_held_out_facts(factworld_small:
     assert manual_p1 <= 0.5
     assert soft_p1 >= manual_p1 + 0.3, (manual_p1, soft_p1)
     assert ptuning_p1 >= manual_p1 + 0.3, (manual_p1, ptuning_p1)
+
+
+def test_promptgen_probe_measures_the_pristine_generator_and_the_prompt_space(
+    factworld_small: tuple[Path, dict],
+) -> None:
+    """benchmarks/promptgen_probe.py (docs/promptgen.md, "What limits PromptGen"): both reports on the small world."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import promptgen_probe
+
+    world, _ = factworld_small
+    report = promptgen_probe.main(["prompts", "--world", str(world), "--stopping", "fixed", "--show", "1"])
+    for split in ("train", "test"):
+        assert set(report[split]) == {"macro P@1", "None P@1"}
+        assert all(0 <= value <= 100 for value in report[split].values())
+    # stopping="fixed" writes every soft token: m = 10 before the answer slot and n = 5 after it
+    assert report["soft tokens"]["mean segment lengths"] == [10.0, 5.0]
+    assert 0 < report["soft tokens"]["median max probability"] <= 1
+    assert report["prompts"] and all("[MASK]" in line for line in report["prompts"])
+
+    relation = json.loads((world / "world.json").read_text())["relations"][0]
+    hull = promptgen_probe.main(["hull", "--world", str(world), "--relations", relation["relation"],
+                                 "--lengths", "2+1", "--steps", "3"])[relation["relation"]]
+    assert hull[relation["manual"]] >= 0
+    learned = hull["learned, 2 + 1 soft tokens"]
+    assert 0 <= learned["P@1"] <= 100
+    assert len(learned["argmax words"].split()) == 3
