@@ -174,7 +174,8 @@ PROMPTGEN = TrainSettings(
 
 def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfig:
     return PromptGenConfig(generator_name_or_path=args.generator, leak_penalty=args.leak_penalty,
-                           leak_form=args.leak_form, stopping=args.stopping)
+                           leak_form=args.leak_form, stopping=args.stopping, num_before=args.num_before,
+                           num_after=args.num_after)
 
 
 #: --method name -> Method; a new method is one entry here
@@ -207,6 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
     parser.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"),
                         help="PromptGen stopping rule (docs/promptgen.md)")
+    parser.add_argument("--num-before", type=int, default=10,
+                        help="PromptGen: most soft tokens before the answer slot (the paper's m = 10)")
+    parser.add_argument("--num-after", type=int, default=5,
+                        help="PromptGen: most soft tokens after the answer slot (the paper's n = 5)")
     parser.add_argument("--data-dir", default=str(lama_data.default_lama_dir()),
                         help="LAMA data folder (default: where --download puts it; docs/lama-data-and-metrics.md)")
     parser.add_argument("--split", default="autoprompt", help="fact corpus: " + ", ".join(lama_data.CORPORA))

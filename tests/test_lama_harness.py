@@ -208,3 +208,11 @@ def test_a_used_output_directory_needs_resume(tiny_bert: Path, fixture_data: Pat
         lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376"))
     assert lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "manual", "--relations", "P1376",
                            "--resume")) is not None
+
+
+def test_promptgen_segment_maxima_reach_the_config(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    """--num-before / --num-after set PromptGen's m and n (the paper's 10 and 5 by default)."""
+    bart = save_tiny_model("bart", tmp_path / "bart")
+    lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg", "--method", "promptgen", "--generator", str(bart),
+                    "--epochs", "1", "--num-before", "3", "--num-after", "0", "--stopping", "fixed"))
+    assert all(r["templates"] == ["[X] [P*3] [Y]"] for r in records(tmp_path / "pg").values())
