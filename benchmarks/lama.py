@@ -22,7 +22,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
     parser.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"),
                         help="PromptGen stopping rule (docs/promptgen.md)")
+    parser.add_argument("--stop-at-answers", action="store_true",
+                        help="PromptGen: the segment before the answer slot also ends where the generator's most "
+                        "likely next word is an object of the training facts (answer_words, docs/promptgen.md)")
     parser.add_argument("--num-before", type=int, default=10,
                         help="PromptGen: most soft tokens before the answer slot (the paper's m = 10)")
     parser.add_argument("--num-after", type=int, default=5,
@@ -515,6 +518,8 @@ class Probe:
         dev = [fact for job in jobs for fact in job.dev] or train
         torch.manual_seed(relation_seed(seed, "joint"))
         config = method.build([], args)
+        if args.stop_at_answers:  # the objects of the training facts end the segment before the answer slot
+            config = replace(config, answer_words=sorted({fact["obj"] for fact in train}))
         config.compile(self.tokenizer)
         model = get_peft_model(self.base, config)
         try:

@@ -216,3 +216,9 @@ def test_promptgen_segment_maxima_reach_the_config(tiny_bert: Path, fixture_data
     lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg", "--method", "promptgen", "--generator", str(bart),
                     "--epochs", "1", "--num-before", "3", "--num-after", "0", "--stopping", "fixed"))
     assert all(r["templates"] == ["[X] [P*3] [Y]"] for r in records(tmp_path / "pg").values())
+    with pytest.raises(ValueError, match="stopping='fixed' always writes num_before tokens"):
+        lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg2", "--method", "promptgen", "--generator", str(bart),
+                        "--epochs", "1", "--stopping", "fixed", "--stop-at-answers"))
+    lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg3", "--method", "promptgen", "--generator", str(bart),
+                    "--epochs", "1", "--stop-at-answers"))
+    assert json.loads((tmp_path / "pg3" / "run.json").read_text())["settings"]["stop_at_answers"] is True

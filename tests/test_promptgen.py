@@ -293,3 +293,38 @@ def test_none_rows_in_a_call_of_their_own_give_the_loss_and_gradients_of_one_cal
     assert split_grads.keys() == single_grads.keys()
     for name, grad in split_grads.items():
         torch.testing.assert_close(grad, single_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_answer_words_end_the_first_segment_where_one_is_most_likely(bart_dir: Path) -> None:
+    """``answer_words``: the segment before the answer slot also ends at the first step whose most likely shared word
+    is one of them (a denoising generator writes the answer there); the steps before it are unchanged."""
+    keys = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids")
+    examples = [{**EXAMPLES[0], "X": subject} for subject in ("Dante", "Paris", "London")]
+    plain, tok = _model(bart_dir, stopping="eos")
+    batch = PromptGenCollator(tok, plain, leak_rows=False)(examples)
+    state = plain.base_model.state
+    with torch.no_grad():
+        free_steps, free_lengths = state.generate("default", *(batch[k] for k in keys))
+    down_ids = state.options["default"]["down_ids"]
+    written = free_steps[:, :4].argmax(-1)  # shared-vocabulary index of each row's most likely word per step
+    word = tok.convert_ids_to_tokens(int(down_ids[written[0, 1]]))  # row 0 writes it at its second step
+    with pytest.warns(UserWarning, match=r"1 of 2 answer_words are not one word of the shared vocabulary"):
+        stopped, _ = _model(bart_dir, stopping="eos", answer_words=[word, "not-a-shared-word"])
+    assert stopped.peft_config["default"].answer_stops == [int(down_ids[written[0, 1]])]
+    with torch.no_grad():
+        steps, lengths = stopped.base_model.state.generate("default", *(batch[k] for k in keys))
+    hits = written == written[0, 1]
+    first_hit = torch.where(hits.any(1), hits.float().argmax(1), 4)
+    expected = torch.minimum(first_hit, free_lengths[:, 0])
+    assert lengths[:, 0].tolist() == expected.tolist()
+    assert expected[0] <= 1 < free_lengths[0, 0]
+    for row, length in enumerate(expected.tolist()):
+        torch.testing.assert_close(steps[row, :length], free_steps[row, :length])
+        assert not steps[row, length:4].any()
+
+
+def test_answer_words_need_a_rule_that_stops(bart_dir: Path) -> None:
+    with pytest.raises(ValueError, match="stopping='fixed' always writes num_before tokens"):
+        PromptGenConfig(generator_name_or_path=str(bart_dir), stopping="fixed", answer_words=["Paris"])
+    with pytest.raises(TypeError, match="answer_words must be"):
+        PromptGenConfig(generator_name_or_path=str(bart_dir), answer_words="Paris")

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
 from prompt_adapters.peft_registry import PROMPT_GEN, extend_peft_type
-from prompt_adapters.template import CompiledTemplate
+from prompt_adapters.template import CompiledTemplate, encode_fragment
 from prompt_adapters.tuner import PromptConfig
 from prompt_adapters.validation import check_field_types
 
@@ -37,22 +37,30 @@ class PromptGenConfig(PromptConfig):
             most likely next token; ``fixed``: always ``num_before`` / ``num_after`` tokens. "Most likely" is
             among the shared vocabulary and the stop token. ``paper``, this option's name for ``eos`` in earlier
             releases, is read as ``eos`` with a warning.
+        answer_words: words that also end the segment before the answer slot when one of them is the generator's
+            most likely next word (``mask`` and ``eos`` only). A denoising generator reconstructs the input and
+            writes the answer itself where the paper's Figure 1 decoder writes its mask token; with the objects of
+            the training facts here, the segment ends where the generator reaches the answer slot. Words that are
+            not in the shared vocabulary cannot be written, so they never end a segment (counted in a warning).
         leak_penalty: alpha in L = -log P(o | T(s)) + alpha * leak(T(None)), T(None) being the same generated prompt
             with the subject replaced by ``none_subject``.
         leak_form: ``paper``: leak = log P(o | T(None)) (unbounded below; the paper's form, the default for
             reproduction); ``bounded``: leak = -log(1 - P(o | T(None))), which stops pushing once the leak is gone.
         common_vocab: filled automatically: (downstream ids, generator ids) of the shared vocabulary, computed
             from the two tokenizers when the templates are compiled and saved with the adapter.
+        answer_stops: filled automatically: the downstream ids of the ``answer_words`` in the shared vocabulary.
     """
 
     generator_name_or_path: str | None = field(default=None)
     num_before: int = field(default=10)
     num_after: int = field(default=5)
     stopping: str = field(default="mask")
+    answer_words: list[str] = field(default_factory=list)
     leak_penalty: float = field(default=0.3)
     leak_form: str = field(default="paper")
     none_subject: str = field(default="None")
     common_vocab: list[list[int]] | None = field(default=None, metadata={"help": "filled automatically"})
+    answer_stops: list[int] | None = field(default=None, metadata={"help": "filled automatically"})
     templates: list[str] = field(default_factory=list)
     words: str = field(default="hard")
 
@@ -74,6 +82,11 @@ class PromptGenConfig(PromptConfig):
             self.stopping = renamed
         if self.stopping not in STOPPING:
             raise ValueError(f"stopping must be one of {STOPPING}, got {self.stopping!r}")
+        if self.answer_words and self.stopping == "fixed":
+            raise ValueError(
+                f"answer_words end a segment early, but stopping='fixed' always writes num_before tokens; use "
+                f"stopping='mask' or 'eos' with answer_words ({len(self.answer_words)} given)"
+            )
         if self.leak_form not in LEAK_FORMS:
             raise ValueError(f"leak_form must be one of {LEAK_FORMS}, got {self.leak_form!r}")
         if not 0 <= self.leak_penalty < math.inf:
@@ -92,4 +105,27 @@ class PromptGenConfig(PromptConfig):
         generator = AutoTokenizer.from_pretrained(self.generator_name_or_path)
         down_ids, gen_ids = common_vocabulary(tokenizer, generator)
         self.common_vocab = [down_ids, gen_ids]
+        if self.answer_words:
+            self.answer_stops = answer_stop_ids(self.answer_words, tokenizer, down_ids)
         return compiled
+
+
+def answer_stop_ids(words: list[str], tokenizer: PreTrainedTokenizerBase, shared: list[int]) -> list[int]:
+    """The downstream ids of the answer words the generator can write (one shared word each); warns with a count
+    of the others."""
+    shared_ids = set(shared)
+    found: set[int] = set()
+    missing = []
+    for word in dict.fromkeys(words):
+        ids = encode_fragment(tokenizer, word, True)
+        if len(ids) == 1 and ids[0] in shared_ids:
+            found.add(ids[0])
+        else:
+            missing.append(word)
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of {len(set(words))} answer_words are not one word of the shared vocabulary, so the "
+            f"generator cannot write them and they end no segment (e.g. {missing[:3]})",
+            stacklevel=3,
+        )
+    return sorted(found)

@@ -73,6 +73,7 @@ class PromptGenLayer(MixturePromptLayer):
         scale = _embed_scale(embedding, embedding.weight)
         self._downstream[name] = (embedding.weight, scale, embedding.weight.shape[0])
         self._model = (model,)
+        answer_stops = config.answer_stops or []  # type: ignore[attr-defined]
         causal = config.lm_kind == "causal"
         m, n = config.num_before, config.num_after  # type: ignore[attr-defined]
         written_after = 0 if causal else n  # a causal LM never reads past the answer slot
@@ -91,6 +92,7 @@ class PromptGenLayer(MixturePromptLayer):
             "written_after": written_after,
             "stop_ids": stop_ids,
             "stops_early": config.stopping != "fixed",  # type: ignore[attr-defined]
+            "answer_stops": torch.isin(torch.tensor(down_ids), torch.tensor(answer_stops, dtype=torch.long)),
             "alpha": config.leak_penalty,  # type: ignore[attr-defined]
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
             "mask_id": mask_id,
@@ -172,6 +174,7 @@ class PromptGenLayer(MixturePromptLayer):
         prefix = embed(prefix_ids.clamp(min=0))
         answer = embed(torch.tensor([options["mask_id"]], device=device))[0] if n else vocab_embeds[0]
         stop_before, stop_after = options["stop_ids"]
+        answer_stops = options["answer_stops"].to(device)  # a shared word that ends the first segment
         steps = torch.zeros(rows, options["m"] + options["n"], common.numel(), device=device)
         phase = torch.zeros(rows, dtype=torch.long, device=device)
         count = torch.zeros_like(phase)
@@ -185,6 +188,7 @@ class PromptGenLayer(MixturePromptLayer):
             restricted = logits.index_select(-1, common)
             best = restricted.max(-1).values
             stop0 = logits[:, stop_before] > best if stop_before is not None else no_stop
+            stop0 = stop0 | answer_stops[restricted.argmax(-1)]
             stop1 = logits[:, stop_after] > best if stop_after is not None else no_stop
             dist = torch.softmax(restricted, dim=-1)
             write0 = generating & (phase == 0) & ~stop0 & (count < m)
