@@ -45,6 +45,10 @@ TABLE_ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("PromptGen, alpha = 0", "bert",
      ("--method", "promptgen", "--generator", "{world}/bart", "--leak-penalty", "0", *GENERATOR)),
     ("P-tuning (masked LM), relations trained jointly", "bert", ("--method", "ptuning", *ENCODER, "--joint")),
+    ("PromptGen, alpha = 0.3, stopping at answer words", "bert",
+     ("--method", "promptgen", "--generator", "{world}/bart", "--stop-at-answers", *GENERATOR)),
+    ("PromptGen, alpha = 0, stopping at answer words", "bert",
+     ("--method", "promptgen", "--generator", "{world}/bart", "--leak-penalty", "0", "--stop-at-answers", *GENERATOR)),
 )
 
 

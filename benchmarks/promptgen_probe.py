@@ -5,7 +5,8 @@
 
 ``prompts`` builds the PromptGen adapter as ``benchmarks/lama.py --method promptgen`` does (one generator for every
 relation), optionally loads the generator from a training checkpoint of that harness
-(``OUTPUT/checkpoints/joint-seed42/vNNNNNN/state.safetensors``; without it, the generator as pretrained), and prints
+(``OUTPUT/checkpoints/joint-seed42/vNNNNNN/state.safetensors``: the epoch the harness kept; without it, the generator
+as pretrained), and prints
 macro P@1 and None-subject P@1 on the train and test facts, how peaked the written soft tokens are and how long the
 segments run, how many prompts hold the gold object among their words, and some prompts as text.
 
@@ -22,6 +23,7 @@ import json
 import random
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--world", required=True, type=Path)
     prompts.add_argument("--checkpoint", type=Path, help="state.safetensors of a lama.py PromptGen checkpoint")
     prompts.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"))
+    prompts.add_argument("--stop-at-answers", action="store_true",
+                         help="the training facts' objects as answer_words, as benchmarks/lama.py --stop-at-answers")
     prompts.add_argument("--show", type=int, default=2, help="prompts shown per relation and split")
     hull = commands.add_parser("hull", help="one prompt per relation, free logits over the shared vocabulary")
     hull.add_argument("--world", required=True, type=Path)
@@ -71,14 +75,17 @@ def prompts_report(args: argparse.Namespace) -> dict:
         for split in (job.train, job.test):
             split[:] = [{**fact, "template": job.manual_template} for fact in split]
     config = lama.METHODS["promptgen"].build([], lama_args)
+    if args.stop_at_answers:
+        config = replace(config, answer_words=sorted({fact["obj"] for job in jobs for fact in job.train}))
     config.compile(probe.tokenizer)
     model = get_peft_model(probe.base, config)
     if args.checkpoint:
         saved = load_file(str(args.checkpoint))
+        kept = "best." if any(key.startswith("best.") for key in saved) else "param."  # the epoch the harness kept
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if param.requires_grad:
-                    param.copy_(saved[f"param.{name}"])
+                    param.copy_(saved[kept + name])
     scored = PromptGenCollator(probe.tokenizer, model, leak_rows=False, candidate_ids=probe.candidate_tensor)
     leaky = PromptGenCollator(probe.tokenizer, model, leak_rows=True, candidate_ids=probe.candidate_tensor)
     report: dict = {}
