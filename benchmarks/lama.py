@@ -174,8 +174,8 @@ PROMPTGEN = TrainSettings(
 
 def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfig:
     return PromptGenConfig(generator_name_or_path=args.generator, leak_penalty=args.leak_penalty,
-                           leak_form=args.leak_form, stopping=args.stopping, num_before=args.num_before,
-                           num_after=args.num_after)
+                           leak_form=args.leak_form, token_form=args.token_form, stopping=args.stopping,
+                           num_before=args.num_before, num_after=args.num_after)
 
 
 #: --method name -> Method; a new method is one entry here
@@ -206,6 +206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generator", default="facebook/bart-large", help="PromptGen generator (Hub id or dir)")
     parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
     parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
+    parser.add_argument("--token-form", default="soft", choices=("soft", "straight_through"),
+                        help="PromptGen: read each written token as the expectation of the embeddings (soft, the "
+                        "paper's) or as its most likely word with the expectation's gradient (docs/promptgen.md)")
     parser.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"),
                         help="PromptGen stopping rule (docs/promptgen.md)")
     parser.add_argument("--stop-at-answers", action="store_true",

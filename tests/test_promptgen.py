@@ -328,3 +328,42 @@ def test_answer_words_need_a_rule_that_stops(bart_dir: Path) -> None:
         PromptGenConfig(generator_name_or_path=str(bart_dir), stopping="fixed", answer_words=["Paris"])
     with pytest.raises(TypeError, match="answer_words must be"):
         PromptGenConfig(generator_name_or_path=str(bart_dir), answer_words="Paris")
+
+
+def test_straight_through_tokens_read_the_most_likely_word_and_keep_the_gradient(bart_dir: Path) -> None:
+    """``token_form="straight_through"``: every written position is exactly one shared word (what the downstream
+    model and the generator read back), chosen as a full rerun fed those words picks it, and the generator still
+    gets a gradient through the distributions."""
+    keys = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids")
+    model, tok = _model(bart_dir, stopping="fixed", token_form="straight_through")
+    state = model.base_model.state
+    batch = PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES)
+    with torch.no_grad():
+        steps, lengths = state.generate("default", *(batch[k] for k in keys))
+    assert lengths.tolist() == [[4, 2], [4, 2]]
+    assert torch.equal(steps.sum(-1), torch.ones(2, 6)) and torch.equal(steps.max(-1).values, torch.ones(2, 6))
+    generator = state.generator["default"]
+    common = state.options["default"]["gen_ids"]
+    prefix = state.options["default"]["prefix_ids"].tolist()
+    mask = state.options["default"]["mask_id"]
+    for row in range(2):  # a full rerun per row that reads back the most likely word of each step as a hard token
+        attention = batch["generator_attention_mask"][row : row + 1]
+        encoder = generator.get_encoder()(input_ids=batch["generator_input_ids"][row : row + 1],
+                                          attention_mask=attention)
+        subject = [i for i in batch["generator_subject_ids"][row].tolist() if i >= 0]
+        ids = [*prefix, *subject]
+        with torch.no_grad():
+            for slot in range(6):
+                out = generator(encoder_outputs=encoder, attention_mask=attention,
+                                decoder_input_ids=torch.tensor([ids]), use_cache=False)
+                word = int(out.logits[0, -1].float().index_select(-1, common).argmax())
+                assert int(steps[row, slot].argmax()) == word, (row, slot)
+                ids.append(int(common[word]))
+                if slot == 3:
+                    ids.append(mask)
+    out = model(**PromptGenCollator(tok, model)(EXAMPLES))
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match=r"token_form must be one of .* got 'hard'"):
+        PromptGenConfig(generator_name_or_path=str(bart_dir), token_form="hard")

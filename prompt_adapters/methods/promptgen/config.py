@@ -15,6 +15,7 @@ from prompt_adapters.tuner import PromptConfig
 from prompt_adapters.validation import check_field_types
 
 LEAK_FORMS = ("paper", "bounded")
+TOKEN_FORMS = ("soft", "straight_through")
 STOPPING = ("mask", "eos", "fixed")
 #: stopping values of earlier releases, read from saved configs: "paper" was the ``</s>`` rule of the paper's text
 RENAMED_STOPPING = {"paper": "eos"}
@@ -46,6 +47,12 @@ class PromptGenConfig(PromptConfig):
             with the subject replaced by ``none_subject``.
         leak_form: ``paper``: leak = log P(o | T(None)) (unbounded below; the paper's form, the default for
             reproduction); ``bounded``: leak = -log(1 - P(o | T(None))), which stops pushing once the leak is gone.
+        token_form: what the generator reads back and the downstream model reads at each written position.
+            ``soft`` (default, the paper's eq. 1): the expectation of the embeddings under the soft token's
+            distribution. ``straight_through``: the embedding of its most likely word, with the gradient of the
+            expectation (a straight-through estimator). A pretrained LM spreads its next-token distribution over many
+            words, and their averaged embedding is no word it knows, so its prompts fall apart after the first soft
+            token; reading the most likely word keeps them text.
         common_vocab: filled automatically: (downstream ids, generator ids) of the shared vocabulary, computed
             from the two tokenizers when the templates are compiled and saved with the adapter.
         answer_stops: filled automatically: the downstream ids of the ``answer_words`` in the shared vocabulary.
@@ -58,6 +65,7 @@ class PromptGenConfig(PromptConfig):
     answer_words: list[str] = field(default_factory=list)
     leak_penalty: float = field(default=0.3)
     leak_form: str = field(default="paper")
+    token_form: str = field(default="soft")
     none_subject: str = field(default="None")
     common_vocab: list[list[int]] | None = field(default=None, metadata={"help": "filled automatically"})
     answer_stops: list[int] | None = field(default=None, metadata={"help": "filled automatically"})
@@ -89,6 +97,8 @@ class PromptGenConfig(PromptConfig):
             )
         if self.leak_form not in LEAK_FORMS:
             raise ValueError(f"leak_form must be one of {LEAK_FORMS}, got {self.leak_form!r}")
+        if self.token_form not in TOKEN_FORMS:
+            raise ValueError(f"token_form must be one of {TOKEN_FORMS}, got {self.token_form!r}")
         if not 0 <= self.leak_penalty < math.inf:
             raise ValueError(f"leak_penalty must be a finite number >= 0, got {self.leak_penalty}")
         if not self.templates:

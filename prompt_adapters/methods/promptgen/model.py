@@ -95,6 +95,7 @@ class PromptGenLayer(MixturePromptLayer):
             "answer_stops": torch.isin(torch.tensor(down_ids), torch.tensor(answer_stops, dtype=torch.long)),
             "alpha": config.leak_penalty,  # type: ignore[attr-defined]
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
+            "straight_through": config.token_form == "straight_through",  # type: ignore[attr-defined]
             "mask_id": mask_id,
             "decoder_only": not generator_config.is_encoder_decoder,
             "prefix_ids": torch.tensor(decoder_prefix(generator, generator_tokenizer)),
@@ -191,6 +192,9 @@ class PromptGenLayer(MixturePromptLayer):
             stop0 = stop0 | answer_stops[restricted.argmax(-1)]
             stop1 = logits[:, stop_after] > best if stop_after is not None else no_stop
             dist = torch.softmax(restricted, dim=-1)
+            if options["straight_through"]:  # the most likely word forward, the expectation's gradient backward
+                hard = torch.nn.functional.one_hot(restricted.argmax(-1), dist.shape[-1]).to(dist.dtype)
+                dist = hard + (dist - dist.detach())
             write0 = generating & (phase == 0) & ~stop0 & (count < m)
             write1 = generating & (phase == 1) & ~stop1 & (count < n)
             write = write0 | write1
