@@ -222,3 +222,5 @@ def test_promptgen_segment_maxima_reach_the_config(tiny_bert: Path, fixture_data
     lama.main(_args(tiny_bert, fixture_data, tmp_path / "pg3", "--method", "promptgen", "--generator", str(bart),
                     "--epochs", "1", "--stop-at-answers"))
     assert json.loads((tmp_path / "pg3" / "run.json").read_text())["settings"]["stop_at_answers"] is True
+    straight = lama.parse_args(["--method", "promptgen", "--generator", str(bart), "--token-form", "straight_through"])
+    assert lama.METHODS["promptgen"].build([], straight).token_form == "straight_through"
