@@ -160,10 +160,12 @@ def _skip_without_avx2(report: dict) -> None:
 
 def test_weights_do_not_depend_on_the_callers_kernel_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training processes force one kernel path whatever the caller's environment asks for (here torch's
-    non-vectorised kernels, which give other weights when they reach the training, and MKL's AVX2 branch), and the
+    non-vectorised kernels, which give other weights when they reach the training, MKL's AVX2 branch and oneDNN's
+    widest instruction set), and the
     weights match the committed hashes."""
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "DEFAULT")
     config = dataclasses.replace(with_epochs(SIZES["small"], 1), workers=1)
     report = build_world(tmp_path, seed=0, config=config, models=("bert", "gpt2"))
     assert {k: v for k, v in report["machine"]["kernels"].items() if k in PORTABLE_KERNELS} == PORTABLE_KERNELS

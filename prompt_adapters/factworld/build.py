@@ -45,6 +45,9 @@ PORTABLE_KERNELS: dict[str, str] = {
     # MKL's matrix products: the one code branch MKL keeps identical on Intel and AMD CPUs (its AVX2 branch is
     # honoured on Intel CPUs only), with a fixed thread count.
     "MKL_CBWR": "COMPATIBLE",
+    # oneDNN, which torch uses for some CPU kernels of the masked LM and the denoiser, picks its code by instruction
+    # set too: on a CPU with AVX-512 it gives other weights unless it is held to AVX2.
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_DYNAMIC": "FALSE",
     "MKL_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
