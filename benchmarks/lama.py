@@ -49,6 +49,7 @@ from prompt_adapters import (
     PTuningEncoderConfig,
 )
 from prompt_adapters.data import lama as lama_data
+from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
@@ -178,6 +179,15 @@ def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfi
                            num_before=args.num_before, num_after=args.num_after)
 
 
+def pooled_config(method: Method, args: argparse.Namespace, train: list[dict[str, str]]) -> Any:
+    """The config of a method trained on every relation's facts together; with ``--stop-at-answers`` (PromptGen),
+    the objects of the training facts end the segment before the answer slot."""
+    config = method.build([], args)
+    if args.stop_at_answers:
+        config = replace(config, answer_words=sorted({fact["obj"] for fact in train}))
+    return config
+
+
 #: --method name -> Method; a new method is one entry here
 METHODS: dict[str, Method] = {
     "manual": Method(_manual, train=False, defaults=QIN_EISNER),
@@ -205,11 +215,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"), help="P-tuning encoder")
     parser.add_argument("--generator", default="facebook/bart-large", help="PromptGen generator (Hub id or dir)")
     parser.add_argument("--leak-penalty", type=float, default=0.3, help="PromptGen alpha")
-    parser.add_argument("--leak-form", default="paper", choices=("paper", "bounded"))
-    parser.add_argument("--token-form", default="soft", choices=("soft", "straight_through"),
+    parser.add_argument("--leak-form", default="paper", choices=LEAK_FORMS)
+    parser.add_argument("--token-form", default="soft", choices=TOKEN_FORMS,
                         help="PromptGen: read each written token as the expectation of the embeddings (soft, the "
                         "paper's) or as its most likely word with the expectation's gradient (docs/promptgen.md)")
-    parser.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"),
+    parser.add_argument("--stopping", default="mask", choices=STOPPING,
                         help="PromptGen stopping rule (docs/promptgen.md)")
     parser.add_argument("--stop-at-answers", action="store_true",
                         help="PromptGen: the segment before the answer slot also ends where the generator's most "
@@ -520,9 +530,7 @@ class Probe:
         train = [fact for job in jobs for fact in job.train]
         dev = [fact for job in jobs for fact in job.dev] or train
         torch.manual_seed(relation_seed(seed, "joint"))
-        config = method.build([], args)
-        if args.stop_at_answers:  # the objects of the training facts end the segment before the answer slot
-            config = replace(config, answer_words=sorted({fact["obj"] for fact in train}))
+        config = pooled_config(method, args, train)
         config.compile(self.tokenizer)
         model = get_peft_model(self.base, config)
         try:

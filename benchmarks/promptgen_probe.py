@@ -23,7 +23,6 @@ import json
 import random
 import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,6 +35,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from prompt_adapters import PromptGenCollator
+from prompt_adapters.methods.promptgen.config import STOPPING
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
 from prompt_adapters.training import precision_at_1, rank_answers
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts = commands.add_parser("prompts", help="P@1 and None P@1 on train and test, soft-token statistics")
     prompts.add_argument("--world", required=True, type=Path)
     prompts.add_argument("--checkpoint", type=Path, help="state.safetensors of a lama.py PromptGen checkpoint")
-    prompts.add_argument("--stopping", default="mask", choices=("mask", "eos", "fixed"))
+    prompts.add_argument("--stopping", default="mask", choices=STOPPING)
     prompts.add_argument("--stop-at-answers", action="store_true",
                          help="the training facts' objects as answer_words, as benchmarks/lama.py --stop-at-answers")
     prompts.add_argument("--show", type=int, default=2, help="prompts shown per relation and split")
@@ -67,6 +67,7 @@ def prompts_report(args: argparse.Namespace) -> dict:
     lama_args = lama.parse_args([
         "--model", str(world / "bert"), "--data-dir", str(world / "lama"), "--method", "promptgen",
         "--generator", str(world / "bart"), "--stopping", args.stopping, "--output", "unused",
+        *(["--stop-at-answers"] if args.stop_at_answers else []),
     ])
     probe = lama.Probe(lama_args, torch.device("cpu"))
     relations = lama.lama_data.available_relations(lama_args.data_dir, lama_args.split, "test")
@@ -74,9 +75,7 @@ def prompts_report(args: argparse.Namespace) -> dict:
     for job in jobs:
         for split in (job.train, job.test):
             split[:] = [{**fact, "template": job.manual_template} for fact in split]
-    config = lama.METHODS["promptgen"].build([], lama_args)
-    if args.stop_at_answers:
-        config = replace(config, answer_words=sorted({fact["obj"] for job in jobs for fact in job.train}))
+    config = lama.pooled_config(lama.METHODS["promptgen"], lama_args, [fact for job in jobs for fact in job.train])
     config.compile(probe.tokenizer)
     model = get_peft_model(probe.base, config)
     if args.checkpoint:

@@ -187,13 +187,13 @@ class PromptGenLayer(MixturePromptLayer):
             logits = step(inputs).float()
             generating = prefix_lengths - 1 <= position
             restricted = logits.index_select(-1, common)
-            best = restricted.max(-1).values
+            best, choice = restricted.max(-1)
             stop0 = logits[:, stop_before] > best if stop_before is not None else no_stop
-            stop0 = stop0 | answer_stops[restricted.argmax(-1)]
+            stop0 = stop0 | answer_stops[choice]
             stop1 = logits[:, stop_after] > best if stop_after is not None else no_stop
             dist = torch.softmax(restricted, dim=-1)
             if options["straight_through"]:  # the most likely word forward, the expectation's gradient backward
-                hard = torch.nn.functional.one_hot(restricted.argmax(-1), dist.shape[-1]).to(dist.dtype)
+                hard = torch.nn.functional.one_hot(choice, dist.shape[-1]).to(dist.dtype)
                 dist = hard + (dist - dist.detach())
             write0 = generating & (phase == 0) & ~stop0 & (count < m)
             write1 = generating & (phase == 1) & ~stop1 & (count < n)
