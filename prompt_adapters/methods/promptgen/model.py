@@ -28,6 +28,7 @@ from transformers import (
 from prompt_adapters.data.collator import PromptCollator
 from prompt_adapters.injection import PromptHooks, ScoreRequest
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
+from prompt_adapters.methods.promptgen.deferred import one_weight_gradient_per_layer
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
 from prompt_adapters.tuner import PromptConfig, _embed_scale
 
@@ -155,8 +156,16 @@ class PromptGenLayer(MixturePromptLayer):
         generator text with its encoder; its decoder side is not padded: a row with a shorter subject starts writing
         earlier, so every row keeps its exact positions and the whole batch decodes in one loop (rows still reading
         their subject ignore the step's output). A decoder-only generator reads ``text </s> subject`` left-padded,
-        so all rows start writing together.
+        so all rows start writing together. Each linear layer of the generator computes its weight gradient once
+        for all decoding steps (``one_weight_gradient_per_layer``).
         """
+        with one_weight_gradient_per_layer(self.generator[name]):
+            return self._write(name, input_ids, attention_mask, subject_ids)
+
+    def _write(
+        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, subject_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoding loop of ``generate``."""
         options, generator = self.options[name], self.generator[name]
         m, n = options["m"], options["written_after"]
         device = input_ids.device
