@@ -61,6 +61,7 @@ from prompt_adapters.run_dir import (
     run_locked,
 )
 from prompt_adapters.training import (
+    FitResult,
     JointTask,
     TrainSettings,
     atomic_write_text,
@@ -415,8 +416,13 @@ class Probe:
                            manual, torch.get_rng_state())
 
     def record(self, job: RelationJob, ranks: torch.Tensor, none_ranks: torch.Tensor, init_ranks: torch.Tensor,
-               history: list[dict[str, float]], train_seconds: float) -> dict[str, Any]:
+               fit_result: FitResult | None, train_seconds: float) -> dict[str, Any]:
+        """One (relation, seed) result; ``kept`` says which epoch's parameters were evaluated (0: the starting ones,
+        when no epoch beat them on dev) and the dev P@1 before training and of the kept epoch."""
         manual = init_ranks if job.manual is None else job.manual
+        history = [] if fit_result is None else fit_result.history
+        kept = None if fit_result is None else {"epoch": fit_result.best_epoch, "dev_p1": fit_result.best_dev,
+                                                 "start_dev_p1": fit_result.start_dev}
         return {
             "relation": job.relation,
             "seed": job.seed,
@@ -428,6 +434,7 @@ class Probe:
             "init_ranks": init_ranks.tolist(),
             "manual_ranks": manual.tolist(),
             "history": history,
+            "kept": kept,
             "train_seconds": round(train_seconds, 3),
             "facts": {"train": len(job.train), "dev": len(job.dev), "test": len(job.test)},
             "dropped": job.dropped,
@@ -450,21 +457,20 @@ class Probe:
                 collator = PromptCollator(self.tokenizer, model, candidate_ids=self.candidate_tensor)
             exclude = self.exclusion(relation)
             init_ranks = rank_answers(model, collator, job.test, exclude=exclude)
-            history: list[dict[str, float]] = []
+            result: FitResult | None = None
             train_started = time.perf_counter()
             if method.train and job.train:
                 checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
                 result = fit(model, collator, job.train, job.dev or job.train, train_settings(args, seed), checkpoint,
                              progress=False, description=relation,  # the run's one bar counts relations
                              accelerator=accelerator if args.data_parallel else None)
-                history = result.history
             train_seconds = time.perf_counter() - train_started
             ranks = rank_answers(model, collator, job.test, exclude=exclude) if method.train else init_ranks
             none_ranks = rank_answers(model, collator, [{**f, "sub": NONE} for f in job.test], exclude=exclude)
         finally:
             if not method.native_peft:  # peft's prompt-learning models wrap the base without changing it
                 peft_model.unload()
-        return self.record(job, ranks, none_ranks, init_ranks, history, train_seconds)
+        return self.record(job, ranks, none_ranks, init_ranks, result, train_seconds)
 
     def run_joint(self, relations: list[str], seed: int, progress: bool) -> list[dict[str, Any]]:
         """Every relation's own adapter trained in one batched loop (``fit_joint``), then evaluated as
@@ -502,7 +508,7 @@ class Probe:
                 ranks = rank_answers(model, task.collator, job.test, exclude=exclude[job.adapter])
                 none_ranks = rank_answers(model, task.collator, [{**f, "sub": NONE} for f in job.test],
                                           exclude=exclude[job.adapter])
-                record = self.record(job, ranks, none_ranks, init_ranks[job.adapter], results[job.adapter].history,
+                record = self.record(job, ranks, none_ranks, init_ranks[job.adapter], results[job.adapter],
                                      train_seconds / len(jobs))  # the run's training time, shared evenly
                 records[job.relation] = {**record, "joint": {"relations": len(jobs),
                                                              "train_seconds": round(train_seconds, 3)}}
@@ -549,7 +555,7 @@ class Probe:
                 ranks = rank_answers(model, scored, job.test, exclude=exclude[job.relation])
                 none_ranks = rank_answers(model, leaky, job.test, scores="none_log_probs",
                                           exclude=exclude[job.relation])
-                record = self.record(job, ranks, none_ranks, init[job.relation], result.history,
+                record = self.record(job, ranks, none_ranks, init[job.relation], result,
                                      train_seconds / len(jobs))
                 records[job.relation] = {**record, "templates": config.templates,
                                          "pooled": {"relations": len(jobs), "train_seconds": round(train_seconds, 3)}}
@@ -579,6 +585,42 @@ def summarise(records: list[dict[str, Any]], key: str, mrr_cap: int | None) -> d
 
 def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def kept_epochs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch each fit kept (0: its starting parameters, when no epoch beat them on dev P@1), by fit: one per
+    (relation, seed), or one per seed when a single model is trained on every relation (``pooled``)."""
+    fits = {}
+    for record in records:
+        if record.get("kept") is not None:
+            fit = "pooled" if "pooled" in record else record["relation"]
+            name = f"{fit}-seed{record['seed']}"
+            fits[name] = record["kept"]
+    started = sorted(name for name, kept in fits.items() if kept["epoch"] == 0)
+    return {"fits": len(fits), "kept_start": len(started), "kept_start_fits": started, "per_fit": fits}
+
+
+def describe_kept(kept: dict[str, Any]) -> str:
+    """One line on what the evaluated parameters are; loud when training never beat the starting parameters."""
+    if not kept["fits"]:
+        return "Kept epochs: no training."
+
+    def dev(value: float | None) -> str:
+        return "not recorded" if value is None else f"{100 * value:.1f}"
+
+    if kept["fits"] == 1:
+        name, fit = next(iter(kept["per_fit"].items()))
+        line = (f"Kept epoch ({name}): {fit['epoch']}, dev P@1 {dev(fit['dev_p1'])} "
+                f"(before training {dev(fit['start_dev_p1'])}).")
+    else:
+        epochs = sorted(fit["epoch"] for fit in kept["per_fit"].values())
+        line = (f"Kept epochs over {kept['fits']} fits: median {statistics.median(epochs):g}, "
+                f"range {epochs[0]}–{epochs[-1]}.")
+    if kept["kept_start"]:
+        shown = ", ".join(kept["kept_start_fits"][:10]) + (" ..." if kept["kept_start"] > 10 else "")
+        line += (f" **{kept['kept_start']} of {kept['fits']} fits kept their starting parameters**: no epoch beat "
+                 f"them on dev P@1, so the trained row is the untrained prompt there ({shown}).")
+    return line
 
 
 def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
@@ -628,6 +670,7 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
         "train_seconds": mean_std([sum(r.get("train_seconds", 0.0) for r in records if r["seed"] == s) for s in seeds]),
         "headline": headline,
         "dropped_facts": dropped,
+        "kept_epochs": kept_epochs(records),
         "skipped_relations": skipped,
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "published": published(args.method, args.init, args.model, args.candidates),
@@ -696,6 +739,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "Per relation type (P@1, first seed): "
         + ", ".join(f"{t}: {100 * v['P@1']:.1f} ({v['n_relations']} rel.)"
                     for t, v in summary["per_seed"][str(p["seeds"][0])]["ranks"]["per_type"].items()),
+        "",
+        describe_kept(summary["kept_epochs"]) if "kept_epochs" in summary else "Kept epochs: not recorded.",
         "",
         "Dropped facts: " + json.dumps(summary["dropped_facts"]),
         "",

@@ -78,12 +78,15 @@ class TrainSettings:
 
 @dataclass
 class FitResult:
-    """Outcome of one fit: best dev P@1, the epoch it was reached, and per-epoch history."""
+    """Outcome of one fit: best dev P@1, the epoch it was reached (0: no epoch beat the starting parameters, which
+    are kept), per-epoch history, and the dev P@1 of the starting parameters (None for runs resumed from checkpoints
+    written before it was recorded)."""
 
     best_dev: float
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    start_dev: float | None = None
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -301,7 +304,9 @@ class _AdapterRun:
             done = self.loop["epoch"]
             self.scheduler.last_epoch = done if settings.schedule == "exponential" else done * steps_per_epoch
         else:
-            self.loop = {"epoch": 0, "best_dev": dev_score(), "best_epoch": 0, "bad_epochs": 0, "history": []}
+            start = dev_score()
+            self.loop = {"epoch": 0, "best_dev": start, "best_epoch": 0, "bad_epochs": 0, "history": [],
+                         "start_dev": start}
             self.best = self._snapshot()
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -361,7 +366,7 @@ class _AdapterRun:
                 param.copy_(self.best[name])
         loop = self.loop
         stopped = _patience_exhausted(loop, self.settings)
-        return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], stopped)
+        return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], stopped, loop.get("start_dev"))
 
 
 def fit(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,6 +49,35 @@ def test_outputs_and_protocol_header(tiny_bert: Path, fixture_data: Path, tmp_pa
     assert rows[0].startswith("relation,type,n_test") and [r.split(",")[0] for r in rows[1:]] == ["P19", "P1376"]
     assert (tmp_path / "per_relation.png").read_bytes()[:4] == b"\x89PNG"
     assert set(summary["headline"]) >= {"method.macro.P@1", "method.micro.P@1", "manual.macro.P@1"}
+    kept = summary["kept_epochs"]
+    assert kept["fits"] == 4 and sorted(kept["per_fit"]) == ["P1376-seed42", "P1376-seed43", "P19-seed42", "P19-seed43"]
+    for name, record in records(tmp_path).items():
+        fit = kept["per_fit"][name.removesuffix(".json")]
+        assert fit == record["kept"]
+        devs = [fit["start_dev_p1"]] + [epoch["dev_p1"] for epoch in record["history"]]
+        assert fit["dev_p1"] == max(devs) and fit["epoch"] == devs.index(max(devs))  # the first best is kept
+    median = statistics.median(fit["epoch"] for fit in kept["per_fit"].values())
+    assert f"Kept epochs over 4 fits: median {median:g}" in table
+
+
+def test_a_run_whose_training_never_beat_its_start_says_so() -> None:
+    """The evaluated parameters are the untrained ones when no epoch beat them on dev: the report says it aloud."""
+    records = [
+        {"relation": relation, "seed": 1, "pooled": {}, "kept": {"epoch": 0, "dev_p1": 0.103, "start_dev_p1": 0.103}}
+        for relation in ("P19", "P36")
+    ]
+    kept = lama.kept_epochs(records)
+    assert kept == {"fits": 1, "kept_start": 1, "kept_start_fits": ["pooled-seed1"],
+                    "per_fit": {"pooled-seed1": {"epoch": 0, "dev_p1": 0.103, "start_dev_p1": 0.103}}}
+    line = lama.describe_kept(kept)
+    assert line.startswith("Kept epoch (pooled-seed1): 0, dev P@1 10.3 (before training 10.3).")
+    assert "**1 of 1 fits kept their starting parameters**" in line
+    separate = [{"relation": "P19", "seed": 1, "kept": {"epoch": 3, "dev_p1": 0.5, "start_dev_p1": None}},
+                {"relation": "P36", "seed": 1, "kept": {"epoch": 0, "dev_p1": 0.2, "start_dev_p1": 0.2}},
+                {"relation": "P36", "seed": 2, "kept": None}]
+    line = lama.describe_kept(lama.kept_epochs(separate))
+    assert line.startswith("Kept epochs over 2 fits: median 1.5, range 0–3.") and "(P36-seed1)" in line
+    assert lama.describe_kept(lama.kept_epochs([separate[2]])) == "Kept epochs: no training."
 
 
 def test_protocol_switches_change_what_they_should(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
@@ -181,6 +211,8 @@ def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data:
     assert summary["train_seconds"]["mean"] == pytest.approx(sum(r["train_seconds"] for r in pooled.values()))
     assert all(r["prompts_left_out"] == 0 and r["templates"] == ["[X] [P*10] [Y] [P*5]"] for r in pooled.values())
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
+    assert list(summary["kept_epochs"]["per_fit"]) == ["pooled-seed42"]  # one generator for both relations
+    assert "Kept epoch (pooled-seed42): " in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
 
 
