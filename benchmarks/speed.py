@@ -98,6 +98,8 @@ FLOOR, PEFT_PT, PEFT_PTUNING, SINGLE, DEEP, PTUNING = (
     "ours: P-tuning encoder (MLP)",
 )
 PROMPTGEN = "ours: PromptGen (generator trained, m=10, n=5, leak rows)"
+#: PromptGen's targets: its step against the P-tuning encoder's, and its peak memory against the floor's
+PROMPTGEN_LIMIT = 3.0
 
 
 def mixture_name(k: int) -> str:
@@ -818,6 +820,11 @@ def checks(family: str, train: dict[str, Variant], evaluation: dict[str, Variant
             rows = f", B·{k} rows" if k > 1 else ""
             what = f"peak memory / floor ({name.removeprefix('ours: ')}{rows})"
             out.append(Check(what, family, variant.peak / floor.peak, 1.1 * k))
+    if PROMPTGEN in train:  # a generator of about 100M parameters trains: its gradients and Adam state count
+        out.append(Check.timing("PromptGen step / P-tuning encoder step", family, train[PROMPTGEN], train[PTUNING],
+                                PROMPTGEN_LIMIT))
+        out.append(Check("peak memory / floor (PromptGen)", family, train[PROMPTGEN].peak / floor.peak,
+                         PROMPTGEN_LIMIT))
     return out
 
 

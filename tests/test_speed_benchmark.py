@@ -83,8 +83,8 @@ def _targets(report: str) -> list[list[str]]:
 
 def test_every_target_has_a_verdict_and_timing_ratios_their_spread(report: str) -> None:
     rows = _targets(report)
-    memory_rows = len(TRAIN_ROWS) - 3  # every method of ours against the floor
-    timing_rows = len(speed.FAMILIES) * (2 + len(speed.MIXTURE_SIZES) + 2) + len(RELATIONS)
+    memory_rows = len(TRAIN_ROWS) - 3 + 1  # every method of ours against the floor, PromptGen included
+    timing_rows = len(speed.FAMILIES) * (2 + len(speed.MIXTURE_SIZES) + 2 + 1) + len(RELATIONS)
     assert len(rows) == len(speed.FAMILIES) * memory_rows + timing_rows
     for what, _model, measured, quartiles, relative, rounds, limit, verdict in rows:
         assert RATIO.match(measured) and limit.startswith(("≤ ", "≥ ")) and RATIO.match(limit[2:])
@@ -99,6 +99,11 @@ def test_every_target_has_a_verdict_and_timing_ratios_their_spread(report: str) 
         if bound not in (low, high):  # printed to 2 decimals: a limit on a printed quartile may fall either side
             assert verdict.endswith("(limit inside the spread)") == (low <= bound <= high)
     assert "interleaved repetitions after one warm-up pass, then up to 3" in report
+    promptgen = [row for row in rows if "PromptGen" in row[0]]
+    assert [(row[0], row[1], row[6]) for row in promptgen] == [
+        (what, family, "≤ 3.00×") for family in speed.FAMILIES
+        for what in ("PromptGen step / P-tuning encoder step", "peak memory / floor (PromptGen)")
+    ]
 
 
 def test_joint_table_has_every_relation_count(report: str) -> None:
