@@ -1,12 +1,14 @@
 """FactWorld: a synthetic world of facts, small LMs pretrained on it here, and LAMA-format probing data.
 
     python benchmarks/factworld.py build --out DIR [--size small|default] [--seed S]
-    python benchmarks/factworld.py table --world DIR [--output benchmarks/results/factworld.md]
+    python benchmarks/factworld.py table --world DIR [--output runs/factworld/factworld.md]
 
 ``build`` writes DIR/world.json, DIR/corpus.txt, DIR/lama/ (LAMA layout), DIR/{bert,gpt2,bart}/ (model + tokenizer,
 loadable with AutoModelForMaskedLM / AutoModelForCausalLM / AutoModelForSeq2SeqLM and AutoTokenizer) and
 DIR/report.json, and prints the build times and the P@1 checks. ``table`` runs every prompt method through
-benchmarks/lama.py on the world's test split and writes one row per method. See docs/factworld.md.
+benchmarks/lama.py on the world's test split and writes one row per method (into --output, by default under
+runs/; ``--output benchmarks/results/factworld.md`` refreshes the published table). ``table`` needs the extra
+``bench`` (pip install -e ".[bench]") for lama.py's figures. See docs/factworld.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 from prompt_adapters.factworld import PORTABLE_KERNELS, SIZES, build_world, format_report
+from prompt_adapters.run_dir import positive_int
 from prompt_adapters.training import atomic_write_text
 
 #: settings for the soft-prompt rows: the tiny models need a larger learning rate than BERT-base's 1e-3
@@ -52,6 +55,18 @@ TABLE_ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+def row_numbers(text: str) -> list[int]:
+    """``--rows``: comma-separated row numbers of TABLE_ROWS (1-based)."""
+    try:
+        rows = [int(part) for part in text.split(",")]
+    except ValueError:
+        rows = []
+    if not rows or not all(1 <= row <= len(TABLE_ROWS) for row in rows):
+        raise argparse.ArgumentTypeError(f"expected row numbers from 1 to {len(TABLE_ROWS)} separated by commas "
+                                         f"(e.g. 1,5), got {text!r}")
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,10 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     build.add_argument("--seed", default=0, type=int, help="world, corpus and training seed")
     table = commands.add_parser("table", help="one row per prompt method on the world's test split")
     table.add_argument("--world", required=True, type=Path, help="a directory written by `build`")
-    table.add_argument("--output", type=Path, default=Path("benchmarks/results/factworld.md"))
+    table.add_argument("--output", type=Path, default=Path("runs/factworld/factworld.md"),
+                       help="markdown table (benchmarks/results/factworld.md: the published one)")
     table.add_argument("--runs", type=Path, default=Path("runs/factworld"), help="lama.py output folders")
-    table.add_argument("--seeds", type=int, default=1)
-    table.add_argument("--rows", default=None, help="comma-separated row numbers (1-based) to run; default all")
+    table.add_argument("--seeds", type=positive_int, default=1)
+    table.add_argument("--rows", type=row_numbers, default=None,
+                       help=f"comma-separated row numbers (1 to {len(TABLE_ROWS)}) to run; default all")
     return parser.parse_args(argv)
 
 
@@ -127,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         print(format_report(report))
     else:
         rerun_under_portable_kernels(sys.argv[1:] if argv is None else argv)
-        rows = [int(r) for r in args.rows.split(",")] if args.rows else None
-        print(method_table(args.world, args.output, args.runs, args.seeds, rows))
+        print(method_table(args.world, args.output, args.runs, args.seeds, args.rows))
 
 
 if __name__ == "__main__":

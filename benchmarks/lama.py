@@ -8,6 +8,9 @@ seeded from (seed, relation), so results do not depend on the number of processe
 written to ``OUTPUT/relations/<rel>.json`` and every epoch to ``OUTPUT/checkpoints/``, atomically, so ``--resume``
 skips finished relations and continues a partly trained one. The main process then writes ``results.json``,
 ``results.md`` (with the published numbers of the same setting), ``per_relation.csv`` and ``per_relation.png``.
+--output must be a new or empty folder (or a run to --resume).
+
+The benchmarks need the extra ``bench`` (pip install -e ".[bench]"): without matplotlib the figure is skipped.
 """
 
 from __future__ import annotations
@@ -54,8 +57,12 @@ from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
     check_manifest,
+    check_model_source,
     digest,
     model_digest,
+    non_negative_int,
+    positive_int,
+    read_record,
     refuse_used_output,
     remove_stale_temporaries,
     run_locked,
@@ -225,9 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-at-answers", action="store_true",
                         help="PromptGen: the segment before the answer slot also ends where the generator's most "
                         "likely next word is an object of the training facts (answer_words, docs/promptgen.md)")
-    parser.add_argument("--num-before", type=int, default=10,
+    parser.add_argument("--num-before", type=non_negative_int, default=10,
                         help="PromptGen: most soft tokens before the answer slot (the paper's m = 10)")
-    parser.add_argument("--num-after", type=int, default=5,
+    parser.add_argument("--num-after", type=non_negative_int, default=5,
                         help="PromptGen: most soft tokens after the answer slot (the paper's n = 5)")
     parser.add_argument("--data-dir", default=str(lama_data.default_lama_dir()),
                         help="LAMA data folder (default: where --download puts it; docs/lama-data-and-metrics.md)")
@@ -236,18 +243,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relations", default=None, help="comma-separated relation ids (default: all with data)")
     parser.add_argument("--no-dedupe", action="store_true", help="keep duplicate (sub, obj) facts")
     parser.add_argument("--exclude-other-valid", action="store_true", help="rank without other valid objects")
-    parser.add_argument("--mrr-cap", type=int, default=1000, help="LAMA caps MRR at rank 1000; 0 = no cap")
-    parser.add_argument("--max-train", type=int, default=None, help="use at most N train facts per relation")
-    parser.add_argument("--max-test", type=int, default=None, help="use at most N test facts per relation")
-    parser.add_argument("--max-dev", type=int, default=None, help="use at most N dev facts per relation")
-    parser.add_argument("--max-prompts", type=int, default=None,
+    parser.add_argument("--mrr-cap", type=non_negative_int, default=1000,
+                        help="LAMA caps MRR at rank 1000; 0 = no cap")
+    parser.add_argument("--max-train", type=non_negative_int, default=None,
+                        help="use at most N train facts per relation")
+    parser.add_argument("--max-test", type=positive_int, default=None, help="use at most N test facts per relation")
+    parser.add_argument("--max-dev", type=non_negative_int, default=None, help="use at most N dev facts per relation")
+    parser.add_argument("--max-prompts", type=positive_int, default=None,
                         help="use the first N prompts of --init that this LM can read (default: all)")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat with N seeds, report mean ± std")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="repeat with N seeds, report mean ± std")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=positive_int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--patience", type=non_negative_int, default=None)
     parser.add_argument("--em", action="store_true", help="the reference code's EM schedule for mixture weights")
     parser.add_argument("--output", default="runs/lama")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -782,14 +791,20 @@ def per_relation_figure(summary: dict[str, Any], per_rel: dict[str, Any]) -> Any
     return fig
 
 
-def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
-
+def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> bool:
+    """Draw ``per_relation.png``; without matplotlib (the ``bench`` extra) say so in one line and draw nothing."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"{path.name} not drawn: matplotlib is not installed (pip install 'prompt-adapters[bench]'); the "
+              "results are written", file=sys.stderr)
+        return False
     fig = per_relation_figure(summary, per_rel)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -806,6 +821,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
+    check_model_source("--model", args.model)
+    if METHODS[args.method].pooled:
+        check_model_source("--generator", args.generator)
     check_joint(args)
     if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:
         names = ", ".join(name for name, method in METHODS.items() if method.prefix_form)
@@ -874,7 +892,7 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
     if METHODS[args.method].pooled:
         for seed in seeds:
             targets = [out / "relations" / f"{relation}-seed{seed}.json" for relation in wanted]
-            if args.resume and all(t.exists() for t in targets):
+            if args.resume and all(read_record(t) is not None for t in targets):
                 continue
             with accelerator.autocast():
                 records = probe.run_pooled(wanted, seed, accelerator)
@@ -885,7 +903,7 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
     if args.joint:  # each process trains its share of the relations together, one seed at a time
         for seed in seeds:
             share = wanted[accelerator.process_index :: accelerator.num_processes]
-            left = [r for r in share if not (args.resume and (out / "relations" / f"{r}-seed{seed}.json").exists())]
+            left = [r for r in share if not (args.resume and read_record(out / "relations" / f"{r}-seed{seed}.json"))]
             if not left:
                 continue
             with accelerator.autocast():
@@ -899,7 +917,7 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
     for relation, seed in bar:
         bar.set_postfix(relation=relation, seed=seed)
         target = out / "relations" / f"{relation}-seed{seed}.json"
-        if args.resume and target.exists():
+        if args.resume and read_record(target) is not None:
             continue
         with accelerator.autocast():
             record = probe.run_relation(relation, seed, accelerator)

@@ -3,7 +3,7 @@ of many relations against separate steps, in one run.
 
     python benchmarks/speed.py [--model-size base|small] [--device cpu|cuda] [--only all|methods|joint] \
         [--joint-relations 8,41] [--repeats N] [--max-repeats M] [--batch B] [--seq-len L] [--eval-batch E] \
-        [--threads T] [--clock wall|cpu] [--allocator retain|system] [--out benchmarks/results/speed.md]
+        [--threads T] [--clock wall|cpu] [--allocator retain|system] [--out runs/speed]
     python benchmarks/speed.py --model DIR ...      # a pretrained masked or causal LM instead (e.g. SmolLM2)
 
 Models are built from configs, nothing is downloaded: a BERT-base-sized masked LM (vocabulary 28996) and a
@@ -14,6 +14,9 @@ measures peak memory; then each round runs every variant once, round-robin with 
 spread is wide get more rounds (bounded), and the report gives medians with their spread. The joint-training
 comparison (``--only joint``) runs on the masked LM: one step of R P-tuning adapters in one batch against R separate
 steps. See docs/speed.md for what each variant does and how to read the numbers.
+
+The report goes to ``--out``: a folder (``speed.md`` in it, ``speed-<model folder>.md`` with --model; by default
+runs/speed) or a ``.md`` file. ``--out benchmarks/results`` refreshes the published report of the same name.
 """
 
 from __future__ import annotations
@@ -1043,8 +1046,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="retain (CPU, glibc): freed memory is kept for reuse, as a caching allocator does; "
                         "system: glibc's defaults, which map and unmap every block over 32 MB (see docs/speed.md)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/speed.md", help="markdown report")
+    parser.add_argument("--out", default="runs/speed",
+                        help="folder of the markdown report (speed.md, or speed-<model folder>.md with --model), or "
+                        "a .md file; benchmarks/results refreshes the published report")
     args = parser.parse_args(argv)
+    if args.model is not None and not Path(args.model).is_dir():
+        parser.error(f"--model {args.model}: the folder does not exist; expected a local folder with a pretrained "
+                     "masked or causal LM (config.json, weights, tokenizer files)")
     if min(args.repeats, args.batch, args.eval_batch, args.threads or 1) < 1:
         parser.error("--repeats, --batch, --eval-batch and --threads must be >= 1")
     if args.max_repeats is None:
@@ -1056,6 +1064,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu measures CPU work; time GPU runs with --clock wall")
     return args
+
+
+def report_path(out: str, model: str | None) -> Path:
+    """The report file of ``--out``: the .md file itself, or ``speed.md`` / ``speed-<model folder>.md`` in a folder."""
+    path = Path(out)
+    if path.suffix == ".md":
+        return path
+    return path / (f"speed-{Path(model).name}.md" if model is not None else "speed.md")
 
 
 def run_round(variants: list[Variant], index: int, device: torch.device, clock: Callable[[], float]) -> None:
@@ -1125,10 +1141,11 @@ def main(argv: list[str] | None = None) -> str:
         peak = mb(torch.cuda.max_memory_allocated(device))
         header["machine"] += f"; peak GPU memory allocated during the timed rounds {peak} MB"
     report = render_report(families, variants, gaps, all_checks(), args, argv, device, header)
-    out = Path(args.out)
+    out = report_path(args.out, args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, encoding="utf-8")
     print(report)
+    print(f"report written to {out}", file=sys.stderr)
     return report
 
 

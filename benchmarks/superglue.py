@@ -39,8 +39,10 @@ from prompt_adapters.metrics.superglue import AVERAGE_OF, superglue_average, sup
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
     check_manifest,
+    check_model_source,
     digest,
     model_digest,
+    positive_int,
     refuse_used_output,
     remove_stale_temporaries,
     run_locked,
@@ -104,15 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="FewGLUE / SuperGLUE folder (default: where download_fewglue() puts it)")
     parser.add_argument("--frozen", action="store_true", help="freeze the LM (default: joint fine-tuning, as P-tuning)")
     parser.add_argument("--encoder", default="lstm", choices=("lstm", "mlp", "none"))
-    parser.add_argument("--embed-size", type=int, default=128, help="prompt-encoder embedding size (paper: 128)")
-    parser.add_argument("--max-steps", type=int, default=None, help="override the task's optimiser steps")
+    parser.add_argument("--embed-size", type=positive_int, default=128,
+                        help="prompt-encoder embedding size (paper: 128)")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="override the task's optimiser steps")
     parser.add_argument("--lr", type=float, default=None, help="override the task's prompt-encoder learning rate")
     parser.add_argument("--lm-lr", type=float, default=1e-5, help="learning rate of the fine-tuned LM")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the task's effective batch size")
-    parser.add_argument("--max-eval", type=int, default=None, help="score at most N examples of the eval set")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="override the task's effective batch size")
+    parser.add_argument("--max-eval", type=positive_int, default=None, help="score at most N examples of the eval set")
     parser.add_argument("--dev-scoring", default="pet", choices=("pet", "fast"),
                         help="COPA/WSC model selection: the reference's iterative unmasking, or one forward")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default="runs/superglue")
     parser.add_argument("--resume", action="store_true")
@@ -379,6 +383,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    check_model_source("--model", args.model)
     transformers_logging.disable_progress_bar()  # the run shows one bar, over its tasks
     names = list(sg.TASKS) if args.task == "all" else [sg.get_task(t).name for t in args.task.split(",")]
     accelerator = Accelerator()

@@ -17,6 +17,7 @@ whose settings, library version, base model or data differ from the saved ones.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -84,16 +85,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: what marks a folder as holding a run of the command-line harnesses
+RUN_ENTRIES = ("checkpoints", "relations", "jobs", MANIFEST)
+
+
 def refuse_used_output(out: Path, resume: bool, is_main_process: bool) -> None:
-    """Stop a new run (no resume) whose output folder already holds a run's files.
+    """Stop a new run (no resume) whose output folder already holds a run's files, or any other file: a run
+    writes ``results.md`` and more there, which must not replace a user's own files.
 
     Only the main process looks: it writes ``run.json`` before the others pass the barrier that follows, so a
     process started a little later would otherwise find the new run's own manifest and refuse it.
     """
     if not is_main_process or resume:
         return
-    if any((Path(out) / name).exists() for name in ("checkpoints", "relations", "jobs", MANIFEST)):
+    if any((Path(out) / name).exists() for name in RUN_ENTRIES):
         raise SystemExit(f"--output {out} already holds a run; pass --resume to continue it, or another --output")
+    foreign = sorted(entry for entry in os.listdir(out) if entry != LOCK) if Path(out).is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise SystemExit(f"--output {out} is not empty and holds no run of this harness ({len(foreign)} entries: "
+                         f"{shown}); a run writes results.md and other files there, so pass an empty or new folder")
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
@@ -156,15 +167,23 @@ class CheckpointStore:
         return sorted(found, reverse=True)
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint; falls back to older ones (with a warning) if the newest is damaged."""
+        """The newest complete checkpoint; falls back to older ones if the newest is damaged, with a warning that
+        names the damaged versions and the one used, or says that none is left (the run then starts over)."""
+        damaged = []
+        found = None
         for _, path in self.versions():
             if self.is_complete(path):
-                return path
-            warnings.warn(f"checkpoint {path} is incomplete or unreadable; using an older one", stacklevel=2)
-        for legacy in (self.directory, self.directory.with_name(self.directory.name + ".old")):
-            if legacy.is_dir() and self.is_complete(legacy):
-                return legacy
-        return None
+                found = path
+                break
+            damaged.append(str(path))
+        if found is None:
+            legacies = (self.directory, self.directory.with_name(self.directory.name + ".old"))
+            found = next((legacy for legacy in legacies if legacy.is_dir() and self.is_complete(legacy)), None)
+        if damaged:
+            outcome = (f"resuming from the older complete checkpoint {found}" if found is not None else
+                       "no complete checkpoint is left, so training starts over from the first epoch")
+            warnings.warn(f"checkpoint {', '.join(damaged)} is incomplete or unreadable; {outcome}", stacklevel=2)
+        return found
 
     def pointer(self) -> str | None:
         """The version name ``LATEST`` points at (None when there is no pointer yet)."""
@@ -383,3 +402,77 @@ def check_manifest(directory: Path, manifest: Mapping[str, Any], resume: bool) -
             + "; ".join(changed)
             + "). Rerun with the saved settings, or start a new output directory"
         )
+
+
+# ------------------------------------------------------------------------------------------------ finished records
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The finished-job record ``path`` (a JSON object), or None when it is missing or damaged.
+
+    A damaged record (truncated, not JSON, not an object) is treated like a damaged checkpoint: a warning names it
+    and the caller redoes the job, whose atomic write then replaces the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        warnings.warn(f"finished-job record {path} is unreadable ({error}); running that job again", stacklevel=2)
+        return None
+    if not isinstance(record, dict):
+        warnings.warn(f"finished-job record {path} holds a {type(record).__name__}, expected a JSON object; running "
+                      "that job again", stacklevel=2)
+        return None
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ command-line values
+
+
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of a count that may be 0 (``--max-train 0``: no training facts); refuses negative numbers,
+    which Python slicing would otherwise read as "all but the last N"."""
+    return _whole_number(text, 0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (``--seeds``, ``--max-test``, ``--batch-size``)."""
+    return _whole_number(text, 1)
+
+
+#: a Hub model id: a name, or namespace/name (what huggingface_hub accepts as repo_id)
+_HUB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+
+def check_model_source(option: str, value: str) -> None:
+    """Refuse a model argument that can be neither a local folder nor a Hub model id, before transformers reads it.
+
+    A path that does not exist (``/data/bert``, ``./runs/model``, ``runs/a/model``) would otherwise end in
+    transformers' "Repo id must be in the form ..." error; a name of the Hub's form that is no folder here cannot be
+    loaded while the Hub is off (``HF_HUB_OFFLINE``).
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    expected = "a model folder (config.json, weights and tokenizer files) or a Hub model id (name or namespace/name)"
+    if path.exists():
+        raise SystemExit(f"{option} {value} is a file; expected {expected}")
+    if not _HUB_ID.match(value):
+        raise SystemExit(f"{option} {value}: the folder does not exist; expected {expected}")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise SystemExit(f"{option} {value}: no such folder here, and the Hub is off (HF_HUB_OFFLINE=1), so it cannot "
+                         f"be a Hub model id either; expected {expected}")

@@ -160,7 +160,12 @@ def rank_answers(
         if (index == IGNORE).any():
             raise ValueError("every scored example needs a gold answer")
         mask = exclude(chunk) if exclude is not None else None
-        ranks.append(gold_rank(out[scores].float(), index, mask).cpu())
+        scored = out[scores].float()
+        undefined = int(torch.isnan(scored.gather(1, index.to(scored.device).long().unsqueeze(1))).sum())
+        if undefined:
+            raise NonFiniteScoresError(f"the gold answer's score is NaN for {undefined} of {len(chunk)} examples: "
+                                       "their rank is undefined. Expected finite scores from the model")
+        ranks.append(gold_rank(scored, index, mask).cpu())
     model.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
@@ -341,11 +346,21 @@ class _AdapterRun:
             self.scheduler.step()
 
     def end_epoch(self, train_loss: float) -> float:
-        """Per-epoch schedule, dev score, history, best parameters and patience; returns the epoch's dev score."""
+        """Per-epoch schedule, dev score, history, best parameters and patience; returns the epoch's dev score.
+
+        A NaN dev score means the epoch's updates diverged even where every training loss was finite (an epoch of
+        one step computes its only loss before its update): it stops training as a non-finite loss does.
+        """
+        learning_rate = self.learning_rate
         if self.settings.schedule == "exponential":
             self.scheduler.step()
-        dev = self.dev_score()
         epoch = self.epoch + 1
+        try:
+            dev = self.dev_score()
+        except NonFiniteScoresError as error:
+            raise DivergedError(_diverged(f"the dev scores became NaN after epoch {epoch}", learning_rate)) from error
+        if math.isnan(dev):
+            raise DivergedError(_diverged(f"the dev score became NaN after epoch {epoch}", learning_rate))
         self.loop["epoch"] = epoch
         self.loop["history"].append({"epoch": epoch, "train_loss": train_loss, "dev_p1": dev})
         if dev > self.loop["best_dev"] or (self.settings.improve_on_tie and dev == self.loop["best_dev"]):
@@ -612,17 +627,23 @@ def _resume_settings(settings: TrainSettings) -> dict[str, Any]:
 
 
 class DivergedError(FloatingPointError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss, or parameters whose dev scores are NaN."""
+
+
+class NonFiniteScoresError(ValueError):
+    """The model scored a gold answer NaN, so its rank is undefined."""
+
+
+def _diverged(what: str, learning_rate: float) -> str:
+    return (f"{what} with learning rate {learning_rate:g}: training diverged. Expected finite losses and scores; "
+            "lower the learning rate (--lr in the benchmarks)")
 
 
 def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, learning_rate: float) -> None:
     """Stop at the first NaN/inf loss, saying where it happened and at which learning rate."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise DivergedError(
-            f"the training loss became {value} at epoch {epoch}, step {step} with learning rate {learning_rate:g}: "
-            "training diverged. Expected a finite loss; lower the learning rate (--lr in the benchmarks)"
-        )
+        raise DivergedError(_diverged(f"the training loss became {value} at epoch {epoch}, step {step}", learning_rate))
 
 
 def mixed_precision_used(accelerator: Accelerator | None) -> dict[str, str]:

@@ -197,8 +197,21 @@ def test_the_newest_complete_version_wins_and_a_damaged_one_is_skipped_with_a_wa
     newest = latest_checkpoint(directory)
     assert newest is not None and newest.name == "v000002"
     (newest / "state.safetensors").write_bytes(b"\x00" * 10)  # disk damage
-    with pytest.warns(UserWarning, match="v000002 is incomplete or unreadable"):
+    with pytest.warns(UserWarning, match=r"v000002 is incomplete or unreadable; resuming from the older complete "
+                                         r"checkpoint .*v000001"):
         assert _load(directory) == 1
+
+
+def test_a_damaged_only_checkpoint_warns_that_training_starts_over(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    _save(directory, 1)
+    (directory / "v000001" / "meta.json").write_text('{"loop": ')  # truncated
+    with pytest.warns(UserWarning) as caught:
+        assert _load(directory) is None
+    assert [str(w.message) for w in caught] == [
+        f"checkpoint {directory / 'v000001'} is incomplete or unreadable; no complete checkpoint is left, so training "
+        "starts over from the first epoch"
+    ]
 
 
 def test_a_crash_inside_an_atomic_result_write_keeps_the_old_file(tmp_path: Path) -> None:

@@ -248,12 +248,14 @@ def test_peak_tensor_memory_counts_new_storages_only() -> None:
 
 
 def test_model_folder_is_measured_instead_of_the_configs(tmp_path: Path) -> None:
-    """--model DIR: one section for the pretrained folder's causal LM, every train and scoring variant measured."""
+    """--model DIR: one section for the pretrained folder's causal LM, every train and scoring variant measured; the
+    report goes into the --out folder under the model folder's name (the published SmolLM2 report's command)."""
     from prompt_adapters.testing import save_tiny_model
 
     folder = save_tiny_model("gpt2", tmp_path / "tiny-gpt2")
-    text = speed.main(["--model", str(folder), "--only", "methods", "--repeats", "1", "--batch", "2", "--eval-batch",
-                       "2", *COMMON, "--out", str(tmp_path / "speed.md")])
+    text = speed.main(["--model", str(folder), "--only", "methods", "--clock", "cpu", "--repeats", "1", "--batch", "2",
+                       "--eval-batch", "2", *COMMON, "--out", str(tmp_path / "reports")])
+    assert (tmp_path / "reports" / "speed-tiny-gpt2.md").read_text(encoding="utf-8") == text
     sections = [s for s in text.split("\n## ") if not s.startswith(("# ", "Targets"))]
     assert [s.split("\n", 1)[0].split(" (")[0] for s in sections] == ["tiny-gpt2 causal LM"]
     assert "pretrained" in sections[0].split("\n", 1)[0]

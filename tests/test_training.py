@@ -135,6 +135,15 @@ def test_divergence_stops_with_epoch_step_and_learning_rate(lr: float) -> None:
     assert re.search(r"at epoch 1, step [23] ", message), message
 
 
+def test_divergence_in_an_epoch_of_one_step_stops_at_the_dev_score() -> None:
+    """One batch per epoch: the only loss comes before the update, so the NaN shows first in the dev scores."""
+    model, collate = _model()
+    settings = TrainSettings(epochs=3, learning_rate=1e30, batch_size=len(FACTS), patience=None)
+    with pytest.raises(DivergedError, match=r"the dev scores became NaN after epoch 1 with learning rate 1e\+30: "
+                                            r"training diverged\. .*lower the learning rate"):
+        fit(model, collate, FACTS, FACTS, settings, progress=False)
+
+
 @pytest.mark.parametrize(("requested", "used"), [("fp16", "fp32"), ("no", "fp32"), ("bf16", "bf16")])
 def test_mixed_precision_report_names_what_ran(requested: str, used: str) -> None:
     """A real Accelerator on CPU, in a fresh process (accelerate's state is process-wide)."""
