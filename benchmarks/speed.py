@@ -71,6 +71,7 @@ from prompt_adapters import (
     PromptGenConfig,
     PTuningEncoderConfig,
 )
+from prompt_adapters.run_dir import positive_int
 from prompt_adapters.testing import build_tokenizer
 from prompt_adapters.tuner import PromptConfig
 
@@ -1028,19 +1029,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measure only this built model (repeatable; default: every one); e.g. --family gpt2")
     parser.add_argument("--joint-relations", type=relation_counts, default=[8, 41],
                         help="numbers of relations R of the joint-training comparison (default 8,41)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of every variant")
-    parser.add_argument("--max-repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions of every variant")
+    parser.add_argument("--max-repeats", type=positive_int, default=None,
                         help="most repetitions of the variants behind a ratio whose spread is wide (default 3x "
                         "--repeats)")
     parser.add_argument("--spread-tolerance", type=float, default=0.05,
                         help="a ratio's interquartile range over its median above which more repetitions run")
-    parser.add_argument("--batch", type=int, default=16, help="training examples per step")
-    parser.add_argument("--seq-len", type=int, default=32, help="longest row of the single template, in tokens")
-    parser.add_argument("--eval-batch", type=int, default=32, help="facts per scoring batch")
+    parser.add_argument("--batch", type=positive_int, default=16, help="training examples per step")
+    parser.add_argument("--seq-len", type=positive_int, default=32,
+                        help="longest row of the single template, in tokens")
+    parser.add_argument("--eval-batch", type=positive_int, default=32, help="facts per scoring batch")
     parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                         help="cpu: CPU time of this process, robust to other processes on a shared machine when "
                         "--threads 1 (CPU devices only)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice); 1 gives stable timings on a shared CPU")
     parser.add_argument("--allocator", default="retain", choices=("retain", "system"),
                         help="retain (CPU, glibc): freed memory is kept for reuse, as a caching allocator does; "
@@ -1053,8 +1055,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.model is not None and not Path(args.model).is_dir():
         parser.error(f"--model {args.model}: the folder does not exist; expected a local folder with a pretrained "
                      "masked or causal LM (config.json, weights, tokenizer files)")
-    if min(args.repeats, args.batch, args.eval_batch, args.threads or 1) < 1:
-        parser.error("--repeats, --batch, --eval-batch and --threads must be >= 1")
     if args.max_repeats is None:
         args.max_repeats = 3 * args.repeats
     if args.max_repeats < args.repeats:

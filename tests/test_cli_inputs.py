@@ -52,6 +52,8 @@ def _manual_run(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     (superglue.parse_args, ["--seeds", "0"], "argument --seeds: expected a whole number >= 1, got '0'"),
     (superglue.parse_args, ["--max-eval", "-3"], "argument --max-eval: expected a whole number >= 1, got '-3'"),
     (superglue.parse_args, ["--max-steps", "0"], "argument --max-steps: expected a whole number >= 1, got '0'"),
+    (speed.parse_args, ["--repeats", "0"], "argument --repeats: expected a whole number >= 1, got '0'"),
+    (speed.parse_args, ["--seq-len", "-4"], "argument --seq-len: expected a whole number >= 1, got '-4'"),
     (factworld.parse_args, ["table", "--world", "w", "--seeds", "0"],
      "argument --seeds: expected a whole number >= 1, got '0'"),
     (factworld.parse_args, ["table", "--world", "w", "--rows", "0,2"],
