@@ -461,7 +461,7 @@ def check_model_source(option: str, value: str) -> None:
 
     A path that does not exist (``/data/bert``, ``./runs/model``, ``runs/a/model``) would otherwise end in
     transformers' "Repo id must be in the form ..." error; a name of the Hub's form that is no folder here cannot be
-    loaded while the Hub is off (``HF_HUB_OFFLINE``).
+    loaded while the Hub is off (``HF_HUB_OFFLINE``) unless the Hub cache holds it.
     """
     path = Path(value).expanduser()
     if path.is_dir():
@@ -471,8 +471,12 @@ def check_model_source(option: str, value: str) -> None:
         raise SystemExit(f"{option} {value} is a file; expected {expected}")
     if not _HUB_ID.match(value):
         raise SystemExit(f"{option} {value}: the folder does not exist; expected {expected}")
-    from huggingface_hub import constants
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE:
+    try:
+        cached = isinstance(try_to_load_from_cache(value, "config.json"), str)
+    except ValueError:  # a name huggingface_hub refuses as a repo id ("a..b", "a--b")
+        cached = False
+    if constants.HF_HUB_OFFLINE and not cached:
         raise SystemExit(f"{option} {value}: no such folder here, and the Hub is off (HF_HUB_OFFLINE=1), so it cannot "
-                         f"be a Hub model id either; expected {expected}")
+                         f"be a Hub model id either (the Hub cache does not hold it); expected {expected}")

@@ -96,6 +96,13 @@ def test_a_missing_model_or_generator_folder_is_named(tiny_bert: Path, fixture_d
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SystemExit, match=r"--model models/smollm2: no such folder here, and the Hub is off"):
         check_model_source("--model", "models/smollm2")
+    cached = tmp_path / "hub" / "models--models--smollm2"  # the same name in the Hub cache loads offline
+    (cached / "snapshots" / "abc123").mkdir(parents=True)
+    (cached / "snapshots" / "abc123" / "config.json").write_text("{}")
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    check_model_source("--model", "models/smollm2")
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(SystemExit, match=r"--model weights\.bin is a file; expected a model folder"):
         check_model_source("--model", "weights.bin")
