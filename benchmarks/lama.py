@@ -791,20 +791,19 @@ def per_relation_figure(summary: dict[str, Any], per_rel: dict[str, Any]) -> Any
     return fig
 
 
-def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> bool:
+def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
     """Draw ``per_relation.png``; without matplotlib (the ``bench`` extra) say so in one line and draw nothing."""
     try:
         import matplotlib.pyplot as plt
     except ImportError:
         print(f"{path.name} not drawn: matplotlib is not installed (pip install 'prompt-adapters[bench]'); the "
               "results are written", file=sys.stderr)
-        return False
+        return
     fig = per_relation_figure(summary, per_rel)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
-    return True
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -12,7 +12,9 @@ A kill at any instruction leaves saved state readable:
 
 Every filesystem call here goes through ``os`` (no buffered ``open``), so a test can inject a failure before any one
 of them. ``RunLock`` makes a run's output directory exclusive to one run; ``check_manifest`` refuses to resume a run
-whose settings, library version, base model or data differ from the saved ones.
+whose settings, library version, base model or data differ from the saved ones. ``read_record`` reads a finished
+job's record, treating a damaged one as not finished. The command-line harnesses share their checks of count options
+(``positive_int``, ``non_negative_int``) and model arguments (``check_model_source``) from here too.
 """
 
 from __future__ import annotations
@@ -473,10 +475,12 @@ def check_model_source(option: str, value: str) -> None:
         raise SystemExit(f"{option} {value}: the folder does not exist; expected {expected}")
     from huggingface_hub import constants, try_to_load_from_cache
 
+    if not constants.HF_HUB_OFFLINE:
+        return
     try:
         cached = isinstance(try_to_load_from_cache(value, "config.json"), str)
     except ValueError:  # a name huggingface_hub refuses as a repo id ("a..b", "a--b")
         cached = False
-    if constants.HF_HUB_OFFLINE and not cached:
+    if not cached:
         raise SystemExit(f"{option} {value}: no such folder here, and the Hub is off (HF_HUB_OFFLINE=1), so it cannot "
                          f"be a Hub model id either (the Hub cache does not hold it); expected {expected}")
