@@ -820,14 +820,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
-    check_model_source("--model", args.model)
-    if METHODS[args.method].pooled:
-        check_model_source("--generator", args.generator)
     check_joint(args)
     if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:
         names = ", ".join(name for name, method in METHODS.items() if method.prefix_form)
         raise SystemExit(f"--prompt-form prefix applies to --method {names}; --method {args.method} reads its "
                          "prompt as it is")
+    check_model_source("--model", args.model)
+    if METHODS[args.method].pooled:
+        check_model_source("--generator", args.generator)
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:

@@ -383,9 +383,9 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    check_model_source("--model", args.model)
     transformers_logging.disable_progress_bar()  # the run shows one bar, over its tasks
     names = list(sg.TASKS) if args.task == "all" else [sg.get_task(t).name for t in args.task.split(",")]
+    check_model_source("--model", args.model)
     accelerator = Accelerator()
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:
