@@ -19,19 +19,20 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, cast_adapter_dty
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
 
 from prompt_adapters.injection import SCORING_KEYS, PromptHooks, ScoreRequest, attached_hooks
+from prompt_adapters.model_facts import LM_KINDS, detect_lm_kind, model_fingerprint, tokenizer_fingerprint
 from prompt_adapters.template import CompiledTemplate, WordMode, compile_templates
-from prompt_adapters.validation import check_adapter_fits, check_field_types, check_positive, tokenizer_fingerprint
+from prompt_adapters.validation import (
+    check_adapter_fits,
+    check_embedding_digest,
+    check_field_types,
+    check_positive,
+)
 
 INIT_CHOICES = ("words", "random", "vocab")
 #: peft's name for rows that run the bare base model in a mixed-adapter batch (``adapter_names``)
 BASE_ROW = "__base__"
-LM_KINDS = ("masked", "causal", "seq2seq")
 
 
 @dataclass
@@ -111,34 +112,6 @@ class PromptConfig(PeftConfig):
                     "exactly one is required (was adapter_config.json edited by hand?)"
                 )
         return compiled
-
-
-def detect_lm_kind(model: nn.Module) -> str:
-    """``seq2seq`` for encoder-decoders, else ``causal`` or ``masked`` from the transformers auto mappings."""
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    name = type(model).__name__
-    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
-        return "causal"
-    if name in set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()):
-        return "masked"
-    raise ValueError(
-        f"cannot tell whether {name} is a masked, causal or seq2seq LM; set lm_kind= in the adapter config"
-    )
-
-
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """The base-model facts an adapter depends on, saved with it and checked when it is loaded."""
-    from prompt_adapters.injection import block_stacks
-
-    weight = model.get_input_embeddings().weight
-    return {
-        "vocab_size": int(weight.shape[0]),
-        "hidden_size": int(weight.shape[1]),
-        "stack_depths": [len(stack) for stack in block_stacks(model)],
-        "model_type": getattr(getattr(model, "config", None), "model_type", None),
-    }
 
 
 class PromptLayer(nn.Module, BaseTunerLayer):
@@ -530,6 +503,7 @@ class PromptTuner(BaseTuner):
                     f"(model_type={saved.get('model_type')}), but this model has {key}={fingerprint[key]} "
                     f"(model_type={fingerprint['model_type']}); load it on the base model it was trained for"
                 )
+        check_embedding_digest(adapter_name, saved.get("embedding_digest"), fingerprint["embedding_digest"])
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

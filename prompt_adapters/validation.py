@@ -8,13 +8,13 @@ surfaces where it is made rather than as a traceback deep inside torch or as a s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+
+from prompt_adapters.model_facts import detect_lm_kind, tokenizer_fingerprint
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
@@ -110,16 +112,6 @@ def check_positive(config: Any, *names: str) -> None:
 # ------------------------------------------------------------------------------------------------ tokenizer
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """What ids a tokenizer produces: its class, size and a hash of its vocabulary and special tokens."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    special = sorted((str(token), int(tokenizer.convert_tokens_to_ids(str(token))))
-                     for token in tokenizer.all_special_tokens)
-    text = json.dumps([vocab, special], ensure_ascii=False)
-    return {"class": type(tokenizer).__name__, "size": len(tokenizer),
-            "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
-
-
 def check_tokenizer(saved: Mapping[str, Any] | None, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
     """Refuse ``tokenizer`` when it is not the one the templates were compiled with (``saved`` fingerprint)."""
     if not saved:
@@ -156,8 +148,6 @@ def check_adapter_fits(name: str, config: Any, model: nn.Module) -> None:
     saved with a ``model_type`` loads only into that type; and where the base model was loaded from a local
     directory holding a tokenizer, that tokenizer must be the one the templates were compiled with.
     """
-    from prompt_adapters.tuner import detect_lm_kind
-
     try:
         detected_lm_kind: str | None = detect_lm_kind(model)
     except ValueError:  # a model class outside transformers' auto mappings: trust the config
@@ -189,6 +179,27 @@ def check_adapter_fits(name: str, config: Any, model: nn.Module) -> None:
         local = _local_tokenizer(model)
         if local is not None:
             check_tokenizer(config.tokenizer_fingerprint, local, f"adapter {name!r} on {model.name_or_path}")
+
+
+def check_embedding_digest(name: str, saved: str | None, current: str | None) -> None:
+    """Warn when an adapter is loaded onto another checkpoint than the one it was saved with: same architecture and
+    shapes, other weights (``model_facts.embedding_digest`` of both differs).
+
+    A warning, not an error: moving an adapter to a fine-tune of its base model is legitimate. Adapters saved without
+    a digest, and digests taken in another precision class (float16 against the others), are not compared.
+    """
+    if not saved or not current or saved == current:
+        return
+    if saved.split(":")[0] != current.split(":")[0]:
+        return
+    warnings.warn(
+        f"adapter {name!r} was saved with a base model whose input-embedding digest is {saved}, but this base model's "
+        f"is {current}: it is another checkpoint of the same architecture and shape, with other weights. The soft "
+        "prompts were trained for the other weights and may score differently here; expected the checkpoint the "
+        "adapter was trained on (moving it to a fine-tune of that checkpoint on purpose is fine)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def model_max_positions(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
