@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -135,6 +135,27 @@ def to_pickle(directory: Path) -> None:
     tensors = load_file(str(directory / "adapter_model.safetensors"))
     torch.save(tensors, directory / "adapter_model.bin")
     (directory / "adapter_model.safetensors").unlink()
+
+
+class RunsCode:
+    """Unpickling this creates the file ``marker``: what a malicious pickle would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return Path.touch, (self.marker,)
+
+
+def to_code_pickle(directory: Path) -> None:
+    """Replace the weights with a pickle that would run code (touch ``directory/unpickled``) if unpickled."""
+    to_pickle(directory)
+    tensors = torch.load(directory / "adapter_model.bin", weights_only=True)
+    torch.save({**tensors, "payload": RunsCode(directory / "unpickled")}, directory / "adapter_model.bin")
+
+
+def misspell_type(config: dict[str, Any]) -> None:
+    config["peft_type"] = "MIXTURE_PROMTP"
 
 
 def poison(tensors: dict[str, torch.Tensor]) -> None:
@@ -311,9 +332,21 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "checkpoint_missing_file": Case(lambda: CheckpointStore(Path("unused")).save({"meta.json": b"{}"}), ValueError,
                                     "['state.safetensors'] not given", "a checkpoint needs the files"),
     # adapter files (each makes its own damaged copy)
-    "load_pickle_instead_of_safetensors": lambda tmp: Case(lambda: load_damaged(tmp, to_pickle), AdapterFileError,
-                                                           "adapter_model.bin is a pickle file",
-                                                           "loaded only from adapter_model.safetensors"),
+    "load_pickle_running_code": lambda tmp: Case(lambda: load_damaged(tmp, to_code_pickle), AdapterFileError,
+                                                 "adapter_model.bin holds objects other than tensors",
+                                                 "Expected the tensors save_pretrained(safe_serialization=False)"),
+    "load_truncated_pickle": lambda tmp: Case(
+        lambda: load_damaged(tmp, lambda d: (to_pickle(d), truncate("adapter_model.bin", -20)(d))), AdapterFileError,
+        str(tmp / "adapter" / "adapter_model.bin"), "truncated or corrupt"),
+    "load_no_weights": lambda tmp: Case(
+        lambda: load_damaged(tmp, lambda d: (d / "adapter_model.safetensors").unlink()), AdapterFileError,
+        str(tmp / "adapter" / "adapter_model.safetensors"), "or adapter_model.bin with safe_serialization=False"),
+    "load_peft_type_lora": lambda tmp: Case(
+        lambda: load_damaged(tmp, edit_config(lambda c: c.update(peft_type="LORA"))), AdapterFileError,
+        "peft_type 'LORA'", "expected one of the prompt-adapters types ['MIXTURE_PROMPT', 'DEEP_PERTURB'"),
+    "load_peft_type_misspelt": lambda tmp: Case(lambda: load_damaged(tmp, edit_config(misspell_type)),
+                                                AdapterFileError, "peft_type 'MIXTURE_PROMTP'",
+                                                "did you mean 'MIXTURE_PROMPT'?"),
     "load_truncated_weights": lambda tmp: Case(
         lambda: load_damaged(tmp, truncate("adapter_model.safetensors", -20)), AdapterFileError,
         str(tmp / "adapter" / "adapter_model.safetensors"), "truncated or corrupt"),
@@ -364,18 +397,68 @@ def test_good_inputs_still_pass_every_check() -> None:
     assert PromptCollator(bert_tokenizer(), adapted_bert()).max_length == 128  # the model's positions
 
 
-def test_a_hub_adapter_without_safetensors_is_refused_before_unpickling(tmp_path: Path) -> None:
-    """Over real HTTP to a local fake hub: a repo holding only adapter_model.bin is refused, naming the repo."""
+def adapter_tensors(model: Any) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.base_model.state.named_parameters()}
+
+
+def test_an_adapter_saved_as_a_pickle_loads_as_peft_loads_it(tmp_path: Path) -> None:
+    """save_pretrained(safe_serialization=False) writes adapter_model.bin; it loads (weights only), same tensors."""
+    base_dir = bert_dir(str(tmp_path))
+    model = get_peft_model(AutoModelForMaskedLM.from_pretrained(base_dir),
+                           DeepPerturbConfig(templates=[TEMPLATE], tokenizer=AutoTokenizer.from_pretrained(base_dir)))
+    with torch.no_grad():
+        for param in model.base_model.state.parameters():
+            param.add_(torch.randn_like(param))
+    model.save_pretrained(tmp_path / "adapter", safe_serialization=False)
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir() if p.name.startswith("adapter_model")) == [
+        "adapter_model.bin"]
+    loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "adapter")
+    expected, found = adapter_tensors(model), adapter_tensors(loaded)
+    assert found.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    with pytest.raises(AdapterFileError, match="holds objects other than tensors"):
+        load_damaged(tmp_path, to_code_pickle)
+    directory = tmp_path / "adapter"
+    assert (directory / "adapter_model.bin").is_file() and not (directory / "unpickled").exists()
+
+
+def test_other_peft_methods_still_load(tmp_path: Path) -> None:
+    """The peft_type check refuses prompt adapters under another type, not peft's own methods."""
+    from peft import LoraConfig
+
+    base_dir = bert_dir(str(tmp_path))
+    lora = get_peft_model(AutoModelForMaskedLM.from_pretrained(base_dir), LoraConfig(target_modules=["query"]))
+    lora.save_pretrained(tmp_path / "lora")
+    loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "lora")
+    assert loaded.peft_config["default"].peft_type == "LORA"
+
+
+def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> None:
+    """Over real HTTP to a local fake hub: a repo holding only adapter_model.bin loads; one whose pickle would run
+    code is refused, naming the file, and the code does not run."""
     from fakehub import FakeHub
     from huggingface_hub import HfApi
 
     directory = saved_adapter(tmp_path / "adapter", to_pickle)
+    code = saved_adapter(tmp_path / "code" / "adapter", to_code_pickle)
     with FakeHub() as hub, hub.patch_client(tmp_path / "hf_home"):
         api = HfApi()
-        api.create_repo("me/pickled")
-        api.upload_folder(folder_path=str(directory), repo_id="me/pickled")
+        for repo, folder in (("me/pickled", directory), ("me/code", code)):
+            api.create_repo(repo)
+            api.upload_folder(folder_path=str(folder), repo_id=repo)
         assert "adapter_model.bin" in hub.files("me/pickled")
+        assert "adapter_model.safetensors" not in hub.files("me/pickled")
+        loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/pickled")
         with pytest.raises(AdapterFileError) as caught:
-            PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/pickled")
-    message = str(caught.value)
-    assert "me/pickled has no adapter_model.safetensors" in message and "arbitrary code" in message
+            PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/code")
+    saved = torch.load(directory / "adapter_model.bin", weights_only=True)
+    found = get_peft_model_state_dict(loaded)
+    assert found.keys() == saved.keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
+    assert "adapter_model.bin holds objects other than tensors" in str(caught.value)
+    assert not (code / "unpickled").exists()
