@@ -28,6 +28,7 @@ from prompt_adapters.validation import (
     check_embedding_digest,
     check_field_types,
     check_positive,
+    warn_rows_after_answer,
 )
 
 INIT_CHOICES = ("words", "random", "vocab")
@@ -461,6 +462,9 @@ class PromptTuner(BaseTuner):
         with self.hooks.paused():
             self.state.add(adapter_name, peft_config, model)
         self.state.set_adapter(self.active_adapters)
+        # rows that are parameters of their own (not computed from every row by an encoder or a generator)
+        if peft_config.lm_kind == "causal" and not peft_config.inference_mode and adapter_name in self.state.table:
+            warn_rows_after_answer(adapter_name, self.state.templates[adapter_name])
 
     @staticmethod
     def _replace_earlier_hooks(model: nn.Module) -> None:

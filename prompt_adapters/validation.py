@@ -209,6 +209,27 @@ def check_embedding_digest(name: str, saved: str | None, current: str | None) ->
     )
 
 
+def warn_rows_after_answer(name: str, templates: Sequence[Any]) -> None:
+    """Warn, naming the count, about soft rows after ``[Y]`` in an adapter trained on a causal LM.
+
+    A causal LM reads only the tokens before ``[Y]``, so such rows are never in its input: they get no gradient,
+    keep their initial values and change no score. A warning, not an error: the adapter works as one without them,
+    and a template written for masked LMs (``[X] was born in [Y] .``) is reused on causal ones.
+    """
+    counts = {template.source: template.soft_after_answer() for template in templates}
+    unreachable = {source: count for source, count in counts.items() if count}
+    if not unreachable:
+        return
+    listed = "; ".join(f"{source!r}: {count}" for source, count in unreachable.items())
+    warnings.warn(
+        f"adapter {name!r} has {sum(unreachable.values())} soft row(s) after [Y] ({listed}), which a causal LM never "
+        "reads: they get no gradient and stay as initialised. Expected soft tokens before [Y] on a causal LM; remove "
+        "the ones after it (words after [Y] can be kept hard with [hard: ...] or words='hard')",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
 def model_max_positions(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The longest row the model can take: its position table (less an offset for padding-based position ids, as
     RoBERTa counts from ``padding_idx + 1``) and the tokenizer's ``model_max_length``; None when unbounded."""

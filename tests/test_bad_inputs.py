@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,3 +463,39 @@ def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> N
         torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
     assert "adapter_model.bin holds objects other than tensors" in str(caught.value)
     assert not (code / "unpickled").exists()
+
+
+# ------------------------------------------------------------------------------------------------ warnings
+
+AFTER_ANSWER = "[P*3] [X] [P*3] [Y] [P*11]"
+
+
+def unreachable_row_warnings(make: Callable[[], Any]) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return [str(w.message) for w in caught if "after [Y]" in str(w.message)]
+
+
+def test_soft_rows_after_the_answer_on_a_causal_lm_warn_with_their_count(tmp_path: Path) -> None:
+    """A causal LM never reads past [Y]: the 11 rows there get no gradient, and the warning says how many."""
+    tokenizer = gpt2_tokenizer()
+    with pytest.warns(UserWarning, match=r"'default' has 11 soft row\(s\) after \[Y\] \('\[P\*3\] \[X\] \[P\*3\] "
+                                         r"\[Y\] \[P\*11\]': 11\), which a causal LM never reads"):
+        model = attach(MixturePromptConfig(templates=[AFTER_ANSWER], tokenizer=tokenizer), "gpt2")
+    model(**PromptCollator(tokenizer, model)([("Dante", "Paris")])).loss.backward()
+    reached = model.base_model.state.table["default"].grad.abs().sum(1) > 0
+    assert reached.tolist() == [True] * 6 + [False] * 11
+    model.save_pretrained(tmp_path / "adapter")
+    assert unreachable_row_warnings(  # loaded for inference: the rows cost nothing there
+        lambda: PeftModel.from_pretrained(build_tiny_model("gpt2")[0], tmp_path / "adapter")) == []
+
+
+def test_soft_rows_after_the_answer_are_fine_elsewhere() -> None:
+    """Masked and seq2seq LMs read the whole template; a causal template ending at [Y] has nothing after it."""
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[AFTER_ANSWER],
+                                                                       tokenizer=bert_tokenizer()))) == []
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=["[P*3] [X] [P*3] [Y]"],
+                                                                       tokenizer=gpt2_tokenizer()), "gpt2")) == []
+    assert len(unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[TEMPLATE, AFTER_ANSWER],
+                                                                           tokenizer=gpt2_tokenizer()), "gpt2"))) == 1
