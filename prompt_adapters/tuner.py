@@ -321,8 +321,33 @@ class PromptLayer(nn.Module, BaseTunerLayer):
 
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
         if self.row_adapters is not None:
-            return self.combine_rows(request, output)
-        return self.combine(self.active_name, request, output)
+            result = self.combine_rows(request, output)
+            names = [name for name in dict.fromkeys(self.row_adapters) if name != BASE_ROW]
+        else:
+            result = self.combine(self.active_name, request, output)
+            names = [self.active_name]
+        loss = result.get("loss") if hasattr(result, "get") else None
+        if loss is not None and torch.is_grad_enabled() and not loss.requires_grad and not self.disable_adapters:
+            result["loss"] = failing_backward(loss, self.untrainable_reason(names))
+        return result
+
+    def untrainable_reason(self, names: Sequence[str]) -> str:
+        """Why a loss of adapters ``names`` has no gradient: nothing to train, or every parameter frozen."""
+        parameters = [param for key, param in self.named_parameters() if set(key.split(".")) & set(names)]
+        listed = ", ".join(repr(name) for name in names)
+        if any(param.numel() for param in parameters):
+            return (
+                f"adapter {listed} is frozen: none of its parameters requires grad, so its loss cannot be "
+                "backpropagated. PeftModel.from_pretrained loads an adapter for inference unless is_trainable=True; "
+                "load it with is_trainable=True (or call set_requires_grad) to train it"
+            )
+        sources = [template.source for name in names for template in self.templates[name]]
+        return (
+            f"adapter {listed} has no trainable rows: its templates {sources} have no soft token and its mixture "
+            "weights are fixed (one template, or learn_weights=False), so its loss has no gradient. Expected soft "
+            "tokens to train ([P], [soft: ...] or words='soft'); to score it as a fixed prompt, run it under "
+            "torch.no_grad()"
+        )
 
     def combine_rows(self, request: ScoreRequest, output: Any) -> Any:
         """``combine`` of a batch mixing adapters (``adapter_names``); methods that score such batches override it
@@ -378,6 +403,29 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         super()._move_adapter_to_device_of_base_layer(adapter_name, device)
         if adapter_name in self.hard_table:
             self.hard_table[adapter_name] = self.hard_table[adapter_name].to(device or self.weight.device)
+
+
+class _FailingBackward(torch.autograd.Function):
+    """Identity on a loss whose ``backward()`` raises ``RuntimeError(reason)`` (see ``failing_backward``)."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, anchor: torch.Tensor, reason: str) -> torch.Tensor:
+        ctx.reason = reason
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, ...]:
+        raise RuntimeError(ctx.reason)
+
+
+def failing_backward(loss: torch.Tensor, reason: str) -> torch.Tensor:
+    """``loss`` (same value) whose ``backward()`` fails with ``reason``: the loss of an adapter with nothing to train.
+
+    Without it, ``loss.backward()`` fails inside torch with "element 0 of tensors does not require grad", naming
+    neither the adapter nor the cause. A fresh leaf that requires grad lets ``backward()`` reach the reason.
+    """
+    anchor = torch.zeros((), device=loss.device, requires_grad=True)
+    return _FailingBackward.apply(loss, anchor, reason)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
