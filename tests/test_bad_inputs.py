@@ -177,6 +177,12 @@ def two_fields_pair() -> Any:
     return PromptCollator(bert_tokenizer(), model)([("x", "y")])
 
 
+@functools.cache
+def answer_only_bert() -> Any:
+    """A tiny BERT with a template that reads no input field, only [Y]."""
+    return attach(MixturePromptConfig(templates=["[P*3] [Y] ."], tokenizer=bert_tokenizer()))
+
+
 def many(*examples: Any) -> Any:
     return collate(*examples, answers="many")
 
@@ -313,6 +319,14 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "example_number": Case(lambda: collate(5), TypeError, "got 5", "(input, answer) pair"),
     "example_triple": Case(lambda: collate(("a", "b", "c")), TypeError, "('a', 'b', 'c')", "(input, answer) pair"),
     "example_pair_two_fields": Case(two_fields_pair, ValueError, "2 fields ['A', 'B']", "pass dicts keyed by field"),
+    "answers_all_none": Case(lambda: collate(("Dante", None), {"sub": "Newton", "obj": None}), ValueError,
+                             "every answer of the batch is None (2 example(s), e.g. ('Dante', None))",
+                             "expected answer text"),
+    "answers_all_none_mixed_adapters": Case(lambda: collate({"sub": "Dante", "obj": None, "adapter": "default"}),
+                                            ValueError, "every answer of the batch is None", "expected answer text"),
+    "template_without_fields_given_an_input": Case(
+        lambda: PromptCollator(bert_tokenizer(), answer_only_bert())([(None, "Florence")]), ValueError,
+        "example (None, 'Florence') gives the input None", "expected a dict holding the answer alone"),
     "batch_empty": Case(lambda: PromptCollator(bert_tokenizer(), adapted_bert())([]), ValueError, "empty list",
                         "examples"),
     "choices_repeat": Case(lambda: many({"X": "Dante", "choices": ["Rome", "Rome"], "label": 0}), ValueError,
@@ -436,6 +450,18 @@ def test_other_peft_methods_still_load(tmp_path: Path) -> None:
     lora.save_pretrained(tmp_path / "lora")
     loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "lora")
     assert loaded.peft_config["default"].peft_type == "LORA"
+
+
+def test_batches_with_some_or_no_answers_still_work() -> None:
+    """Refused is only a batch whose every answer is None: prediction inputs and partly answered batches pass."""
+    model = adapted_bert()
+    assert model(**collate(("Dante",), {"sub": "Newton"})).loss is None  # prediction: HF's no-label convention
+    partly = model(**collate(("Dante", None), ("Newton", "London")))
+    alone = model(**collate(("Newton", "London")))
+    torch.testing.assert_close(partly.loss, alone.loss)  # the unanswered example is scored, not in the loss
+    assert partly.answer_log_probs.shape[0] == 2
+    only_answer = PromptCollator(bert_tokenizer(), answer_only_bert())([{"obj": "Florence"}])
+    assert answer_only_bert()(**only_answer).loss.requires_grad
 
 
 def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> None:
