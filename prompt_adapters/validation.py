@@ -535,6 +535,19 @@ def strict_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
     return from_pretrained
 
 
+def strict_config_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
+    """Wrap ``PeftConfig.from_pretrained`` so a local adapter_config.json whose ``peft_type`` is misspelt, or names
+    another method for a prompt adapter, is named before peft looks the type up."""
+
+    def from_pretrained(cls: Any, model_id: str, subfolder: str | None = None, **kwargs: Any) -> Any:
+        directory = adapter_directory(model_id, subfolder)
+        if directory is not None and (directory / CONFIG_NAME).is_file():
+            check_peft_type(read_adapter_config(directory), directory / CONFIG_NAME, known_types)
+        return original(cls, model_id, subfolder=subfolder, **kwargs)
+
+    return from_pretrained
+
+
 #: reasons screen_facts drops a fact for, in the order they are checked
 FACT_DROP_REASONS = ("blank_subject", "special_token_in_subject", "special_token_in_object", "unknown_object")
 

@@ -441,6 +441,17 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Pa
     assert (directory / "adapter_model.bin").is_file() and not (directory / "unpickled").exists()
 
 
+@pytest.mark.parametrize("load", ["PeftConfig", "AutoPeftModel"])
+def test_a_misspelt_peft_type_is_named_by_every_loader(load: str, tmp_path: Path) -> None:
+    """peft's own loaders look the type up first (a bare KeyError); they name it too."""
+    from peft import AutoPeftModel, PeftConfig
+
+    directory = saved_adapter(tmp_path / "adapter", edit_config(misspell_type))
+    loader = PeftConfig.from_pretrained if load == "PeftConfig" else AutoPeftModel.from_pretrained
+    with pytest.raises(AdapterFileError, match=r"peft_type 'MIXTURE_PROMTP'.*did you mean 'MIXTURE_PROMPT'\?"):
+        loader(str(directory))
+
+
 def test_other_peft_methods_still_load(tmp_path: Path) -> None:
     """The peft_type check refuses prompt adapters under another type, not peft's own methods."""
     from peft import LoraConfig
@@ -450,6 +461,9 @@ def test_other_peft_methods_still_load(tmp_path: Path) -> None:
     lora.save_pretrained(tmp_path / "lora")
     loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "lora")
     assert loaded.peft_config["default"].peft_type == "LORA"
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(str(tmp_path / "lora")).peft_type == "LORA"
 
 
 def test_batches_with_some_or_no_answers_still_work() -> None:
