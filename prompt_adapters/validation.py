@@ -370,14 +370,16 @@ def check_peft_type(config: Mapping[str, Any], path: Path, known_types: Sequence
     if found in known_types:
         return
     ours = list(known_types)
-    if found not in PeftType.__members__:
+    ours_fields = sorted(PROMPT_ADAPTER_FIELDS & set(config))
+    if found is None and not ours_fields:
+        return  # peft reads a config without a type as the config class it is loaded with
+    if not isinstance(found, str) or found not in PeftType.__members__:
         close = difflib.get_close_matches(str(found), [*ours, *PeftType.__members__], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise AdapterFileError(
             f"{path} has peft_type {found!r}, which is not a PEFT method{hint}; expected one of the prompt-adapters "
             f"types {ours} (registered by 'import prompt_adapters') or a peft type such as 'LORA'"
         )
-    ours_fields = sorted(PROMPT_ADAPTER_FIELDS & set(config))
     if ours_fields:
         raise AdapterFileError(
             f"{path} has peft_type {found!r} but holds a prompt adapter (fields {ours_fields}); expected one of the "

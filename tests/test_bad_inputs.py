@@ -359,6 +359,9 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "load_peft_type_lora": lambda tmp: Case(
         lambda: load_damaged(tmp, edit_config(lambda c: c.update(peft_type="LORA"))), AdapterFileError,
         "peft_type 'LORA'", "expected one of the prompt-adapters types ['MIXTURE_PROMPT', 'DEEP_PERTURB'"),
+    "load_peft_type_missing": lambda tmp: Case(
+        lambda: load_damaged(tmp, edit_config(lambda c: c.pop("peft_type"))), AdapterFileError, "peft_type None",
+        "expected one of the prompt-adapters types"),
     "load_peft_type_misspelt": lambda tmp: Case(lambda: load_damaged(tmp, edit_config(misspell_type)),
                                                 AdapterFileError, "peft_type 'MIXTURE_PROMTP'",
                                                 "did you mean 'MIXTURE_PROMPT'?"),
