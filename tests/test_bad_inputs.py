@@ -327,6 +327,9 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "template_without_fields_given_an_input": Case(
         lambda: PromptCollator(bert_tokenizer(), answer_only_bert())([(None, "Florence")]), ValueError,
         "example (None, 'Florence') gives the input None", "expected a dict holding the answer alone"),
+    "inputs_text_for_template_without_fields": Case(
+        lambda: PromptCollator(bert_tokenizer(), answer_only_bert()).inputs("Dante"), ValueError,
+        "input 'Dante' is one text, but the templates read 0 fields []", "pass dicts keyed by field name ({}"),
     "batch_empty": Case(lambda: PromptCollator(bert_tokenizer(), adapted_bert())([]), ValueError, "empty list",
                         "examples"),
     "choices_repeat": Case(lambda: many({"X": "Dante", "choices": ["Rome", "Rome"], "label": 0}), ValueError,
@@ -479,6 +482,7 @@ def test_batches_with_some_or_no_answers_still_work() -> None:
     assert partly.answer_log_probs.shape[0] == 2
     only_answer = PromptCollator(bert_tokenizer(), answer_only_bert())([{"obj": "Florence"}])
     assert answer_only_bert()(**only_answer).loss.requires_grad
+    assert PromptCollator(bert_tokenizer(), answer_only_bert()).inputs({})["input_ids"].shape[0] == 1
 
 
 def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> None:

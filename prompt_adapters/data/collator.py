@@ -447,7 +447,8 @@ class PromptCollator:
                              f"templates, got {template}")
         if isinstance(example, str) and len(self.fields) != 1:
             raise ValueError(
-                f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+                f"input {example!r} is one text, but the templates read {len(self.fields)} fields "
+                f"{list(self.fields)}; pass dicts keyed by field name ({{}} for templates that read only [Y])"
             )
         self._fragments.clear()
         values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
