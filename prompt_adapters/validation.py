@@ -364,7 +364,7 @@ def check_peft_type(config: Mapping[str, Any], path: Path, known_types: Sequence
     peft itself fails on a misspelt type with a bare ``KeyError``, and would build a LoRA with no target from a
     prompt adapter whose type was edited to ``LORA`` (the base model, silently).
     """
-    from peft.utils.peft_types import PeftType
+    from peft import PeftType
 
     found = config.get("peft_type")
     if found in known_types:
@@ -438,8 +438,10 @@ def check_pickled_weights(path: Path) -> None:
 
 def weights_file(directory: Path) -> Path:
     """The adapter weights peft reads from ``directory``: safetensors when present, else the weights-only pickle."""
-    safetensors = directory / SAFETENSORS_NAME
-    return safetensors if safetensors.is_file() or not (directory / PICKLE_NAME).is_file() else directory / PICKLE_NAME
+    pickled = directory / PICKLE_NAME
+    if pickled.is_file() and not (directory / SAFETENSORS_NAME).is_file():
+        return pickled
+    return directory / SAFETENSORS_NAME
 
 
 def check_loaded_adapter(name: str, peft_type: str, missing: Sequence[str], unexpected: Sequence[str],
