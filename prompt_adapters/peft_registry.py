@@ -137,13 +137,17 @@ def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) ->
 
 
 def _patch_strict_loading() -> None:
-    """Prompt adapters load only from intact safetensors, with every tensor present and finite (the checks live in
-    ``prompt_adapters.validation``; other peft methods load as peft loads them)."""
-    from prompt_adapters.validation import strict_from_pretrained, strict_load_adapter
+    """Prompt adapters load only from intact weights files, with every tensor present and finite, and configs name a
+    known method (the checks live in ``prompt_adapters.validation``; other peft methods load as peft loads them).
+    ``PeftConfig.from_pretrained`` (used by ``AutoPeftModel*``) checks the ``peft_type`` of a local config too."""
+    from prompt_adapters.validation import strict_config_from_pretrained, strict_from_pretrained, strict_load_adapter
 
     if getattr(PeftModel, "_prompt_adapters_strict", False):
         return
     ours = tuple(method[0] for method in METHODS)
+    PeftConfig.from_pretrained = classmethod(  # type: ignore[method-assign,assignment]
+        strict_config_from_pretrained(PeftConfig.from_pretrained.__func__, ours)  # type: ignore[attr-defined]
+    )
     PeftModel.load_adapter = strict_load_adapter(PeftModel.load_adapter, ours)  # type: ignore[method-assign]
     PeftModel.from_pretrained = classmethod(  # type: ignore[method-assign,assignment]
         strict_from_pretrained(PeftModel.from_pretrained.__func__, ours)  # type: ignore[attr-defined]

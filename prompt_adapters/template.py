@@ -202,6 +202,11 @@ class CompiledTemplate:
     def num_soft(self) -> int:
         return sum(len(piece.ids) for piece in self.pieces if piece.kind == "soft")
 
+    def soft_after_answer(self) -> int:
+        """How many soft rows come after the answer slot (a causal LM never reads them)."""
+        answer = next(index for index, piece in enumerate(self.pieces) if piece.kind == "answer")
+        return sum(len(piece.ids) for piece in self.pieces[answer + 1 :] if piece.kind == "soft")
+
     def soft_init_ids(self) -> list[int]:
         """Initial word-piece id of every soft row in order (-1: no word, the method initialises it)."""
         return [i for piece in self.pieces if piece.kind == "soft" for i in piece.ids]

@@ -19,19 +19,21 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, cast_adapter_dty
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
 
 from prompt_adapters.injection import SCORING_KEYS, PromptHooks, ScoreRequest, attached_hooks
+from prompt_adapters.model_facts import LM_KINDS, detect_lm_kind, model_fingerprint, tokenizer_fingerprint
 from prompt_adapters.template import CompiledTemplate, WordMode, compile_templates
-from prompt_adapters.validation import check_adapter_fits, check_field_types, check_positive, tokenizer_fingerprint
+from prompt_adapters.validation import (
+    check_adapter_fits,
+    check_embedding_digest,
+    check_field_types,
+    check_positive,
+    warn_rows_after_answer,
+)
 
 INIT_CHOICES = ("words", "random", "vocab")
 #: peft's name for rows that run the bare base model in a mixed-adapter batch (``adapter_names``)
 BASE_ROW = "__base__"
-LM_KINDS = ("masked", "causal", "seq2seq")
 
 
 @dataclass
@@ -111,34 +113,6 @@ class PromptConfig(PeftConfig):
                     "exactly one is required (was adapter_config.json edited by hand?)"
                 )
         return compiled
-
-
-def detect_lm_kind(model: nn.Module) -> str:
-    """``seq2seq`` for encoder-decoders, else ``causal`` or ``masked`` from the transformers auto mappings."""
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    name = type(model).__name__
-    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
-        return "causal"
-    if name in set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()):
-        return "masked"
-    raise ValueError(
-        f"cannot tell whether {name} is a masked, causal or seq2seq LM; set lm_kind= in the adapter config"
-    )
-
-
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """The base-model facts an adapter depends on, saved with it and checked when it is loaded."""
-    from prompt_adapters.injection import block_stacks
-
-    weight = model.get_input_embeddings().weight
-    return {
-        "vocab_size": int(weight.shape[0]),
-        "hidden_size": int(weight.shape[1]),
-        "stack_depths": [len(stack) for stack in block_stacks(model)],
-        "model_type": getattr(getattr(model, "config", None), "model_type", None),
-    }
 
 
 class PromptLayer(nn.Module, BaseTunerLayer):
@@ -347,8 +321,33 @@ class PromptLayer(nn.Module, BaseTunerLayer):
 
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
         if self.row_adapters is not None:
-            return self.combine_rows(request, output)
-        return self.combine(self.active_name, request, output)
+            result = self.combine_rows(request, output)
+            names = [name for name in dict.fromkeys(self.row_adapters) if name != BASE_ROW]
+        else:
+            result = self.combine(self.active_name, request, output)
+            names = [self.active_name]
+        loss = result.get("loss") if hasattr(result, "get") else None
+        if loss is not None and torch.is_grad_enabled() and not loss.requires_grad and not self.disable_adapters:
+            result["loss"] = failing_backward(loss, self.untrainable_reason(names))
+        return result
+
+    def untrainable_reason(self, names: Sequence[str]) -> str:
+        """Why a loss of adapters ``names`` has no gradient: nothing to train, or every parameter frozen."""
+        parameters = [param for key, param in self.named_parameters() if set(key.split(".")) & set(names)]
+        listed = ", ".join(repr(name) for name in names)
+        if any(param.numel() for param in parameters):
+            return (
+                f"adapter {listed} is frozen: none of its parameters requires grad, so its loss cannot be "
+                "backpropagated. PeftModel.from_pretrained loads an adapter for inference unless is_trainable=True; "
+                "load it with is_trainable=True (or call set_requires_grad) to train it"
+            )
+        sources = [template.source for name in names for template in self.templates[name]]
+        return (
+            f"adapter {listed} has no trainable rows: its templates {sources} have no soft token and its mixture "
+            "weights are fixed (one template, or learn_weights=False), so its loss has no gradient. Expected soft "
+            "tokens to train ([P], [soft: ...] or words='soft'); to score it as a fixed prompt, run it under "
+            "torch.no_grad()"
+        )
 
     def combine_rows(self, request: ScoreRequest, output: Any) -> Any:
         """``combine`` of a batch mixing adapters (``adapter_names``); methods that score such batches override it
@@ -404,6 +403,29 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         super()._move_adapter_to_device_of_base_layer(adapter_name, device)
         if adapter_name in self.hard_table:
             self.hard_table[adapter_name] = self.hard_table[adapter_name].to(device or self.weight.device)
+
+
+class _FailingBackward(torch.autograd.Function):
+    """Identity on a loss whose ``backward()`` raises ``RuntimeError(reason)`` (see ``failing_backward``)."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, anchor: torch.Tensor, reason: str) -> torch.Tensor:
+        ctx.reason = reason
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, ...]:
+        raise RuntimeError(ctx.reason)
+
+
+def failing_backward(loss: torch.Tensor, reason: str) -> torch.Tensor:
+    """``loss`` (same value) whose ``backward()`` fails with ``reason``: the loss of an adapter with nothing to train.
+
+    Without it, ``loss.backward()`` fails inside torch with "element 0 of tensors does not require grad", naming
+    neither the adapter nor the cause. A fresh leaf that requires grad lets ``backward()`` reach the reason.
+    """
+    anchor = torch.zeros((), device=loss.device, requires_grad=True)
+    return _FailingBackward.apply(loss, anchor, reason)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -488,6 +510,9 @@ class PromptTuner(BaseTuner):
         with self.hooks.paused():
             self.state.add(adapter_name, peft_config, model)
         self.state.set_adapter(self.active_adapters)
+        # rows that are parameters of their own (not computed from every row by an encoder or a generator)
+        if peft_config.lm_kind == "causal" and not peft_config.inference_mode and adapter_name in self.state.table:
+            warn_rows_after_answer(adapter_name, self.state.templates[adapter_name])
 
     @staticmethod
     def _replace_earlier_hooks(model: nn.Module) -> None:
@@ -530,6 +555,7 @@ class PromptTuner(BaseTuner):
                     f"(model_type={saved.get('model_type')}), but this model has {key}={fingerprint[key]} "
                     f"(model_type={fingerprint['model_type']}); load it on the base model it was trained for"
                 )
+        check_embedding_digest(adapter_name, saved.get("embedding_digest"), fingerprint["embedding_digest"])
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

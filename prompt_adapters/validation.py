@@ -1,5 +1,6 @@
 """Checks at the door: config field types, collator inputs, the tokenizer and base model an adapter was made for,
-and strict adapter loading (safetensors only; complete, finite tensors of the right method).
+and strict adapter loading (a known method; intact safetensors, or tensors-only pickles read as peft reads them;
+complete, finite tensors of the right method).
 
 Every check raises at the first bad value with a message naming the value and what was expected, so a mistake
 surfaces where it is made rather than as a traceback deep inside torch or as a silently wrong score.
@@ -8,13 +9,15 @@ surfaces where it is made rather than as a traceback deep inside torch or as a s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import difflib
 import inspect
 import json
 import math
 import os
+import pickle
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from prompt_adapters.model_facts import detect_lm_kind, tokenizer_fingerprint
+
 SAFETENSORS_NAME = "adapter_model.safetensors"
-PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
+#: what ``save_pretrained(safe_serialization=False)`` writes; read, as peft reads it, with the weights-only unpickler
+PICKLE_NAME = "adapter_model.bin"
+OTHER_PICKLE_NAMES = ("adapter_model.pt", "pytorch_model.bin")
 CONFIG_NAME = "adapter_config.json"
+#: config fields only a prompt adapter has
+PROMPT_ADAPTER_FIELDS = frozenset({"compiled_templates", "model_fingerprint", "tokenizer_fingerprint"})
 
 
 # ------------------------------------------------------------------------------------------------ config types
@@ -110,16 +119,6 @@ def check_positive(config: Any, *names: str) -> None:
 # ------------------------------------------------------------------------------------------------ tokenizer
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """What ids a tokenizer produces: its class, size and a hash of its vocabulary and special tokens."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    special = sorted((str(token), int(tokenizer.convert_tokens_to_ids(str(token))))
-                     for token in tokenizer.all_special_tokens)
-    text = json.dumps([vocab, special], ensure_ascii=False)
-    return {"class": type(tokenizer).__name__, "size": len(tokenizer),
-            "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
-
-
 def check_tokenizer(saved: Mapping[str, Any] | None, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
     """Refuse ``tokenizer`` when it is not the one the templates were compiled with (``saved`` fingerprint)."""
     if not saved:
@@ -156,8 +155,6 @@ def check_adapter_fits(name: str, config: Any, model: nn.Module) -> None:
     saved with a ``model_type`` loads only into that type; and where the base model was loaded from a local
     directory holding a tokenizer, that tokenizer must be the one the templates were compiled with.
     """
-    from prompt_adapters.tuner import detect_lm_kind
-
     try:
         detected_lm_kind: str | None = detect_lm_kind(model)
     except ValueError:  # a model class outside transformers' auto mappings: trust the config
@@ -189,6 +186,48 @@ def check_adapter_fits(name: str, config: Any, model: nn.Module) -> None:
         local = _local_tokenizer(model)
         if local is not None:
             check_tokenizer(config.tokenizer_fingerprint, local, f"adapter {name!r} on {model.name_or_path}")
+
+
+def check_embedding_digest(name: str, saved: str | None, current: str | None) -> None:
+    """Warn when an adapter is loaded onto another checkpoint than the one it was saved with: same architecture and
+    shapes, other weights (``model_facts.embedding_digest`` of both differs).
+
+    A warning, not an error: moving an adapter to a fine-tune of its base model is legitimate. Adapters saved without
+    a digest, and digests taken in another precision class (float16 against the others), are not compared.
+    """
+    if not saved or not current or saved == current:
+        return
+    if saved.split(":")[0] != current.split(":")[0]:
+        return
+    warnings.warn(
+        f"adapter {name!r} was saved with a base model whose input-embedding digest is {saved}, but this base model's "
+        f"is {current}: it is another checkpoint of the same architecture and shape, with other weights. The soft "
+        "prompts were trained for the other weights and may score differently here; expected the checkpoint the "
+        "adapter was trained on (moving it to a fine-tune of that checkpoint on purpose is fine)",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def warn_rows_after_answer(name: str, templates: Sequence[Any]) -> None:
+    """Warn, naming the count, about soft rows after ``[Y]`` in an adapter trained on a causal LM.
+
+    A causal LM reads only the tokens before ``[Y]``, so such rows are never in its input: they get no gradient,
+    keep their initial values and change no score. A warning, not an error: the adapter works as one without them,
+    and a template written for masked LMs (``[X] was born in [Y] .``) is reused on causal ones.
+    """
+    counts = {template.source: template.soft_after_answer() for template in templates}
+    unreachable = {source: count for source, count in counts.items() if count}
+    if not unreachable:
+        return
+    listed = "; ".join(f"{source!r}: {count}" for source, count in unreachable.items())
+    warnings.warn(
+        f"adapter {name!r} has {sum(unreachable.values())} soft row(s) after [Y] ({listed}), which a causal LM never "
+        "reads: they get no gradient and stay as initialised. Expected soft tokens before [Y] on a causal LM; remove "
+        "the ones after it (words after [Y] can be kept hard with [hard: ...] or words='hard')",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def model_max_positions(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -319,29 +358,90 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
         raise AdapterFileError(f"{path} is not valid JSON ({error}); the file is truncated or corrupt") from None
 
 
+def check_peft_type(config: Mapping[str, Any], path: Path, known_types: Sequence[str]) -> None:
+    """The config's ``peft_type`` names a PEFT method, and a prompt adapter's config names one of ours.
+
+    peft itself fails on a misspelt type with a bare ``KeyError``, and would build a LoRA with no target from a
+    prompt adapter whose type was edited to ``LORA`` (the base model, silently).
+    """
+    from peft import PeftType
+
+    found = config.get("peft_type")
+    if found in known_types:
+        return
+    ours = list(known_types)
+    ours_fields = sorted(PROMPT_ADAPTER_FIELDS & set(config))
+    if found is None and not ours_fields:
+        return  # peft reads a config without a type as the config class it is loaded with
+    if not isinstance(found, str) or found not in PeftType.__members__:
+        close = difflib.get_close_matches(str(found), [*ours, *PeftType.__members__], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise AdapterFileError(
+            f"{path} has peft_type {found!r}, which is not a PEFT method{hint}; expected one of the prompt-adapters "
+            f"types {ours} (registered by 'import prompt_adapters') or a peft type such as 'LORA'"
+        )
+    if ours_fields:
+        raise AdapterFileError(
+            f"{path} has peft_type {found!r} but holds a prompt adapter (fields {ours_fields}); expected one of the "
+            f"prompt-adapters types {ours}, the one it was saved with"
+        )
+
+
 def check_adapter_files(directory: Path, known_types: Sequence[str]) -> None:
-    """Before peft reads anything: a readable config and an intact safetensors file (never a pickle)."""
+    """Before peft reads anything: a readable config naming a known method, and intact weights: safetensors, or
+    ``adapter_model.bin`` read as tensors only (``torch.load(weights_only=True)``, as peft reads it)."""
     from safetensors import SafetensorError, safe_open
 
     config = read_adapter_config(directory)
-    peft_type = config.get("peft_type")
-    if peft_type not in known_types:
+    check_peft_type(config, directory / CONFIG_NAME, known_types)
+    if config.get("peft_type") not in known_types:
         return
     weights = directory / SAFETENSORS_NAME
     if not weights.is_file():
-        pickles = [name for name in PICKLE_NAMES if (directory / name).is_file()]
-        if pickles:
-            raise AdapterFileError(
-                f"{directory / pickles[0]} is a pickle file; prompt adapters are loaded only from {SAFETENSORS_NAME} "
-                "because unpickling can run arbitrary code. Convert it with safetensors.torch.save_file, or save the "
-                "adapter again with save_pretrained"
-            )
-        raise AdapterFileError(f"{weights} does not exist; expected the adapter weights saved by save_pretrained")
+        if (directory / PICKLE_NAME).is_file():
+            check_pickled_weights(directory / PICKLE_NAME)
+            return
+        others = [name for name in OTHER_PICKLE_NAMES if (directory / name).is_file()]
+        found = f"; {others} are not adapter weights peft reads" if others else ""
+        raise AdapterFileError(
+            f"{weights} does not exist; expected the adapter weights saved by save_pretrained ({SAFETENSORS_NAME}, "
+            f"or {PICKLE_NAME} with safe_serialization=False){found}"
+        )
     try:
         with safe_open(str(weights), "pt") as handle:  # checks the header covers the file exactly
             handle.keys()
     except (SafetensorError, OSError, ValueError) as error:
         raise AdapterFileError(f"{weights} is truncated or corrupt ({error}); save the adapter again") from None
+
+
+def check_pickled_weights(path: Path) -> None:
+    """``adapter_model.bin`` holds only a dict of named tensors: it is read with torch's weights-only unpickler,
+    which builds tensors and plain containers and refuses anything else, so reading it never runs code."""
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise AdapterFileError(
+            f"{path} holds objects other than tensors ({reason}); it was not unpickled, because that could run code. "
+            f"Expected the tensors save_pretrained(safe_serialization=False) writes, or {SAFETENSORS_NAME}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise AdapterFileError(f"{path} is truncated or corrupt ({error}); save the adapter again") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(key, str) and torch.is_tensor(value) for key, value in tensors.items()
+    ):
+        raise AdapterFileError(
+            f"{path} holds a {type(tensors).__name__}, not a dict of named tensors; expected the weights "
+            "save_pretrained(safe_serialization=False) writes"
+        )
+
+
+def weights_file(directory: Path) -> Path:
+    """The adapter weights peft reads from ``directory``: safetensors when present, else the weights-only pickle."""
+    pickled = directory / PICKLE_NAME
+    if pickled.is_file() and not (directory / SAFETENSORS_NAME).is_file():
+        return pickled
+    return directory / SAFETENSORS_NAME
 
 
 def check_loaded_adapter(name: str, peft_type: str, missing: Sequence[str], unexpected: Sequence[str],
@@ -384,18 +484,20 @@ def _resolve_adapter(model_id: str | os.PathLike, kwargs: Mapping[str, Any]) -> 
         return None
     if json.loads(config.read_text(encoding="utf-8")).get("peft_type") is None:
         return None
-    try:
-        hf_hub_download(str(model_id), SAFETENSORS_NAME, **options)
-    except LocalEntryNotFoundError:  # offline and not cached: peft says so itself
-        return None
-    except EntryNotFoundError:  # the repo has no such file (a subclass of the HTTP error below)
-        raise AdapterFileError(
-            f"{model_id} has no {SAFETENSORS_NAME}; prompt adapters are loaded only from safetensors because the "
-            "pickle alternative (adapter_model.bin) can run arbitrary code when loaded"
-        ) from None
-    except (HfHubHTTPError, OSError):
-        return None
-    return config.parent
+    for name in (SAFETENSORS_NAME, PICKLE_NAME):
+        try:
+            hf_hub_download(str(model_id), name, **options)
+        except LocalEntryNotFoundError:  # offline and not cached: peft says so itself
+            return None
+        except EntryNotFoundError:  # the repo has no such file (a subclass of the HTTP error below)
+            continue
+        except (HfHubHTTPError, OSError):
+            return None
+        return config.parent
+    raise AdapterFileError(
+        f"{model_id} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}; expected the adapter weights saved by "
+        "save_pretrained next to its adapter_config.json"
+    )
 
 
 def strict_load_adapter(original: Any, known_types: Sequence[str]) -> Any:
@@ -411,7 +513,7 @@ def strict_load_adapter(original: Any, known_types: Sequence[str]) -> Any:
             return result
         state = self.base_model.state
         parameters = {name: p for name, p in state.named_parameters() if adapter_name in name.split(".")}
-        source = str(directory / SAFETENSORS_NAME) if directory is not None else str(model_id)
+        source = str(weights_file(directory)) if directory is not None else str(model_id)
         try:
             check_loaded_adapter(adapter_name, str(config.peft_type), list(result.missing_keys),
                                  list(result.unexpected_keys), parameters, source)
@@ -433,6 +535,19 @@ def strict_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
         if directory is not None:
             check_adapter_files(directory, known_types)
         return original(cls, model, model_id, *args, **kwargs)
+
+    return from_pretrained
+
+
+def strict_config_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
+    """Wrap ``PeftConfig.from_pretrained`` so a local adapter_config.json whose ``peft_type`` is misspelt, or names
+    another method for a prompt adapter, is named before peft looks the type up."""
+
+    def from_pretrained(cls: Any, model_id: str, subfolder: str | None = None, **kwargs: Any) -> Any:
+        directory = adapter_directory(model_id, subfolder)
+        if directory is not None and (directory / CONFIG_NAME).is_file():
+            check_peft_type(read_adapter_config(directory), directory / CONFIG_NAME, known_types)
+        return original(cls, model_id, subfolder=subfolder, **kwargs)
 
     return from_pretrained
 

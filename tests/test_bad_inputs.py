@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -137,6 +138,27 @@ def to_pickle(directory: Path) -> None:
     (directory / "adapter_model.safetensors").unlink()
 
 
+class RunsCode:
+    """Unpickling this creates the file ``marker``: what a malicious pickle would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return Path.touch, (self.marker,)
+
+
+def to_code_pickle(directory: Path) -> None:
+    """Replace the weights with a pickle that would run code (touch ``directory/unpickled``) if unpickled."""
+    to_pickle(directory)
+    tensors = torch.load(directory / "adapter_model.bin", weights_only=True)
+    torch.save({**tensors, "payload": RunsCode(directory / "unpickled")}, directory / "adapter_model.bin")
+
+
+def misspell_type(config: dict[str, Any]) -> None:
+    config["peft_type"] = "MIXTURE_PROMTP"
+
+
 def poison(tensors: dict[str, torch.Tensor]) -> None:
     key = next(k for k in tensors if k.endswith("table"))
     tensors[key][0, 0] = float("nan")
@@ -153,6 +175,12 @@ def add_extra(tensors: dict[str, torch.Tensor]) -> None:
 def two_fields_pair() -> Any:
     model = attach(MixturePromptConfig(templates=["[A] and [B] gives [Y] ."], tokenizer=bert_tokenizer()))
     return PromptCollator(bert_tokenizer(), model)([("x", "y")])
+
+
+@functools.cache
+def answer_only_bert() -> Any:
+    """A tiny BERT with a template that reads no input field, only [Y]."""
+    return attach(MixturePromptConfig(templates=["[P*3] [Y] ."], tokenizer=bert_tokenizer()))
 
 
 def many(*examples: Any) -> Any:
@@ -291,6 +319,17 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "example_number": Case(lambda: collate(5), TypeError, "got 5", "(input, answer) pair"),
     "example_triple": Case(lambda: collate(("a", "b", "c")), TypeError, "('a', 'b', 'c')", "(input, answer) pair"),
     "example_pair_two_fields": Case(two_fields_pair, ValueError, "2 fields ['A', 'B']", "pass dicts keyed by field"),
+    "answers_all_none": Case(lambda: collate(("Dante", None), {"sub": "Newton", "obj": None}), ValueError,
+                             "every answer of the batch is None (2 example(s), e.g. ('Dante', None))",
+                             "expected answer text"),
+    "answers_all_none_mixed_adapters": Case(lambda: collate({"sub": "Dante", "obj": None, "adapter": "default"}),
+                                            ValueError, "every answer of the batch is None", "expected answer text"),
+    "template_without_fields_given_an_input": Case(
+        lambda: PromptCollator(bert_tokenizer(), answer_only_bert())([(None, "Florence")]), ValueError,
+        "example (None, 'Florence') gives the input None", "expected a dict holding the answer alone"),
+    "inputs_text_for_template_without_fields": Case(
+        lambda: PromptCollator(bert_tokenizer(), answer_only_bert()).inputs("Dante"), ValueError,
+        "input 'Dante' is one text, but the templates read 0 fields []", "pass dicts keyed by field name ({}"),
     "batch_empty": Case(lambda: PromptCollator(bert_tokenizer(), adapted_bert())([]), ValueError, "empty list",
                         "examples"),
     "choices_repeat": Case(lambda: many({"X": "Dante", "choices": ["Rome", "Rome"], "label": 0}), ValueError,
@@ -311,9 +350,24 @@ CASES: dict[str, Case | Callable[[Path], Case]] = {
     "checkpoint_missing_file": Case(lambda: CheckpointStore(Path("unused")).save({"meta.json": b"{}"}), ValueError,
                                     "['state.safetensors'] not given", "a checkpoint needs the files"),
     # adapter files (each makes its own damaged copy)
-    "load_pickle_instead_of_safetensors": lambda tmp: Case(lambda: load_damaged(tmp, to_pickle), AdapterFileError,
-                                                           "adapter_model.bin is a pickle file",
-                                                           "loaded only from adapter_model.safetensors"),
+    "load_pickle_running_code": lambda tmp: Case(lambda: load_damaged(tmp, to_code_pickle), AdapterFileError,
+                                                 "adapter_model.bin holds objects other than tensors",
+                                                 "Expected the tensors save_pretrained(safe_serialization=False)"),
+    "load_truncated_pickle": lambda tmp: Case(
+        lambda: load_damaged(tmp, lambda d: (to_pickle(d), truncate("adapter_model.bin", -20)(d))), AdapterFileError,
+        str(tmp / "adapter" / "adapter_model.bin"), "truncated or corrupt"),
+    "load_no_weights": lambda tmp: Case(
+        lambda: load_damaged(tmp, lambda d: (d / "adapter_model.safetensors").unlink()), AdapterFileError,
+        str(tmp / "adapter" / "adapter_model.safetensors"), "or adapter_model.bin with safe_serialization=False"),
+    "load_peft_type_lora": lambda tmp: Case(
+        lambda: load_damaged(tmp, edit_config(lambda c: c.update(peft_type="LORA"))), AdapterFileError,
+        "peft_type 'LORA'", "expected one of the prompt-adapters types ['MIXTURE_PROMPT', 'DEEP_PERTURB'"),
+    "load_peft_type_missing": lambda tmp: Case(
+        lambda: load_damaged(tmp, edit_config(lambda c: c.pop("peft_type"))), AdapterFileError, "peft_type None",
+        "expected one of the prompt-adapters types"),
+    "load_peft_type_misspelt": lambda tmp: Case(lambda: load_damaged(tmp, edit_config(misspell_type)),
+                                                AdapterFileError, "peft_type 'MIXTURE_PROMTP'",
+                                                "did you mean 'MIXTURE_PROMPT'?"),
     "load_truncated_weights": lambda tmp: Case(
         lambda: load_damaged(tmp, truncate("adapter_model.safetensors", -20)), AdapterFileError,
         str(tmp / "adapter" / "adapter_model.safetensors"), "truncated or corrupt"),
@@ -364,18 +418,170 @@ def test_good_inputs_still_pass_every_check() -> None:
     assert PromptCollator(bert_tokenizer(), adapted_bert()).max_length == 128  # the model's positions
 
 
-def test_a_hub_adapter_without_safetensors_is_refused_before_unpickling(tmp_path: Path) -> None:
-    """Over real HTTP to a local fake hub: a repo holding only adapter_model.bin is refused, naming the repo."""
+def adapter_tensors(model: Any) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.base_model.state.named_parameters()}
+
+
+def test_an_adapter_saved_as_a_pickle_loads_as_peft_loads_it(tmp_path: Path) -> None:
+    """save_pretrained(safe_serialization=False) writes adapter_model.bin; it loads (weights only), same tensors."""
+    base_dir = bert_dir(str(tmp_path))
+    model = get_peft_model(AutoModelForMaskedLM.from_pretrained(base_dir),
+                           DeepPerturbConfig(templates=[TEMPLATE], tokenizer=AutoTokenizer.from_pretrained(base_dir)))
+    with torch.no_grad():
+        for param in model.base_model.state.parameters():
+            param.add_(torch.randn_like(param))
+    model.save_pretrained(tmp_path / "adapter", safe_serialization=False)
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir() if p.name.startswith("adapter_model")) == [
+        "adapter_model.bin"]
+    loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "adapter")
+    expected, found = adapter_tensors(model), adapter_tensors(loaded)
+    assert found.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    with pytest.raises(AdapterFileError, match="holds objects other than tensors"):
+        load_damaged(tmp_path, to_code_pickle)
+    directory = tmp_path / "adapter"
+    assert (directory / "adapter_model.bin").is_file() and not (directory / "unpickled").exists()
+
+
+@pytest.mark.parametrize("load", ["PeftConfig", "AutoPeftModel"])
+def test_a_misspelt_peft_type_is_named_by_every_loader(load: str, tmp_path: Path) -> None:
+    """peft's own loaders look the type up first (a bare KeyError); they name it too."""
+    from peft import AutoPeftModel, PeftConfig
+
+    directory = saved_adapter(tmp_path / "adapter", edit_config(misspell_type))
+    loader = PeftConfig.from_pretrained if load == "PeftConfig" else AutoPeftModel.from_pretrained
+    with pytest.raises(AdapterFileError, match=r"peft_type 'MIXTURE_PROMTP'.*did you mean 'MIXTURE_PROMPT'\?"):
+        loader(str(directory))
+
+
+def test_other_peft_methods_still_load(tmp_path: Path) -> None:
+    """The peft_type check refuses prompt adapters under another type, not peft's own methods."""
+    from peft import LoraConfig
+
+    base_dir = bert_dir(str(tmp_path))
+    lora = get_peft_model(AutoModelForMaskedLM.from_pretrained(base_dir), LoraConfig(target_modules=["query"]))
+    lora.save_pretrained(tmp_path / "lora")
+    loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(base_dir), tmp_path / "lora")
+    assert loaded.peft_config["default"].peft_type == "LORA"
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(str(tmp_path / "lora")).peft_type == "LORA"
+
+
+def test_batches_with_some_or_no_answers_still_work() -> None:
+    """Refused is only a batch whose every answer is None: prediction inputs and partly answered batches pass."""
+    model = adapted_bert()
+    assert model(**collate(("Dante",), {"sub": "Newton"})).loss is None  # prediction: HF's no-label convention
+    partly = model(**collate(("Dante", None), ("Newton", "London")))
+    alone = model(**collate(("Newton", "London")))
+    torch.testing.assert_close(partly.loss, alone.loss)  # the unanswered example is scored, not in the loss
+    assert partly.answer_log_probs.shape[0] == 2
+    only_answer = PromptCollator(bert_tokenizer(), answer_only_bert())([{"obj": "Florence"}])
+    assert answer_only_bert()(**only_answer).loss.requires_grad
+    assert PromptCollator(bert_tokenizer(), answer_only_bert()).inputs({})["input_ids"].shape[0] == 1
+
+
+def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> None:
+    """Over real HTTP to a local fake hub: a repo holding only adapter_model.bin loads; one whose pickle would run
+    code is refused, naming the file, and the code does not run."""
     from fakehub import FakeHub
     from huggingface_hub import HfApi
 
     directory = saved_adapter(tmp_path / "adapter", to_pickle)
+    code = saved_adapter(tmp_path / "code" / "adapter", to_code_pickle)
     with FakeHub() as hub, hub.patch_client(tmp_path / "hf_home"):
         api = HfApi()
-        api.create_repo("me/pickled")
-        api.upload_folder(folder_path=str(directory), repo_id="me/pickled")
+        for repo, folder in (("me/pickled", directory), ("me/code", code)):
+            api.create_repo(repo)
+            api.upload_folder(folder_path=str(folder), repo_id=repo)
         assert "adapter_model.bin" in hub.files("me/pickled")
+        assert "adapter_model.safetensors" not in hub.files("me/pickled")
+        loaded = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/pickled")
         with pytest.raises(AdapterFileError) as caught:
-            PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/pickled")
+            PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(bert_dir(str(tmp_path))), "me/code")
+    saved = torch.load(directory / "adapter_model.bin", weights_only=True)
+    found = get_peft_model_state_dict(loaded)
+    assert found.keys() == saved.keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
+    assert "adapter_model.bin holds objects other than tensors" in str(caught.value)
+    assert not (code / "unpickled").exists()
+
+
+# ------------------------------------------------------------------------------------------------ warnings
+
+AFTER_ANSWER = "[P*3] [X] [P*3] [Y] [P*11]"
+
+
+def unreachable_row_warnings(make: Callable[[], Any]) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return [str(w.message) for w in caught if "after [Y]" in str(w.message)]
+
+
+def test_soft_rows_after_the_answer_on_a_causal_lm_warn_with_their_count(tmp_path: Path) -> None:
+    """A causal LM never reads past [Y]: the 11 rows there get no gradient, and the warning says how many."""
+    tokenizer = gpt2_tokenizer()
+    with pytest.warns(UserWarning, match=r"'default' has 11 soft row\(s\) after \[Y\] \('\[P\*3\] \[X\] \[P\*3\] "
+                                         r"\[Y\] \[P\*11\]': 11\), which a causal LM never reads"):
+        model = attach(MixturePromptConfig(templates=[AFTER_ANSWER], tokenizer=tokenizer), "gpt2")
+    model(**PromptCollator(tokenizer, model)([("Dante", "Paris")])).loss.backward()
+    reached = model.base_model.state.table["default"].grad.abs().sum(1) > 0
+    assert reached.tolist() == [True] * 6 + [False] * 11
+    model.save_pretrained(tmp_path / "adapter")
+    assert unreachable_row_warnings(  # loaded for inference: the rows cost nothing there
+        lambda: PeftModel.from_pretrained(build_tiny_model("gpt2")[0], tmp_path / "adapter")) == []
+
+
+def test_soft_rows_after_the_answer_are_fine_elsewhere() -> None:
+    """Masked and seq2seq LMs read the whole template; a causal template ending at [Y] has nothing after it."""
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[AFTER_ANSWER],
+                                                                       tokenizer=bert_tokenizer()))) == []
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=["[P*3] [X] [P*3] [Y]"],
+                                                                       tokenizer=gpt2_tokenizer()), "gpt2")) == []
+    assert len(unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[TEMPLATE, AFTER_ANSWER],
+                                                                           tokenizer=gpt2_tokenizer()), "gpt2"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------ nothing to train
+
+
+def hard_adapter() -> Any:
+    """One hard template without [P]: no soft row and no mixture weight, nothing to train."""
+    return attach(MixturePromptConfig(templates=[TEMPLATE], words="hard", tokenizer=bert_tokenizer()))
+
+
+def test_training_an_adapter_with_nothing_to_train_says_so_on_backward() -> None:
+    model = hard_adapter()
+    loss = model(**PromptCollator(bert_tokenizer(), model)([("Dante", "Florence")])).loss
+    with pytest.raises(RuntimeError) as caught:
+        loss.backward()
     message = str(caught.value)
-    assert "me/pickled has no adapter_model.safetensors" in message and "arbitrary code" in message
+    assert "adapter 'default' has no trainable rows" in message and f"['{TEMPLATE}'] have no soft token" in message
+    assert "Expected soft tokens to train" in message
+
+
+def test_a_frozen_adapter_says_how_to_load_it_for_training(tmp_path: Path) -> None:
+    """PeftModel.from_pretrained loads for inference by default (peft's rule); training it then names the cause."""
+    adapted_bert().save_pretrained(tmp_path / "adapter")
+    model = PeftModel.from_pretrained(build_tiny_model("bert")[0], tmp_path / "adapter")
+    with pytest.raises(RuntimeError, match=r"adapter 'default' is frozen.*is_trainable=True"):
+        model(**collate(("Dante", "Florence"))).loss.backward()
+
+
+def test_a_loss_without_gradient_is_left_alone_where_no_backward_is_meant() -> None:
+    """Scoring under no_grad, or with the adapter disabled (the base model), returns the plain loss, same value."""
+    model = hard_adapter()
+    batch = PromptCollator(bert_tokenizer(), model)([("Dante", "Florence")])
+    explained = model(**batch).loss
+    with torch.no_grad():
+        plain = model(**batch).loss
+    assert plain.grad_fn is None and explained.grad_fn is not None
+    torch.testing.assert_close(explained.detach(), plain, rtol=0, atol=0)
+    with model.disable_adapter():
+        assert not model(**batch).loss.requires_grad

@@ -179,9 +179,16 @@ class PromptCollator:
             answer = next((example[k] for k in ANSWER_KEYS if k in example), None)
             return self.check_fields(values, example), answer
         if isinstance(example, (tuple, list)) and 1 <= len(example) <= 2:
+            if not self.fields:
+                answer = example[1] if len(example) == 2 else "..."
+                raise ValueError(
+                    f"example {example!r} gives the input {example[0]!r}, but the templates have no input field "
+                    f"(they read only [Y]); expected a dict holding the answer alone, e.g. {{'obj': {answer!r}}}"
+                )
             if len(self.fields) != 1:
                 raise ValueError(
-                    f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+                    f"example {example!r} is a pair, but the templates read {len(self.fields)} fields "
+                    f"{list(self.fields)}; pass dicts keyed by field name"
                 )
             values = self.check_fields({self.fields[0]: example[0]}, example)
             return values, (example[1] if len(example) == 2 else None)
@@ -287,6 +294,7 @@ class PromptCollator:
             raise ValueError("cannot build a batch from an empty list of examples")
         if any(isinstance(example, Mapping) and ADAPTER_KEY in example for example in examples):
             return self.mixed(examples)
+        refuse_unanswered(examples)
         self._fragments.clear()
         rows: list[Row] = []
         query_rows: list[Row] = []
@@ -347,6 +355,7 @@ class PromptCollator:
         ``adapter_names`` naming each row's adapter (examples of any form: pairs, tuples or dicts)."""
         if len(pairs) == 0:
             raise ValueError("cannot build a batch from an empty list of examples")
+        refuse_unanswered([example for _, example in pairs])
         rows: list[Row] = []
         names: list[str] = []
         query_rows: list[Row] = []
@@ -438,12 +447,33 @@ class PromptCollator:
                              f"templates, got {template}")
         if isinstance(example, str) and len(self.fields) != 1:
             raise ValueError(
-                f"templates read {len(self.fields)} fields {list(self.fields)}; pass dicts keyed by field name"
+                f"input {example!r} is one text, but the templates read {len(self.fields)} fields "
+                f"{list(self.fields)}; pass dicts keyed by field name ({{}} for templates that read only [Y])"
             )
         self._fragments.clear()
         values = {self.fields[0]: example} if isinstance(example, str) else self.split_example(example)[0]
         return render(self.templates[template], values, self.tokenizer, self.layout, self.offsets[template],
                       [IGNORE], self.max_length, encode=self.encode)
+
+
+def gives_no_answer(example: Any) -> bool:
+    """Whether ``example`` holds an answer that is None: ``(input, None)``, or a dict whose answer key is None.
+    (``(input,)`` and dicts without an answer key are prediction inputs, not missing answers.)"""
+    if isinstance(example, Mapping):
+        key = next((key for key in ANSWER_KEYS if key in example), None)
+        return "choices" not in example and key is not None and example[key] is None
+    return isinstance(example, (tuple, list)) and len(example) == 2 and example[1] is None
+
+
+def refuse_unanswered(examples: Sequence[Any]) -> None:
+    """A batch whose every answer is None has no target: the model would return ``loss=None`` and
+    ``loss.backward()`` would fail on None. Examples without any answer key are for prediction and pass."""
+    if examples and all(gives_no_answer(example) for example in examples):
+        raise ValueError(
+            f"every answer of the batch is None ({len(examples)} example(s), e.g. {examples[0]!r}), so it has no "
+            "target to train on and the model would return loss=None; expected answer text (filter examples with a "
+            "missing answer), or for predictions examples without an answer: (input,) or a dict without an answer key"
+        )
 
 
 def _add_choices(batch: dict[str, Any], picked: Sequence[tuple[Sequence[Any], int | None]]) -> None:
