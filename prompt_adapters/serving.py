@@ -52,7 +52,19 @@ def prompt_embeds(
     tuner = _tuner(model)
     if _tuner(collator._model) is not tuner:
         raise ValueError("the collator was made for another model; build it with PromptCollator(tokenizer, model)")
-    inputs = dict(collator.inputs(examples, template))
+    return input_embeds(model, collator.inputs(examples, template))
+
+
+def input_embeds(model: nn.Module, inputs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """``prompt_embeds`` of ready-made model inputs: ``input_ids`` holding the adapter's prompt positions (e.g. a chat
+    conversation after its soft prompt, from ``prompt_adapters.sft.chat_prompt_ids``), with their ``attention_mask``
+    when padded, and PromptGen's generator inputs. One ``(length, hidden)`` tensor per row, padding removed."""
+    tuner = _tuner(model)
+    inputs = dict(inputs)
+    ids = inputs.get("input_ids")
+    if not torch.is_tensor(ids) or ids.dim() != 2:
+        raise ValueError(f"inputs need input_ids as a (rows, length) tensor, got {type(ids).__name__}")
+    inputs.setdefault("attention_mask", torch.ones_like(ids))
     names = inputs.get("adapter_names") or [tuner.active_adapter]
     for name in dict.fromkeys(names):
         if name != BASE_ROW:
@@ -64,7 +76,6 @@ def prompt_embeds(
         raise _Rendered
 
     handles = [module.register_forward_hook(capture) for module in tuner.hooks.embeddings]
-    ids = inputs["input_ids"]
     try:
         with torch.no_grad(), tuner._enable_peft_forward_hooks(**inputs):
             inputs.pop("adapter_names", None)
