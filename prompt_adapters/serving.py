@@ -63,7 +63,8 @@ def input_embeds(model: nn.Module, inputs: Mapping[str, Any]) -> list[torch.Tens
     inputs = dict(inputs)
     ids = inputs.get("input_ids")
     if not torch.is_tensor(ids) or ids.dim() != 2:
-        raise ValueError(f"inputs need input_ids as a (rows, length) tensor, got {type(ids).__name__}")
+        got = f"shape {tuple(ids.shape)}" if torch.is_tensor(ids) else type(ids).__name__
+        raise ValueError(f"inputs need input_ids as a (rows, length) tensor of token ids, got {got}")
     inputs.setdefault("attention_mask", torch.ones_like(ids))
     names = inputs.get("adapter_names") or [tuner.active_adapter]
     for name in dict.fromkeys(names):

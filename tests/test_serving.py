@@ -21,6 +21,7 @@ from prompt_adapters import (
     PTuningEncoderConfig,
     prompt_embeds,
 )
+from prompt_adapters.serving import input_embeds
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model, widen_weights
 
 SUBJECTS = ["Dante", "Barack Obama Senior"]
@@ -136,8 +137,12 @@ def test_seq2seq_adapters_and_trained_base_modules_are_refused() -> None:
         prompt_embeds(model, PromptCollator(tok, model), SUBJECTS)
 
 
-def test_a_collator_of_another_model_is_refused() -> None:
+def test_a_collator_of_another_model_and_malformed_inputs_are_refused() -> None:
     model = _adapted("llama", "mixture")[0]
     other_collate = _adapted("llama", "mixture")[3]
     with pytest.raises(ValueError, match="collator was made for another model"):
         prompt_embeds(model, other_collate, SUBJECTS)
+    with pytest.raises(ValueError, match=r"input_ids as a \(rows, length\) tensor of token ids, got shape \(5,\)"):
+        input_embeds(model, {"input_ids": torch.arange(5)})
+    with pytest.raises(ValueError, match="got list"):
+        input_embeds(model, {"input_ids": [[1, 2]]})
