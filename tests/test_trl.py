@@ -72,9 +72,13 @@ def test_sft_trainer_trains_the_soft_prompt_and_its_loss_sees_it(method: str, wr
 
     batch = trainer.data_collator([data[i] for i in range(len(data))])
     model.eval()
+    head_calls: list[int] = []
+    model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
     with torch.no_grad():
         trl_loss = trainer.compute_loss(model, dict(batch))  # TRL's fused head: backbone call, LM head weight
+        assert not head_calls  # TRL read the head's weight itself: the model's forward did not run
         plain_loss = model(**batch).loss  # the model's own forward and loss
+        assert head_calls
         with model.disable_adapter():
             without_prompt = trainer.compute_loss(model, dict(batch))
     torch.testing.assert_close(trl_loss, plain_loss, rtol=1e-5, atol=1e-5)
