@@ -99,6 +99,23 @@ def test_padding_is_removed_whatever_the_padding_side() -> None:
             torch.testing.assert_close(together, alone)
 
 
+def test_examples_naming_their_adapter_get_that_adapters_prompt() -> None:
+    """Dict examples with an "adapter" key (peft's per-row adapters) are rendered and embedded with their own
+    adapter, as if each adapter were active alone."""
+    model, _, tok, collate = _adapted("llama", "mixture")
+    model.add_adapter("other", MixturePromptConfig(templates=["[X] [P*4] lived in [Y]"], tokenizer=tok))
+    perturb_trainable(model, 0.5)
+    mixed = prompt_embeds(model, collate, [{"X": "Dante", "adapter": "other"}, {"X": "Dante", "adapter": "default"}])
+    alone = {}
+    for name in ("other", "default"):
+        model.set_adapter(name)
+        alone[name] = prompt_embeds(model, PromptCollator(tok, model), "Dante")[0]
+    model.set_adapter("default")
+    torch.testing.assert_close(mixed[0], alone["other"])
+    torch.testing.assert_close(mixed[1], alone["default"])
+    assert mixed[0].shape != mixed[1].shape
+
+
 def test_masked_lm_embeddings_give_the_adapter_models_logits() -> None:
     model, bare, _, collate = _adapted("bert", "mixture")
     embeds = prompt_embeds(model, collate, SUBJECTS[0])[0]
