@@ -13,6 +13,7 @@ from prompt_adapters.methods.deep import DeepPerturbConfig  # noqa: E402
 from prompt_adapters.methods.mixture import MixturePromptConfig  # noqa: E402
 from prompt_adapters.methods.promptgen import PromptGenCollator, PromptGenConfig  # noqa: E402
 from prompt_adapters.methods.ptuning import PTuningEncoderConfig  # noqa: E402
+from prompt_adapters.serving import prompt_embeds  # noqa: E402
 from prompt_adapters.template import TemplateError, compile_template, parse_template  # noqa: E402
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "TemplateError",
     "compile_template",
     "parse_template",
+    "prompt_embeds",
 ]
 __version__ = "0.1.0"

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+#: the label that the loss skips (transformers' and peft's ``ignore_index``)
+IGNORE_LABEL = -100
 #: forward keyword arguments the hooks consume before the model sees them
 SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids", "num_choices", "choice_labels")
 
@@ -326,6 +328,9 @@ class PromptHooks:
     def _model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         self.saw_prompt = False
         self._continuation = _continues_a_sequence(kwargs)
+        labels = kwargs.get("labels")
+        if torch.is_tensor(labels) and not labels.is_floating_point():
+            kwargs = {**kwargs, "labels": self.ignore_prompt_labels(labels)}
         method_keys = self.source.forward_keys
         if not any(key in kwargs for key in (*SCORING_KEYS, *method_keys)):
             return args, kwargs
@@ -351,6 +356,12 @@ class PromptHooks:
         if prompt_ids is not None:
             kwargs["inputs_embeds"] = self.embeds_from_prompt_ids(kwargs.get("inputs_embeds"), prompt_ids)
         return args, kwargs
+
+    def ignore_prompt_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` with -100 at prompt positions, as peft's prompt tuning labels its virtual tokens: a pseudo id
+        is no token the model can predict (a trainer that copies ``input_ids`` into ``labels`` would read past the
+        LM head)."""
+        return labels.masked_fill(labels >= self.vocab_size, IGNORE_LABEL)
 
     def embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Inject soft vectors into caller-made ``inputs_embeds`` at the pseudo ids of ``prompt_ids``."""

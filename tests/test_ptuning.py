@@ -118,6 +118,27 @@ def test_inference_caches_the_encoder_output_until_parameters_change() -> None:
     assert state.prompt_table("default").requires_grad
 
 
+def test_the_cache_follows_a_fused_optimiser_step_and_replaced_parameters() -> None:
+    """torch's fused AdamW (the HF Trainer's default optimiser) updates parameters without bumping their version
+    counter, and ``param.data = ...`` swaps their storage: inference after either reads the new encoder output."""
+    model, tok = build_tiny_model("bert")
+    peft_model = get_peft_model(model, PTuningEncoderConfig(tokenizer=tok, encoder="mlp"))
+    state = peft_model.base_model.state
+    batch = PromptCollator(tok, peft_model)(FACTS)
+    with torch.no_grad():
+        before = state.prompt_table("default")
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=0.1, fused=True)
+    peft_model(**batch).loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        stepped = state.prompt_table("default")
+        torch.testing.assert_close(stepped, state._encode("default"))
+        assert not torch.allclose(stepped, before)
+        embedding = state.encoder["default"][0].embedding
+        embedding.weight.data = embedding.weight.data + 1.0
+        torch.testing.assert_close(state.prompt_table("default"), state._encode("default"))
+
+
 def test_joint_fine_tuning_with_modules_to_save(tmp_path: Path) -> None:
     """The base model trains with the prompt (P-tuning's SuperGLUE setting); hooks follow peft's module copies."""
     model, tok = build_tiny_model("bert")

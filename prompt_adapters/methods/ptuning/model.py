@@ -131,7 +131,7 @@ class PTuningEncoderLayer(MixturePromptLayer):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.ModuleDict()
-        self._cache: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self._cache: dict[str, tuple[tuple[tuple[int, int], ...], torch.Tensor]] = {}
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         size = int(model.get_input_embeddings().weight.shape[1])
@@ -154,12 +154,18 @@ class PTuningEncoderLayer(MixturePromptLayer):
     def _tables(
         self, names: Sequence[str], encode: Callable[[Sequence[str]], dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        """``encode(names)``; without autograd, only for the adapters whose encoder changed since it was cached."""
+        """``encode(names)``; without autograd, only for the adapters whose encoder changed since it was cached.
+
+        A parameter counts as changed when its storage or its version counter changed. Fused optimisers (torch's
+        ``AdamW(fused=True)``, the HF Trainer's default ``adamw_torch_fused``) update parameters without bumping the
+        version counter, so a forward with autograd (a training step, always before an optimiser step) also drops
+        the cache."""
         if torch.is_grad_enabled():
+            self._cache.clear()
             return encode(names)
         stale = []
         for name in names:
-            versions = tuple(param._version for param in self.encoder[name].parameters())
+            versions = tuple((param.data_ptr(), param._version) for param in self.encoder[name].parameters())
             cached = self._cache.get(name)
             if cached is None or cached[0] != versions:
                 stale.append((name, versions))
