@@ -31,6 +31,8 @@ from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_an
 
 FACTS = Path(__file__).resolve().parent / "data" / "trex_P27.jsonl"
 TEMPLATE = "[X] is [Y] citizen ."
+# the words after [Y] stay hard: a causal LM reads only up to [Y], so they would never be tuned
+TUNED_TEMPLATE = "[X] is [Y] [hard: citizen .]"
 SHOWN = 6
 
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     facts = read_facts(FACTS)
     train, dev, test = facts["train"], facts["dev"], facts["test"]
 
-    model = get_peft_model(base, MixturePromptConfig(templates=[TEMPLATE], tokenizer=tokenizer))
+    model = get_peft_model(base, MixturePromptConfig(templates=[TUNED_TEMPLATE], tokenizer=tokenizer))
     collate = PromptCollator(tokenizer, model)
     before = top_answers(model, collate, test[:SHOWN], tokenizer)  # soft prompt = the template's words: manual
     manual_p1 = precision_at_1(rank_answers(model, collate, test))
