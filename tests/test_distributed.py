@@ -101,6 +101,13 @@ def test_sharded_adapter_is_an_ordinary_file_that_loads_in_one_process(runs: dic
     single_scores = torch.load(runs["single"] / method / "test_scores.pt")
     torch.testing.assert_close(scores, sharded_scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scores, single_scores, atol=1e-4, rtol=1e-4)
+    torch.manual_seed(0)  # the adapter as the runs started it: training moved the scores
+    config = train_sharded.adapter_config(method)
+    config.compile(tokenizer)
+    untrained = get_peft_model(build_tiny_model("llama")[0], config)
+    with torch.no_grad():
+        start = untrained(**PromptCollator(tokenizer, untrained)(train_sharded.FACTS[20:])).answer_log_probs
+    assert (scores - start).abs().max() > 1e-2
 
 
 @pytest.fixture
@@ -157,6 +164,28 @@ def test_shard_base_model_refuses_trainable_base_weights_and_a_second_call() -> 
     shard_base_model(model)
     with pytest.raises(ValueError, match="LlamaForCausalLM is already sharded"):
         shard_base_model(model)
+
+
+def test_zero3_gives_the_losses_of_one_process_and_an_adapter_that_loads_in_one_process(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """DeepSpeed ZeRO-3 through accelerate's plugin on 2 CPU processes (DeepSpeed's CPU accelerator, gloo); deep
+    perturbation, whose table and per-block deltas are read by hooks."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "benchmarks" / "configs" / "zero3.yaml"), str(ROOT / "examples" / "train_zero3.py"),
+               "--method", "deep", "--output", str(tmp_path)]
+    env = {key: value for key, value in _env().items() if key != "ACCELERATE_USE_CPU"}
+    _wait(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    zero3, single = _result(tmp_path, "deep"), _result(runs["single"], "deep")
+    assert zero3["processes"] == 2 and zero3["distributed_type"].endswith("DEEPSPEED")
+    assert zero3["losses"] == pytest.approx(single["losses"], abs=1e-5)  # fit's batches and seeds, one process
+    base, tokenizer = build_tiny_model("llama")
+    assert zero3["parameter_elements_per_process"] < sum(p.numel() for p in base.parameters())  # partitioned
+    model = PeftModel.from_pretrained(base, tmp_path / "deep" / "adapter")
+    with torch.no_grad():
+        scores = model(**PromptCollator(tokenizer, model)(train_sharded.FACTS[20:])).answer_log_probs
+    torch.testing.assert_close(scores, torch.load(tmp_path / "deep" / "test_scores.pt"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores, torch.load(runs["single"] / "deep" / "test_scores.pt"), atol=1e-4, rtol=1e-4)
 
 
 def test_lama_harness_sharded_over_two_processes_matches_one_process(fixture_data: Path, tmp_path: Path) -> None:
