@@ -213,3 +213,19 @@ def test_lama_harness_sharding_needs_data_parallel(fixture_data: Path, tmp_path:
     with pytest.raises(SystemExit, match="--sharding needs --data-parallel: every process must run"):
         lama.main(["--model", "unused", "--data-dir", str(fixture_data / "lama"), "--sharding", str(config),
                    "--method", "mixture", "--output", str(tmp_path)])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"engine": "zero3"}', r"got unknown keys \[\] and engine 'zero3'"),
+    ('{"reshard": true}', r"expected the keys \['activation_checkpointing', 'engine', 'reshard_after_forward'\] with "
+                          r"engine 'fsdp2', got unknown keys \['reshard'\]"),
+    ("{not json", "expected a readable JSON file"),
+])
+def test_lama_harness_sharding_file_errors_name_the_bad_value(tmp_path: Path, text: str, message: str) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lama
+
+    path = tmp_path / "sharding.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        lama.shard_harness_base(build_tiny_model("llama")[0], path)
