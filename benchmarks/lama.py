@@ -50,6 +50,7 @@ from prompt_adapters import (
 )
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
+from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
@@ -815,7 +816,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
     check_joint(args)
-    if args.sharding is not None and not (args.data_parallel or METHODS[args.method].pooled):
+    if args.sharding is not None and METHODS[args.method].pooled:
+        raise SystemExit(f"--sharding cannot be used with --method {args.method}: {PromptGenLayer.unshardable_reason}")
+    if args.sharding is not None and not args.data_parallel:
         raise SystemExit("--sharding needs --data-parallel: every process must run every relation's forwards, since "
                          "each holds only a shard of the model")
     if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:

@@ -205,7 +205,7 @@ def test_lama_harness_sharded_over_two_processes_matches_one_process(fixture_dat
         assert a["dev_p1"] == b["dev_p1"] and a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
 
 
-def test_lama_harness_sharding_needs_data_parallel(fixture_data: Path, tmp_path: Path) -> None:
+def test_lama_harness_sharding_needs_data_parallel_and_refuses_promptgen(fixture_data: Path, tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import lama
 
@@ -213,6 +213,9 @@ def test_lama_harness_sharding_needs_data_parallel(fixture_data: Path, tmp_path:
     with pytest.raises(SystemExit, match="--sharding needs --data-parallel: every process must run"):
         lama.main(["--model", "unused", "--data-dir", str(fixture_data / "lama"), "--sharding", str(config),
                    "--method", "mixture", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--sharding cannot be used with --method promptgen: its prompt table"):
+        lama.main(["--model", "unused", "--data-dir", str(fixture_data / "lama"), "--sharding", str(config),
+                   "--method", "promptgen", "--data-parallel", "--output", str(tmp_path)])
 
 
 @pytest.mark.parametrize(("text", "message"), [
