@@ -53,6 +53,7 @@ from prompt_adapters import (
 )
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
+from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
@@ -67,6 +68,7 @@ from prompt_adapters.run_dir import (
     remove_stale_temporaries,
     run_locked,
 )
+from prompt_adapters.sharding import shard_base_model
 from prompt_adapters.training import (
     FitResult,
     JointTask,
@@ -263,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-parallel", action="store_true",
                         help="train each relation with all processes together (data parallel) instead of one "
                         "relation per process")
+    parser.add_argument("--sharding", type=Path, default=None,
+                        help="shard the frozen base model over the processes as this JSON file says (with "
+                        "--data-parallel; benchmarks/configs/fsdp2.json, docs/distributed.md)")
     parser.add_argument("--joint", action="store_true",
                         help="train every relation's own adapter in one batched loop (per-row adapters): the same "
                         "per-relation results as one relation at a time, in less wall time (docs/lama-harness.md)")
@@ -340,6 +345,10 @@ class Probe:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.base = load_base(args.model).eval().to(device)
+        self.digest = None
+        if args.sharding is not None:
+            self.digest = model_digest(self.base)  # of the whole weights, before each process keeps its shard
+            shard_harness_base(self.base, args.sharding)
         args.lm_kind = detect_lm_kind(self.base)
         if METHODS[args.method].native_peft and args.lm_kind != "causal":
             raise SystemExit(f"--method {args.method} reads the answer after the prompt, so it needs a causal LM; "
@@ -821,6 +830,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
     check_joint(args)
+    if args.sharding is not None and METHODS[args.method].pooled:
+        raise SystemExit(f"--sharding cannot be used with --method {args.method}: {PromptGenLayer.unshardable_reason}")
+    if args.sharding is not None and not args.data_parallel:
+        raise SystemExit("--sharding needs --data-parallel: every process must run every relation's forwards, since "
+                         "each holds only a shard of the model")
     if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:
         names = ", ".join(name for name, method in METHODS.items() if method.prefix_form)
         raise SystemExit(f"--prompt-form prefix applies to --method {names}; --method {args.method} reads its "
@@ -846,6 +860,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     return run_locked(out, accelerator.is_main_process, lambda: run(args, accelerator, probe, wanted, out, started))
 
 
+#: the keys of a --sharding file and their defaults
+SHARDING_DEFAULTS: dict[str, Any] = {"engine": "fsdp2", "reshard_after_forward": True, "activation_checkpointing": True}
+
+
+def shard_harness_base(base: torch.nn.Module, path: Path) -> None:
+    """Shard ``base`` over the processes as the --sharding file ``path`` says (``SHARDING_DEFAULTS`` for absent keys).
+
+    Activation checkpointing runs where transformers runs it: in train mode, i.e. for methods trained with dropout
+    on (P-tuning); the others train the frozen LM in eval mode.
+    """
+    try:
+        options = {**SHARDING_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--sharding {path}: expected a readable JSON file ({error})") from None
+    unknown = sorted(set(options) - set(SHARDING_DEFAULTS))
+    if unknown or options["engine"] != "fsdp2":
+        raise SystemExit(f"--sharding {path}: expected the keys {sorted(SHARDING_DEFAULTS)} with engine 'fsdp2', "
+                         f"got unknown keys {unknown} and engine {options['engine']!r}")
+    if options["activation_checkpointing"]:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    shard_base_model(base, reshard_after_forward=bool(options["reshard_after_forward"]))
+
+
 def check_joint(args: argparse.Namespace) -> None:
     """--joint trains one adapter per relation in one loop: refuse the settings it cannot honour."""
     if not args.joint:
@@ -869,7 +906,8 @@ def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -
                 and isinstance(v, (str, int, float, bool, list, type(None)))}  # options, not objects set on args
     data = {relation: digest([probe.facts(relation, split)[0] for split in ("train", "dev", "test")])
             for relation in relations}
-    return {"settings": settings, "library": prompt_adapters.__version__, "base_model": model_digest(probe.base),
+    return {"settings": settings, "library": prompt_adapters.__version__,
+            "base_model": probe.digest or model_digest(probe.base),
             "data": data}
 
 

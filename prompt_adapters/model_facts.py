@@ -32,9 +32,10 @@ def detect_lm_kind(model: nn.Module) -> str:
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     name = type(model).__name__
-    if name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+    classes = {cls.__name__ for cls in type(model).__mro__}  # a sharded model's class is FSDP<its class>
+    if classes & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
         return "causal"
-    if name in set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()):
+    if classes & set(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values()):
         return "masked"
     raise ValueError(
         f"cannot tell whether {name} is a masked, causal or seq2seq LM; set lm_kind= in the adapter config"

@@ -433,9 +433,11 @@ def fit(
         model.train(settings.dropout)
         total = 0.0
         for step, index in enumerate(run.batches(len(train)), start=1):
-            local = index[rank::world]
+            local, weight = index[rank::world], len(index[rank::world]) / len(index)
+            if not local:  # a process left without examples still runs a forward (weighted 0): a sharded model's
+                local, weight = index[:1], 0.0  # blocks gather their weights from every process
             run.optimizer.zero_grad()
-            loss = _batch_loss(model, collator, train, local, responsibilities, params) * (len(local) / len(index))
+            loss = _batch_loss(model, collator, train, local, responsibilities, params) * weight
             loss.backward()
             if world > 1:
                 for param in params.values():

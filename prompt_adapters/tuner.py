@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from prompt_adapters.injection import SCORING_KEYS, PromptHooks, ScoreRequest, attached_hooks
 from prompt_adapters.model_facts import LM_KINDS, detect_lm_kind, model_fingerprint, tokenizer_fingerprint
+from prompt_adapters.sharding import check_shardable, gathered_embeddings, is_sharded
 from prompt_adapters.template import CompiledTemplate, WordMode, compile_templates
 from prompt_adapters.validation import (
     check_adapter_fits,
@@ -156,9 +157,16 @@ class PromptLayer(nn.Module, BaseTunerLayer):
         fallback = _fallback_id(model)
         self.hard_table[name] = torch.tensor([i if i >= 0 else fallback for i in init_ids], dtype=torch.long)
         self._row_tables = None
-        self._base_weight = (model.get_input_embeddings().weight,)
+        self.track_base(model)
         self.create(name, config, model, init_ids)
         self._move_adapter_to_device_of_base_layer(name)
+
+    def track_base(self, model: nn.Module) -> None:
+        """Follow ``model``'s current input-embedding weight (after sharding, the sharded one)."""
+        self._base_weight = (model.get_input_embeddings().weight,)
+
+    #: why the method cannot run on a base model sharded with ``prompt_adapters.sharding`` (None: it can)
+    unshardable_reason: ClassVar[str | None] = None
 
     def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
         """Create the parameters of adapter ``name``; the default is one trainable vector per soft row."""
@@ -507,8 +515,11 @@ class PromptTuner(BaseTuner):
             setattr(self, self.prefix + "state", self.layer_cls())
             self.hooks = PromptHooks(model, self.state, deep=self.deep)
             self.hooks.attach()
-        with self.hooks.paused():
+        if is_sharded(model):
+            check_shardable(self.state)
+        with self.hooks.paused(), gathered_embeddings(model):  # a sharded base: the adapter starts from whole rows
             self.state.add(adapter_name, peft_config, model)
+        self.state.track_base(model)
         self.state.set_adapter(self.active_adapters)
         # rows that are parameters of their own (not computed from every row by an encoder or a generator)
         if peft_config.lm_kind == "causal" and not peft_config.inference_mode and adapter_name in self.state.table:

@@ -39,6 +39,11 @@ class PromptGenLayer(MixturePromptLayer):
     """The generator (trainable) and the shared vocabulary of each adapter; per-batch prompt tables."""
 
     supports_adapter_names = False
+    unshardable_reason = (
+        "its prompt table multiplies the generator's token distributions with the base model's input-embedding "
+        "matrix before the base model runs, when a sharded matrix is split over the processes; train PromptGen "
+        "data parallel (unsharded) instead"
+    )
 
     adapter_layer_names = ("generator",)
     other_param_names = ("templates", "settings", "options")
