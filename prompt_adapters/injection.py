@@ -5,7 +5,8 @@
   embedding output at those positions with the active adapter's vectors. Sequence length, attention mask,
   position ids and logits therefore stay aligned with the caller's tokens.
 * Optional per-layer deltas are added at prompt positions to the input of the first block of each stack and to
-  the output of every block (transformer blocks are found as ``GradientCheckpointingLayer`` modules).
+  the output of every block (transformer blocks are found as ``GradientCheckpointingLayer`` modules, else as the
+  outermost module lists of same-class composite modules).
 * A pre-hook on the output embedding gathers the hidden states at the requested score positions only, so the LM
   head is never computed on positions nobody asked for.
 * A pre/post hook pair on the model itself takes the scoring keys out of the forward kwargs and lets the method
@@ -96,16 +97,34 @@ def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
 
 
 def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each)."""
+    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each).
+
+    Blocks are the ``GradientCheckpointingLayer`` modules of a ``ModuleList``. Architectures whose blocks are plain
+    modules (older ones such as CTRL or CPM-Ant) fall back to the outermost module lists whose items are all of one
+    class and hold parameters of their own submodules."""
     stacks: dict[int, list[nn.Module]] = {}
-    owners: dict[int, nn.Module] = {}
     for module in model.modules():
         if isinstance(module, nn.ModuleList):
             for child in module:
                 if isinstance(child, GradientCheckpointingLayer):
                     stacks.setdefault(id(module), []).append(child)
-                    owners[id(module)] = module
-    return list(stacks.values())
+    return list(stacks.values()) or _plain_block_stacks(model)
+
+
+def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
+    """The outermost module lists of same-class composite modules (blocks that are not GradientCheckpointingLayer)."""
+    inside: set[int] = set()
+    stacks = []
+    for module in model.modules():  # parents come before their children
+        if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kind = type(module[0])
+        if all(type(child) is kind and any(True for _ in child.children()) for child in module) and any(
+            True for _ in module.parameters()
+        ):
+            stacks.append(list(module))
+            inside.update(id(sub) for sub in module.modules())
+    return stacks
 
 
 def lm_head_entry(model: nn.Module) -> nn.Module | None:
@@ -153,8 +172,8 @@ class PromptHooks:
         self.warned: set[str] = set()
         if deep and not self.stacks:
             raise ValueError(
-                f"{type(model).__name__} has no transformer blocks of type GradientCheckpointingLayer in a "
-                "ModuleList; deep perturbation cannot locate its layers"
+                f"{type(model).__name__} has no transformer blocks (GradientCheckpointingLayer modules or same-class "
+                "modules in a ModuleList); deep perturbation cannot locate its layers"
             )
 
     def __deepcopy__(self, memo: dict) -> PromptHooks:
@@ -290,6 +309,12 @@ class PromptHooks:
         if delta is None:
             return hidden
         pseudo, rows = self.positions
+        if hidden.dim() != 3:
+            raise ValueError(
+                f"block stack {stack} carries hidden states of shape {tuple(hidden.shape)}; deep perturbation adds "
+                "its deltas to (batch, sequence, hidden) states and cannot place them in this layout (e.g. several "
+                "residual streams per position); use MixturePromptConfig or PTuningEncoderConfig with this model"
+            )
         if pseudo.shape != hidden.shape[:2]:
             raise RuntimeError(
                 f"prompt positions {tuple(pseudo.shape)} do not match the hidden states {tuple(hidden.shape[:2])} "
