@@ -202,5 +202,5 @@ def test_deep_perturbation_refuses_hidden_states_it_cannot_place() -> None:
     built = build(BY_ID["causal:hy_v4"])
     model = get_peft_model(built.model, DeepPerturbConfig(templates=TEMPLATES, tokenizer=built.tokenizer))
     batch = PromptCollator(built.tokenizer, model)(EXAMPLES)
-    with pytest.raises(ValueError, match=r"carries hidden states of shape \(2, \d+, 4, 64\).*MixturePromptConfig"):
+    with pytest.raises(ValueError, match=r"carries hidden states of shape \(\d+, \d+, \d+, 64\).*MixturePromptConfig"):
         model(**batch)
