@@ -111,6 +111,15 @@ def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
     return list(stacks.values()) or _plain_block_stacks(model)
 
 
+def block_width(model: nn.Module) -> int:
+    """Width of the hidden states between blocks: the config's ``hidden_size``, which differs from the input
+    embedding's width in models that project their embeddings (ALBERT, ELECTRA, RemBERT, OPT-350m)."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = getattr(text_config, "hidden_size", None)
+    return width if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
+
+
 def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
     """The outermost module lists of same-class composite modules (blocks that are not GradientCheckpointingLayer)."""
     inside: set[int] = set()
@@ -330,8 +339,8 @@ class PromptHooks:
         return _replace_first(args, kwargs, "hidden_states", self._add_delta(hidden, stack, 0))
 
     def _block_hook(self, stack: int, depth: int, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (self._add_delta(output[0], stack, depth), *output[1:])
+        if isinstance(output, (tuple, list)):  # blocks of older architectures (OpenAI GPT) return lists
+            return type(output)([self._add_delta(output[0], stack, depth), *output[1:]])
         return self._add_delta(output, stack, depth)
 
     # ------------------------------------------------------------------------------------------ scoring

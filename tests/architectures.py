@@ -123,8 +123,8 @@ def _shrink(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, vocab_
     heads_before = next((getattr(config, n) for n in _HEAD_COUNTS if isinstance(getattr(config, n, None), int)), 0)
     for name in _WIDTHS:
         _set(config, name, WIDTH)
-    if isinstance(getattr(config, "embedding_size", None), int):  # factorised embeddings (ALBERT-like)
-        config.embedding_size = WIDTH
+    if isinstance(getattr(config, "embedding_size", None), int):  # factorised embeddings (ALBERT-like) stay narrower
+        config.embedding_size = WIDTH // 2
     for name in _FFNS:
         _set(config, name, FFN)
     for name in _LAYER_COUNTS:

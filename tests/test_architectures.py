@@ -36,7 +36,8 @@ EXAMPLES = [
 ]
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y] ."]
 
-#: the CI subset: the hand-written families' neighbours and the 2025-26 families prompt methods broke on
+#: the CI subset: the 2025-26 families prompt methods broke on, state-space and hybrid layouts, and the layouts that
+#: needed fixes (CTRL's plain blocks, OpenAI GPT's list outputs, ALBERT's narrower embeddings)
 CI_ARCHITECTURES = (
     "causal:qwen3",
     "causal:gemma3_text",
@@ -44,6 +45,8 @@ CI_ARCHITECTURES = (
     "causal:mistral",
     "causal:mamba",
     "causal:ctrl",
+    "causal:openai-gpt",
+    "masked:albert",
     "masked:modernbert",
     "masked:deberta-v2",
     "masked:bart",
