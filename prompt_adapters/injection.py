@@ -139,7 +139,8 @@ def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
 def lm_head_entry(model: nn.Module) -> nn.Module | None:
     """The module where the LM head starts: the model's direct child that holds the output embedding (BERT's
     ``cls``, RoBERTa's ``lm_head``, GPT-2's ``lm_head``), so gathering score positions there also spares the
-    head's transform layers on positions nobody asked for. Falls back to the output embedding itself."""
+    head's transform layers on positions nobody asked for. Falls back to the output embedding itself. A child that
+    is a whole LM (the decoder of ``EncoderDecoderModel``) is searched in turn."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is None:
         return None
@@ -147,6 +148,8 @@ def lm_head_entry(model: nn.Module) -> nn.Module | None:
     for child in model.children():
         owned = list(child.modules())
         if any(m is output for m in owned) and not any(m is backbone for m in owned):
+            if hasattr(child, "get_output_embeddings") and child.get_output_embeddings() is output:
+                return lm_head_entry(child)
             return child
     return output
 
