@@ -163,6 +163,9 @@ def _shrink(config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, vocab_
         ):
             if hasattr(config, name) and token_id is not None:
                 setattr(config, name, token_id)
+        if isinstance(getattr(config, "mask_token_id", None), int):  # never the pad id (XLM zeroes pad positions)
+            mask_id = tokenizer.mask_token_id
+            config.mask_token_id = mask_id if mask_id is not None else tokenizer.eos_token_id
         if hasattr(config, "decoder_start_token_id"):
             config.decoder_start_token_id = tokenizer.pad_token_id
     for value in list(vars(config).values()):
