@@ -113,7 +113,7 @@ def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
 
 def block_width(model: nn.Module) -> int:
     """Width of the hidden states between blocks: the config's ``hidden_size``, which differs from the input
-    embedding's width in models that project their embeddings (ALBERT, ELECTRA, RemBERT, OPT-350m)."""
+    embedding's width in models that project their embeddings (ALBERT, RemBERT, ELECTRA-small, OPT-350m)."""
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     width = getattr(text_config, "hidden_size", None)

@@ -203,7 +203,7 @@ def test_every_architecture(arch: Architecture, method: str, generator_dir: str,
     try:
         _run(arch, method, generator_dir, tmp_path)
     except NotBuildableTiny as error:
-        pytest.skip(f"not buildable tiny: {error}")
+        pytest.skip(f"{arch.id} is not buildable tiny: {error}")
 
 
 def test_discovery_reads_the_auto_mappings() -> None:
