@@ -128,9 +128,8 @@ def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
         if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         kind = type(module[0])
-        if all(type(child) is kind and any(True for _ in child.children()) for child in module) and any(
-            True for _ in module.parameters()
-        ):
+        composite = all(type(child) is kind and list(child.children()) for child in module)
+        if composite and list(module.parameters()):
             stacks.append(list(module))
             inside.update(id(sub) for sub in module.modules())
     return stacks
