@@ -5,7 +5,8 @@
   embedding output at those positions with the active adapter's vectors. Sequence length, attention mask,
   position ids and logits therefore stay aligned with the caller's tokens.
 * Optional per-layer deltas are added at prompt positions to the input of the first block of each stack and to
-  the output of every block (transformer blocks are found as ``GradientCheckpointingLayer`` modules).
+  the output of every block (transformer blocks are found as ``GradientCheckpointingLayer`` modules, else as the
+  outermost module lists of same-class composite modules).
 * A pre-hook on the output embedding gathers the hidden states at the requested score positions only, so the LM
   head is never computed on positions nobody asked for.
 * A pre/post hook pair on the model itself takes the scoring keys out of the forward kwargs and lets the method
@@ -98,22 +99,49 @@ def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
 
 
 def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each)."""
+    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each).
+
+    Blocks are the ``GradientCheckpointingLayer`` modules of a ``ModuleList``. Architectures whose blocks are plain
+    modules (older ones such as CTRL or CPM-Ant) fall back to the outermost module lists whose items are all of one
+    class and hold parameters of their own submodules."""
     stacks: dict[int, list[nn.Module]] = {}
-    owners: dict[int, nn.Module] = {}
     for module in model.modules():
         if isinstance(module, nn.ModuleList):
             for child in module:
                 if isinstance(child, GradientCheckpointingLayer):
                     stacks.setdefault(id(module), []).append(child)
-                    owners[id(module)] = module
-    return list(stacks.values())
+    return list(stacks.values()) or _plain_block_stacks(model)
+
+
+def block_width(model: nn.Module) -> int:
+    """Width of the hidden states between blocks: the config's ``hidden_size``, which differs from the input
+    embedding's width in models that project their embeddings (ALBERT, RemBERT, ELECTRA-small, OPT-350m)."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = getattr(text_config, "hidden_size", None)
+    return width if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
+
+
+def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
+    """The outermost module lists of same-class composite modules (blocks that are not GradientCheckpointingLayer)."""
+    inside: set[int] = set()
+    stacks = []
+    for module in model.modules():  # parents come before their children
+        if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kind = type(module[0])
+        composite = all(type(child) is kind and list(child.children()) for child in module)
+        if composite and list(module.parameters()):
+            stacks.append(list(module))
+            inside.update(id(sub) for sub in module.modules())
+    return stacks
 
 
 def lm_head_entry(model: nn.Module) -> nn.Module | None:
     """The module where the LM head starts: the model's direct child that holds the output embedding (BERT's
     ``cls``, RoBERTa's ``lm_head``, GPT-2's ``lm_head``), so gathering score positions there also spares the
-    head's transform layers on positions nobody asked for. Falls back to the output embedding itself."""
+    head's transform layers on positions nobody asked for. Falls back to the output embedding itself. A child that
+    is a whole LM (the decoder of ``EncoderDecoderModel``) is searched in turn."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is None:
         return None
@@ -121,6 +149,8 @@ def lm_head_entry(model: nn.Module) -> nn.Module | None:
     for child in model.children():
         owned = list(child.modules())
         if any(m is output for m in owned) and not any(m is backbone for m in owned):
+            if hasattr(child, "get_output_embeddings") and child.get_output_embeddings() is output:
+                return lm_head_entry(child)
             return child
     return output
 
@@ -155,8 +185,8 @@ class PromptHooks:
         self.warned: set[str] = set()
         if deep and not self.stacks:
             raise ValueError(
-                f"{type(model).__name__} has no transformer blocks of type GradientCheckpointingLayer in a "
-                "ModuleList; deep perturbation cannot locate its layers"
+                f"{type(model).__name__} has no transformer blocks (GradientCheckpointingLayer modules or same-class "
+                "modules in a ModuleList); deep perturbation cannot locate its layers"
             )
 
     def __deepcopy__(self, memo: dict) -> PromptHooks:
@@ -292,6 +322,12 @@ class PromptHooks:
         if delta is None:
             return hidden
         pseudo, rows = self.positions
+        if hidden.dim() != 3:
+            raise ValueError(
+                f"block stack {stack} carries hidden states of shape {tuple(hidden.shape)}; deep perturbation adds "
+                "its deltas to (batch, sequence, hidden) states and cannot place them in this layout (e.g. several "
+                "residual streams per position); use MixturePromptConfig or PTuningEncoderConfig with this model"
+            )
         if pseudo.shape != hidden.shape[:2]:
             raise RuntimeError(
                 f"prompt positions {tuple(pseudo.shape)} do not match the hidden states {tuple(hidden.shape[:2])} "
@@ -307,8 +343,8 @@ class PromptHooks:
         return _replace_first(args, kwargs, "hidden_states", self._add_delta(hidden, stack, 0))
 
     def _block_hook(self, stack: int, depth: int, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (self._add_delta(output[0], stack, depth), *output[1:])
+        if isinstance(output, (tuple, list)):  # blocks of older architectures (OpenAI GPT) return lists
+            return type(output)([self._add_delta(output[0], stack, depth), *output[1:]])
         return self._add_delta(output, stack, depth)
 
     # ------------------------------------------------------------------------------------------ scoring

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prompt_adapters.injection import block_stacks
+from prompt_adapters.injection import block_stacks, block_width
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
 from prompt_adapters.tuner import PromptConfig
 
@@ -37,8 +37,8 @@ class DeepPerturbLayer(MixturePromptLayer):
                 if wanted is None or depth in wanted:
                     sites[(stack, depth)] = len(sites)
         self.sites[name] = sites
-        rows, hidden = self.table[name].shape
-        self.deltas[name] = nn.Parameter(torch.zeros(len(sites), rows, hidden))
+        rows = self.table[name].shape[0]
+        self.deltas[name] = nn.Parameter(torch.zeros(len(sites), rows, block_width(model)))
 
     def delta(self, name: str, stack: int, depth: int) -> torch.Tensor | None:
         site = self.sites[name].get((stack, depth))
