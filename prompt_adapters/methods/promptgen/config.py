@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -28,7 +29,11 @@ class PromptGenConfig(PromptConfig):
 
     Args:
         generator_name_or_path: the generator and its tokenizer: an encoder-decoder (the paper uses bart-large) or
-            a decoder-only LM (e.g. the downstream model's own architecture).
+            a decoder-only LM (e.g. the downstream model's own architecture). A Hub id, or a local folder as a
+            string or ``pathlib.Path`` (as transformers' ``from_pretrained`` takes it; saved as a string).
+        min_common_words: the fewest words the two tokenizers may share (default 100). Every prompt is written in
+            the shared vocabulary, so a generator that shares only a handful of words with the downstream model
+            cannot write the relation's words; compiling the config refuses it, with the count.
         num_before, num_after: the maximal soft tokens before / after the answer slot (paper: m = 10, n = 5). A
             causal downstream LM reads the answer as the token after the prompt, so nothing after the answer slot
             is generated for it.
@@ -59,6 +64,7 @@ class PromptGenConfig(PromptConfig):
     """
 
     generator_name_or_path: str | None = field(default=None)
+    min_common_words: int = field(default=100)
     num_before: int = field(default=10)
     num_after: int = field(default=5)
     stopping: str = field(default="mask")
@@ -74,6 +80,8 @@ class PromptGenConfig(PromptConfig):
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
         self.peft_type = extend_peft_type(PROMPT_GEN)  # a PeftType member, as peft's own configs
+        if isinstance(self.generator_name_or_path, os.PathLike):  # from_pretrained takes paths; JSON keeps strings
+            self.generator_name_or_path = os.fspath(self.generator_name_or_path)
         check_field_types(self, PromptConfig)  # before the range checks below compare numbers
         if self.num_before < 0 or self.num_after < 0 or self.num_before + self.num_after == 0:
             raise ValueError(
@@ -99,6 +107,8 @@ class PromptGenConfig(PromptConfig):
             raise ValueError(f"leak_form must be one of {LEAK_FORMS}, got {self.leak_form!r}")
         if self.token_form not in TOKEN_FORMS:
             raise ValueError(f"token_form must be one of {TOKEN_FORMS}, got {self.token_form!r}")
+        if self.min_common_words < 1:
+            raise ValueError(f"min_common_words must be >= 1, got {self.min_common_words}")
         if not 0 <= self.leak_penalty < math.inf:
             raise ValueError(f"leak_penalty must be a finite number >= 0, got {self.leak_penalty}")
         if not self.templates:
@@ -114,6 +124,14 @@ class PromptGenConfig(PromptConfig):
         compiled = super().compile(tokenizer)
         generator = AutoTokenizer.from_pretrained(self.generator_name_or_path)
         down_ids, gen_ids = common_vocabulary(tokenizer, generator)
+        if len(down_ids) < self.min_common_words:
+            raise ValueError(
+                f"the downstream tokenizer and the generator {self.generator_name_or_path!r} share {len(down_ids)} "
+                f"words (e.g. {tokenizer.convert_ids_to_tokens(down_ids[:5])}), fewer than min_common_words="
+                f"{self.min_common_words}: the generator writes every prompt in the shared words, so it could not "
+                "write the relation's words. Use a generator whose tokenizer covers the downstream model's words "
+                "(e.g. the downstream model's own), or lower min_common_words if these words suffice"
+            )
         self.common_vocab = [down_ids, gen_ids]
         if self.answer_words:
             self.answer_stops = answer_stop_ids(self.answer_words, tokenizer, down_ids)

@@ -30,6 +30,7 @@ from prompt_adapters.injection import PromptHooks, ScoreRequest
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
 from prompt_adapters.methods.promptgen.deferred import one_weight_gradient_per_layer
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
+from prompt_adapters.template import TemplateError
 from prompt_adapters.tuner import PromptConfig, _embed_scale
 
 GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids", "prompt_rows")
@@ -51,6 +52,8 @@ class PromptGenLayer(MixturePromptLayer):
         self._downstream: dict[str, tuple[torch.Tensor, float, int]] = {}
         self._batch_table: torch.Tensor | None = None
         self._leak_rows = False
+        #: the leak-row layout of the call whose scores ``combine`` reads (set by ``end_forward``)
+        self._scored_leak_rows = False
         self._generating = False
         self.last_generation: tuple[torch.Tensor, torch.Tensor] | None = None
         #: the prompts of the batch while its None rows run in a call of their own (see ``prepare``)
@@ -113,8 +116,11 @@ class PromptGenLayer(MixturePromptLayer):
         return self._batch_table
 
     def end_forward(self) -> None:
+        """Drop the batch's prompts (kept through ``generate()``); the batch's leak-row layout goes to ``combine``
+        and no further, so a later call without generator inputs never reads it."""
         if not self._generating:
             self._batch_table = None
+        self._scored_leak_rows, self._leak_rows = self._leak_rows, False
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
@@ -230,12 +236,15 @@ class PromptGenLayer(MixturePromptLayer):
         self, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any], request: ScoreRequest | None
     ) -> tuple[dict[str, Any], ScoreRequest | None]:
         """Generate the prompts of the batch, build the per-row tables and drop unused soft positions."""
+        self._none_scores = None
+        if self.disable_adapters:  # the base model runs: generator inputs are neither needed nor read
+            rows = inputs.get("prompt_rows")
+            self._leak_rows = rows is not None and rows.numel() > 0 and rows.numel() == 2 * (int(rows.max()) + 1)
+            return kwargs, request
         missing = [key for key in GENERATOR_KEYS if key not in inputs]
         if missing:
             raise ValueError(f"PromptGen batches need {list(GENERATOR_KEYS)}; missing {missing}")
         name = self.active_name
-        if self.disable_adapters:
-            return kwargs, request
         if self._shared is not None:
             steps, lengths = self._shared
         else:
@@ -247,7 +256,6 @@ class PromptGenLayer(MixturePromptLayer):
         table = steps @ (weight.index_select(0, down_ids).float() * scale)
         rows = inputs["prompt_rows"].to(table.device)
         self._leak_rows = rows.numel() == 2 * table.shape[0]
-        self._none_scores = None
         if self._leak_rows and request is not None and _right_padded_rows(kwargs):
             kwargs, request = self._score_none_rows_alone(inputs, kwargs, request, (steps, lengths))
             rows = rows[: table.shape[0]]
@@ -300,10 +308,11 @@ class PromptGenLayer(MixturePromptLayer):
         """-log P(o | T(s)) + alpha * leak(T(None)), with the None rows (if present) in the second half."""
         logits = output["logits"][:, 0]
         separate, self._none_scores = self._none_scores, None
-        half = logits.shape[0] // 2 if self._leak_rows and separate is None else logits.shape[0]
+        leak_rows = self._scored_leak_rows
+        half = logits.shape[0] // 2 if leak_rows and separate is None else logits.shape[0]
         main = slot_log_probs(logits[:half], request.candidate_ids)
         fields: dict[str, torch.Tensor] = {"answer_log_probs": main}
-        none = slot_log_probs(logits[half:], request.candidate_ids) if self._leak_rows else None
+        none = slot_log_probs(logits[half:], request.candidate_ids) if leak_rows else None
         if separate is not None:
             none = separate[0]
             output["logits"] = torch.cat([output["logits"], separate[1]])
@@ -570,8 +579,14 @@ class PromptGenCollator(PromptCollator):
                 "PromptGen examples are dicts with the relation's manual template under 'template' "
                 f"(e.g. '[X] was born in [Y] .'); got {example!r}"
             )
+        template = example["template"]
+        if not isinstance(template, str) or template.count("[X]") < 1 or template.count("[Y]") != 1:
+            raise TemplateError(
+                f"the generator's template {template!r} needs the subject field [X] and exactly one answer slot [Y] "
+                "(e.g. '[X] was born in [Y] .'): the generator reads the subject and the slot from it"
+            )
         mask = self.generator_tokenizer.mask_token or "<mask>"
-        return example["template"].replace("[X]", subject).replace("[Y]", mask)
+        return template.replace("[X]", subject).replace("[Y]", mask)
 
     def __call__(self, examples: Any) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
