@@ -186,6 +186,8 @@ def pooled_config(method: Method, args: argparse.Namespace, train: list[dict[str
     """The config of a method trained on every relation's facts together; with ``--stop-at-answers`` (PromptGen),
     the objects of the training facts end the segment before the answer slot."""
     config = method.build([], args)
+    if args.answer_words_per_relation and not args.stop_at_answers:
+        raise ValueError("--answer-words-per-relation chooses which answer words end a prompt; add --stop-at-answers")
     if args.stop_at_answers and args.answer_words_per_relation:  # keyed by the relation's manual template
         by_relation: dict[str, set[str]] = {}
         for fact in train:
@@ -589,13 +591,21 @@ class Probe:
     def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int) -> Any:
         """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``."""
         kinds = [kind for kind in self.args.warm_up_prompts.split(",") if kind and kind != "manual"]
-        paraphrases = {job.manual_template: [prompt for kind in kinds
-                                             for prompt in lama_data.load_prompts(self.data_dir, kind, job.relation)]
-                       for job in jobs}
+        paraphrases: dict[str, list[str]] = {job.manual_template: [] for job in jobs}
+        without: dict[str, list[str]] = {}  # prompt kind -> relations that have none of it (counted in the record)
+        for kind in kinds:
+            for job in jobs:
+                try:
+                    paraphrases[job.manual_template] += lama_data.load_prompts(self.data_dir, kind, job.relation)
+                except ValueError as error:
+                    if not str(error).startswith(f"no {kind!r} prompts"):
+                        raise
+                    without.setdefault(kind, []).append(job.relation)
         torch.manual_seed(relation_seed(seed, "warm-up"))
-        return warm_up(model, collator, train, paraphrases, epochs=self.args.warm_up_epochs,
-                       learning_rate=self.args.warm_up_lr, batch_size=train_settings(self.args, seed).batch_size,
-                       seed=seed)
+        report = warm_up(model, collator, train, paraphrases, epochs=self.args.warm_up_epochs,
+                         learning_rate=self.args.warm_up_lr, batch_size=train_settings(self.args, seed).batch_size,
+                         seed=seed)
+        return {**report, "relations_without_prompts": without}
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
         model = get_peft_model(self.base, config)

@@ -3,7 +3,9 @@ supervised warm-up."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,27 @@ def test_warm_up_of_a_decoder_only_generator(tmp_path: Path) -> None:
     assert report["last_epoch_loss"] < 0.2 * report["first_epoch_loss"]
     prompts = model.base_model.generated_prompts(collate(EXAMPLES), tok)
     assert [prompt.split()[:-1] for prompt in prompts] == [["Ġwas", "Ġborn", "Ġin"], ["Ġdied", "Ġin"]]
+
+
+def test_harness_flags_build_the_options_and_record_the_warm_up(fixture_data: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lama
+
+    bert, bart = save_tiny_model("bert", tmp_path / "bert"), save_tiny_model("bart", tmp_path / "bart")
+    common = ["--model", str(bert), "--data-dir", str(fixture_data / "lama"), "--relations", "P19,P1376",
+              "--max-train", "12", "--max-test", "8", "--epochs", "1", "--method", "promptgen", "--generator",
+              str(bart), "--num-before", "3", "--num-after", "1"]
+    lama.main([*common, "--output", str(tmp_path / "run"), "--stop-at-answers", "--answer-words-per-relation",
+               "--trained-length", "--generator-lora-rank", "2", "--warm-up-epochs", "1",
+               "--warm-up-prompts", "manual,pararel"])
+    records = [json.loads(path.read_text()) for path in (tmp_path / "run" / "relations").glob("*.json")]
+    assert len(records) == 2
+    warm = records[0]["warm_up"]
+    assert warm["steps"] >= 1 and warm["targets"] + sum(warm["skipped"].values()) > 24  # manual + ParaRel targets
+    assert warm["relations_without_prompts"] == {"pararel": ["P1376"]}  # the excerpts hold P19's ParaRel file only
+    args = lama.parse_args([*common, "--stop-at-answers", "--answer-words-per-relation"])
+    train = [{"obj": "Paris", "template": BORN}, {"obj": "Rome", "template": BORN}, {"obj": "Oslo", "template": DIED}]
+    config = lama.pooled_config(lama.METHODS["promptgen"], args, train)
+    assert config.relation_answer_words == {BORN: ["Paris", "Rome"], DIED: ["Oslo"]} and not config.answer_words
+    with pytest.raises(ValueError, match="add --stop-at-answers"):
+        lama.pooled_config(lama.METHODS["promptgen"], lama.parse_args([*common, "--answer-words-per-relation"]), train)
