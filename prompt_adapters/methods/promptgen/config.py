@@ -64,10 +64,10 @@ class PromptGenConfig(PromptConfig):
             another relation's prompt (a language name ends a work-location prompt); per relation they cannot.
         trained_length: train the length of the segment before the answer slot (default off). The generator's
             probability of its stop token (and of the answer words) at each step gives a distribution over lengths
-            0..num_before, and the loss reads the answer's probability averaged over the prompts of every length,
-            -log sum_L P(L) P(o | T_L(s)), so the length gets a gradient. Without gradients (evaluation,
-            ``generate()``) the most likely length is written. Costs num_before + 1 downstream rows per example in
-            training. Needs ``stopping`` ``mask`` or ``eos``.
+            0..num_before, and the answer's probability is averaged over the prompts of every length,
+            sum_L P(L) P(o | T_L(s)), in the loss and in scoring, so the length gets a gradient. ``generate()`` and
+            ``generated_prompts`` write the most likely length. Costs num_before + 1 downstream rows per scored
+            example. Needs ``stopping`` ``mask`` or ``eos``.
         generator_lora_rank: 0 (default): the whole generator trains. r > 0: the generator's linear layers get peft
             LoRA adapters of rank r (``lora_alpha`` = r, peft's default ratio; ``target_modules="all-linear"``) and
             only those train, so the optimiser keeps moments for a small fraction of the parameters.

@@ -314,8 +314,7 @@ class PromptGenLayer(MixturePromptLayer):
         rows = inputs["prompt_rows"].to(table.device)
         self._leak_rows = rows.numel() == 2 * table.shape[0]
         self._length_weights = None
-        if length_weights is not None and request is not None and request.targets is not None \
-                and request.num_choices is None and torch.is_grad_enabled():
+        if length_weights is not None and request is not None and request.num_choices is None:
             m = self.options[name]["m"]
             kwargs, request, rows, lengths = _one_row_per_length(kwargs, request, rows, lengths, m)
             self._length_weights = length_weights[rows[:: m + 1]]
