@@ -92,7 +92,7 @@ def warm_up(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(batch)
+                total += float(loss.detach()) * len(batch)
                 steps += 1
             losses.append(total / len(targets))
     finally:
