@@ -54,6 +54,7 @@ from prompt_adapters import (
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
+from prompt_adapters.methods.promptgen.warmup import warm_up
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
@@ -186,14 +187,22 @@ PROMPTGEN = TrainSettings(
 def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfig:
     return PromptGenConfig(generator_name_or_path=args.generator, leak_penalty=args.leak_penalty,
                            leak_form=args.leak_form, token_form=args.token_form, stopping=args.stopping,
-                           num_before=args.num_before, num_after=args.num_after)
+                           num_before=args.num_before, num_after=args.num_after, trained_length=args.trained_length,
+                           generator_lora_rank=args.generator_lora_rank)
 
 
 def pooled_config(method: Method, args: argparse.Namespace, train: list[dict[str, str]]) -> Any:
     """The config of a method trained on every relation's facts together; with ``--stop-at-answers`` (PromptGen),
     the objects of the training facts end the segment before the answer slot."""
     config = method.build([], args)
-    if args.stop_at_answers:
+    if args.answer_words_per_relation and not args.stop_at_answers:
+        raise ValueError("--answer-words-per-relation chooses which answer words end a prompt; add --stop-at-answers")
+    if args.stop_at_answers and args.answer_words_per_relation:  # keyed by the relation's manual template
+        by_relation: dict[str, set[str]] = {}
+        for fact in train:
+            by_relation.setdefault(fact["template"], set()).add(fact["obj"])
+        config = replace(config, relation_answer_words={key: sorted(words) for key, words in by_relation.items()})
+    elif args.stop_at_answers:
         config = replace(config, answer_words=sorted({fact["obj"] for fact in train}))
     return config
 
@@ -234,6 +243,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-at-answers", action="store_true",
                         help="PromptGen: the segment before the answer slot also ends where the generator's most "
                         "likely next word is an object of the training facts (answer_words, docs/promptgen.md)")
+    parser.add_argument("--answer-words-per-relation", action="store_true",
+                        help="PromptGen with --stop-at-answers: each relation's segment ends at its own training "
+                        "objects, not at every relation's (relation_answer_words)")
+    parser.add_argument("--trained-length", action="store_true",
+                        help="PromptGen: train the length of the segment before the answer slot (trained_length)")
+    parser.add_argument("--generator-lora-rank", type=non_negative_int, default=0,
+                        help="PromptGen: train the generator through LoRA adapters of this rank (0: all of it)")
+    parser.add_argument("--warm-up-epochs", type=non_negative_int, default=0,
+                        help="PromptGen: epochs of supervised warm-up (the generator learns to write the relation's "
+                        "prompts for the training facts) before the end-to-end training; 0: none")
+    parser.add_argument("--warm-up-prompts", default="manual",
+                        help="PromptGen warm-up targets: comma-separated prompt kinds (load_prompts), e.g. "
+                        "manual,pararel")
+    parser.add_argument("--warm-up-lr", type=float, default=1e-3, help="PromptGen warm-up learning rate")
     parser.add_argument("--num-before", type=non_negative_int, default=10,
                         help="PromptGen: most soft tokens before the answer slot (the paper's m = 10)")
     parser.add_argument("--num-after", type=non_negative_int, default=5,
@@ -562,6 +585,7 @@ class Probe:
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
             exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
             init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
+            warm = self.warm_up(model, scored, jobs, train, seed) if args.warm_up_epochs else None
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
             result = fit(model, leaky, train, dev, train_settings(args, seed),
@@ -575,11 +599,31 @@ class Probe:
                                           exclude=exclude[job.relation])
                 record = self.record(job, ranks, none_ranks, init[job.relation], result,
                                      train_seconds / len(jobs))
+                record["warm_up"] = warm
                 records[job.relation] = {**record, "templates": config.templates,
                                          "pooled": {"relations": len(jobs), "train_seconds": round(train_seconds, 3)}}
         finally:
             model.unload()
         return [records[relation] for relation in relations]
+
+    def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int) -> Any:
+        """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``."""
+        kinds = [kind for kind in self.args.warm_up_prompts.split(",") if kind and kind != "manual"]
+        paraphrases: dict[str, list[str]] = {job.manual_template: [] for job in jobs}
+        without: dict[str, list[str]] = {}  # prompt kind -> relations that have none of it (counted in the record)
+        for kind in kinds:
+            for job in jobs:
+                try:
+                    paraphrases[job.manual_template] += lama_data.load_prompts(self.data_dir, kind, job.relation)
+                except ValueError as error:
+                    if not str(error).startswith(f"no {kind!r} prompts"):
+                        raise
+                    without.setdefault(kind, []).append(job.relation)
+        torch.manual_seed(relation_seed(seed, "warm-up"))
+        report = warm_up(model, collator, train, paraphrases, epochs=self.args.warm_up_epochs,
+                         learning_rate=self.args.warm_up_lr, batch_size=train_settings(self.args, seed).batch_size,
+                         seed=seed)
+        return {**report, "relations_without_prompts": without}
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
         model = get_peft_model(self.base, config)

@@ -3,5 +3,6 @@
 from prompt_adapters.methods.promptgen.config import PromptGenConfig
 from prompt_adapters.methods.promptgen.model import PromptGenCollator, PromptGenLayer, PromptGenModel
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
+from prompt_adapters.methods.promptgen.warmup import warm_up
 
-__all__ = ["PromptGenCollator", "PromptGenConfig", "PromptGenLayer", "PromptGenModel", "common_vocabulary"]
+__all__ = ["PromptGenCollator", "PromptGenConfig", "PromptGenLayer", "PromptGenModel", "common_vocabulary", "warm_up"]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -30,9 +31,15 @@ from prompt_adapters.injection import PromptHooks, ScoreRequest
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
 from prompt_adapters.methods.promptgen.deferred import one_weight_gradient_per_layer
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
+from prompt_adapters.template import TemplateError
 from prompt_adapters.tuner import PromptConfig, _embed_scale
 
 GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids", "prompt_rows")
+#: each example's set of answer words (0: the pooled ``answer_words``; i > 0: the i-th template of the sorted
+#: ``relation_answer_words``); only in batches of adapters with words per relation
+ANSWER_SETS = "generator_answer_sets"
+#: the name of the LoRA adapter inside a parameter-efficient generator (``generator_lora_rank``)
+GENERATOR_LORA = "promptgen_lora"
 
 
 class PromptGenLayer(MixturePromptLayer):
@@ -47,7 +54,7 @@ class PromptGenLayer(MixturePromptLayer):
 
     adapter_layer_names = ("generator",)
     other_param_names = ("templates", "settings", "options")
-    forward_keys = GENERATOR_KEYS
+    forward_keys = (*GENERATOR_KEYS, ANSWER_SETS)
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,8 +63,16 @@ class PromptGenLayer(MixturePromptLayer):
         self._downstream: dict[str, tuple[torch.Tensor, float, int]] = {}
         self._batch_table: torch.Tensor | None = None
         self._leak_rows = False
+        #: the leak-row layout of the call whose scores ``combine`` reads (set by ``end_forward``)
+        self._scored_leak_rows = False
         self._generating = False
         self.last_generation: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: log P(L) of the first segment's lengths L = 0..m in the last generation (``trained_length`` only)
+        self.last_length_log_probs: torch.Tensor | None = None
+        #: the log P(L) weights of the rows ``prepare`` repeated once per length, for ``combine``
+        self._length_weights: torch.Tensor | None = None
+        #: adapters whose generator trains through LoRA only
+        self.lora_generators: set[str] = set()
         #: the prompts of the batch while its None rows run in a call of their own (see ``prepare``)
         self._shared: tuple[torch.Tensor, torch.Tensor] | None = None
         #: (log-probabilities, gathered logits) of the None rows run separately, for ``combine``
@@ -72,6 +87,11 @@ class PromptGenLayer(MixturePromptLayer):
             generator = auto.from_config(generator_config)
         else:
             generator = auto.from_pretrained(config.generator_name_or_path).float()  # type: ignore[attr-defined]
+        rank = config.generator_lora_rank  # type: ignore[attr-defined]
+        if rank:
+            lora = LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear")
+            generator = inject_adapter_in_model(lora, generator, adapter_name=GENERATOR_LORA)
+            self.lora_generators.add(name)
         generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)  # type: ignore[attr-defined]
         self.generator[name] = generator
         down_ids, gen_ids = config.common_vocab  # type: ignore[attr-defined]
@@ -98,7 +118,8 @@ class PromptGenLayer(MixturePromptLayer):
             "written_after": written_after,
             "stop_ids": stop_ids,
             "stops_early": config.stopping != "fixed",  # type: ignore[attr-defined]
-            "answer_stops": torch.isin(torch.tensor(down_ids), torch.tensor(answer_stops, dtype=torch.long)),
+            "answer_sets": _answer_sets(down_ids, answer_stops, config.relation_answer_stops),  # type: ignore[attr-defined]
+            "trained_length": config.trained_length,  # type: ignore[attr-defined]
             "alpha": config.leak_penalty,  # type: ignore[attr-defined]
             "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
             "straight_through": config.token_form == "straight_through",  # type: ignore[attr-defined]
@@ -117,13 +138,26 @@ class PromptGenLayer(MixturePromptLayer):
             )
         return self._batch_table
 
+    def _freeze_non_trainable_peft_weights(self, adapter_names: str | list[str] | None = None) -> None:
+        """peft's hook after an adapter is made trainable: a LoRA generator keeps its own weights frozen."""
+        super()._freeze_non_trainable_peft_weights(adapter_names)
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        for name in self.lora_generators if names is None else set(names) & self.lora_generators:
+            for parameter_name, parameter in self.generator[name].named_parameters():
+                if "lora_" not in parameter_name:
+                    parameter.requires_grad_(False)
+
     def end_forward(self) -> None:
+        """Drop the batch's prompts (kept through ``generate()``); the batch's leak-row layout goes to ``combine``
+        and no further, so a later call without generator inputs never reads it."""
         if not self._generating:
             self._batch_table = None
+        self._scored_leak_rows, self._leak_rows = self._leak_rows, False
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self._downstream.pop(adapter_name, None)
+        self.lora_generators.discard(adapter_name)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         """After a ``low_cpu_mem_usage`` load the generator's weights were assigned one by one: tie them again (the
@@ -137,7 +171,7 @@ class PromptGenLayer(MixturePromptLayer):
         """Generate the prompts once from the generator inputs, drop unused soft positions (the kept tokens end at
         the right edge, where decoding continues), and keep the prompt table for every decoding step."""
         kwargs = dict(kwargs)
-        extra = {key: kwargs.pop(key) for key in GENERATOR_KEYS if key in kwargs}
+        extra = {key: kwargs.pop(key) for key in self.forward_keys if key in kwargs}
         self._generating = True
         try:
             if extra:
@@ -151,7 +185,12 @@ class PromptGenLayer(MixturePromptLayer):
     # ------------------------------------------------------------------------------------------ generation
 
     def generate(
-        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, subject_ids: torch.Tensor
+        self,
+        name: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        subject_ids: torch.Tensor,
+        answer_sets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft tokens (G, m + n, |V_common|) and the lengths (G, 2) of the two segments actually written.
 
@@ -162,15 +201,28 @@ class PromptGenLayer(MixturePromptLayer):
         earlier, so every row keeps its exact positions and the whole batch decodes in one loop (rows still reading
         their subject ignore the step's output). A decoder-only generator reads ``text </s> subject`` left-padded,
         so all rows start writing together. Each linear layer of the generator computes its weight gradient once
-        for all decoding steps (``one_weight_gradient_per_layer``).
+        for all decoding steps (``one_weight_gradient_per_layer``). ``answer_sets`` picks each row's answer words
+        (default: the pooled ``answer_words``). With ``trained_length`` the first segment is written to its maximum,
+        its length distribution is kept in ``last_length_log_probs``, and the lengths returned are the most likely.
         """
+        self.last_length_log_probs = None
         with one_weight_gradient_per_layer(self.generator[name]):
-            return self._write(name, input_ids, attention_mask, subject_ids)
+            steps, lengths, stop_probs = self._write(name, input_ids, attention_mask, subject_ids, answer_sets)
+        if self.options[name]["trained_length"]:
+            self.last_length_log_probs = length_log_probs(stop_probs)
+            lengths = torch.stack([self.last_length_log_probs.argmax(-1), lengths[:, 1]], dim=1)
+        return steps, lengths
 
     def _write(
-        self, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, subject_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoding loop of ``generate``."""
+        self,
+        name: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        subject_ids: torch.Tensor,
+        answer_sets: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoding loop of ``generate``; also each row's probability of stopping before each first-segment
+        token (zeros unless ``trained_length``)."""
         options, generator = self.options[name], self.generator[name]
         m, n = options["m"], options["written_after"]
         device = input_ids.device
@@ -189,7 +241,10 @@ class PromptGenLayer(MixturePromptLayer):
         prefix = embed(prefix_ids.clamp(min=0))
         answer = embed(torch.tensor([options["mask_id"]], device=device))[0] if n else vocab_embeds[0]
         stop_before, stop_after = options["stop_ids"]
-        answer_stops = options["answer_stops"].to(device)  # a shared word that ends the first segment
+        sets = torch.zeros(rows, dtype=torch.long, device=device) if answer_sets is None else answer_sets.to(device)
+        answer_stops = options["answer_sets"].to(device)[sets]  # (G, |V_common|): the words that end row's segment
+        trained = options["trained_length"]
+        stop_probs = torch.zeros(rows, m, device=device)
         steps = torch.zeros(rows, options["m"] + options["n"], common.numel(), device=device)
         phase = torch.zeros(rows, dtype=torch.long, device=device)
         count = torch.zeros_like(phase)
@@ -202,8 +257,15 @@ class PromptGenLayer(MixturePromptLayer):
             generating = prefix_lengths - 1 <= position
             restricted = logits.index_select(-1, common)
             best, choice = restricted.max(-1)
-            stop0 = logits[:, stop_before] > best if stop_before is not None else no_stop
-            stop0 = stop0 | answer_stops[choice]
+            if trained:  # the segment runs to its maximum; the loss weighs each length by its probability
+                stop0 = no_stop
+                with_stop = torch.cat([restricted, logits[:, stop_before, None]], dim=-1).softmax(-1)
+                stop_prob = with_stop[:, -1] + (with_stop[:, :-1] * answer_stops).sum(-1)
+                asked = (generating & (phase == 0) & (count < m)).nonzero().squeeze(-1)
+                stop_probs = stop_probs.index_put((asked, count[asked]), stop_prob[asked])
+            else:
+                stop0 = logits[:, stop_before] > best if stop_before is not None else no_stop
+                stop0 = stop0 | answer_stops.gather(1, choice.unsqueeze(1)).squeeze(1)
             stop1 = logits[:, stop_after] > best if stop_after is not None else no_stop
             dist = torch.softmax(restricted, dim=-1)
             if options["straight_through"]:  # the most likely word forward, the expectation's gradient backward
@@ -229,30 +291,41 @@ class PromptGenLayer(MixturePromptLayer):
             reading = prefix[:, min(position, prefix.shape[1] - 1)]
             next_input = torch.where(write.unsqueeze(-1), dist.to(vocab_embeds.dtype) @ vocab_embeds, answer)
             inputs = torch.where(generating.unsqueeze(-1), next_input, reading).unsqueeze(1)
-        return steps, lengths
+        return steps, lengths, stop_probs
 
     def prepare(
         self, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any], request: ScoreRequest | None
     ) -> tuple[dict[str, Any], ScoreRequest | None]:
         """Generate the prompts of the batch, build the per-row tables and drop unused soft positions."""
+        self._none_scores = None
+        if self.disable_adapters:  # the base model runs: generator inputs are neither needed nor read
+            rows = inputs.get("prompt_rows")
+            self._leak_rows = rows is not None and rows.numel() > 0 and rows.numel() == 2 * (int(rows.max()) + 1)
+            return kwargs, request
         missing = [key for key in GENERATOR_KEYS if key not in inputs]
         if missing:
             raise ValueError(f"PromptGen batches need {list(GENERATOR_KEYS)}; missing {missing}")
         name = self.active_name
-        if self.disable_adapters:
-            return kwargs, request
         if self._shared is not None:
             steps, lengths = self._shared
         else:
             steps, lengths = self.generate(name, inputs["generator_input_ids"], inputs["generator_attention_mask"],
-                                           inputs["generator_subject_ids"])
+                                           inputs["generator_subject_ids"], inputs.get(ANSWER_SETS))
         self.last_generation = (steps.detach(), lengths)
+        length_weights = self.last_length_log_probs
         weight, scale, vocab = self._downstream[name]
         down_ids = self.options[name]["down_ids"].to(weight.device)
         table = steps @ (weight.index_select(0, down_ids).float() * scale)
         rows = inputs["prompt_rows"].to(table.device)
         self._leak_rows = rows.numel() == 2 * table.shape[0]
-        self._none_scores = None
+        self._length_weights = None
+        if length_weights is not None and request is not None and request.num_choices is None:
+            m = self.options[name]["m"]
+            kwargs, request, rows, lengths = _one_row_per_length(kwargs, request, rows, lengths, m)
+            self._length_weights = length_weights[rows[:: m + 1]]
+            self._batch_table = table[rows]
+            kwargs, request = _drop_unused(kwargs, request, lengths, vocab, self.options[name]["m"])
+            return kwargs, request
         if self._leak_rows and request is not None and _right_padded_rows(kwargs):
             kwargs, request = self._score_none_rows_alone(inputs, kwargs, request, (steps, lengths))
             rows = rows[: table.shape[0]]
@@ -305,10 +378,19 @@ class PromptGenLayer(MixturePromptLayer):
         """-log P(o | T(s)) + alpha * leak(T(None)), with the None rows (if present) in the second half."""
         logits = output["logits"][:, 0]
         separate, self._none_scores = self._none_scores, None
-        half = logits.shape[0] // 2 if self._leak_rows and separate is None else logits.shape[0]
-        main = slot_log_probs(logits[:half], request.candidate_ids)
+        weights, self._length_weights = self._length_weights, None
+        scores = slot_log_probs(logits, request.candidate_ids)
+        if weights is not None:  # log sum_L P(L) P(o | T_L): the rows of one example's lengths are consecutive
+            lengths = weights.shape[1]
+            scores = torch.logsumexp(scores.view(-1, lengths, scores.shape[-1]) + weights.unsqueeze(-1), dim=1)
+            best = weights.argmax(-1) + torch.arange(weights.shape[0], device=weights.device) * lengths
+            output["logits"] = output["logits"][best]
+            request = _first_of_each_length_group(request, lengths)
+        leak_rows = self._scored_leak_rows
+        half = scores.shape[0] // 2 if leak_rows and separate is None else scores.shape[0]
+        main = scores[:half]
         fields: dict[str, torch.Tensor] = {"answer_log_probs": main}
-        none = slot_log_probs(logits[half:], request.candidate_ids) if self._leak_rows else None
+        none = scores[half:] if leak_rows else None
         if separate is not None:
             none = separate[0]
             output["logits"] = torch.cat([output["logits"], separate[1]])
@@ -328,6 +410,58 @@ class PromptGenLayer(MixturePromptLayer):
         for key, value in fields.items():
             result[key] = value
         return result
+
+
+def length_log_probs(stop_probs: torch.Tensor) -> torch.Tensor:
+    """log P(L), L = 0..m, from the probabilities p_t (G, m) of stopping before token t + 1:
+    P(L) = p_L prod_{t<L} (1 - p_t) for L < m, and prod_{t<m} (1 - p_t) for L = m."""
+    stop = stop_probs.clamp(1e-6, 1 - 1e-6)
+    zeros = stop.new_zeros(stop.shape[0], 1)
+    survived = torch.cat([zeros, torch.cumsum(torch.log1p(-stop), dim=1)], dim=1)
+    return survived + torch.cat([stop.log(), zeros], dim=1)
+
+
+def _answer_sets(down_ids: list[int], pooled: list[int], relations: dict[str, list[int]] | None) -> torch.Tensor:
+    """(1 + relations, |V_common|): row 0 marks the pooled answer words, row i the i-th relation's (sorted keys)."""
+    down = torch.tensor(down_ids)
+    sets = [pooled, *(ids for _, ids in sorted((relations or {}).items()))]
+    return torch.stack([torch.isin(down, torch.tensor(ids, dtype=torch.long)) for ids in sets])
+
+
+def _one_row_per_length(
+    kwargs: dict[str, Any], request: ScoreRequest, rows: torch.Tensor, lengths: torch.Tensor, m: int
+) -> tuple[dict[str, Any], ScoreRequest, torch.Tensor, torch.Tensor]:
+    """Repeat every downstream row once per first-segment length 0..m (consecutive rows), for ``trained_length``:
+    the inputs, the score request, the prompt rows and the rows' segment lengths."""
+    count, repeats = rows.shape[0], m + 1
+
+    def repeated(value: Any) -> Any:
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == count:
+            return value.repeat_interleave(repeats, dim=0)
+        return value
+
+    kwargs = {key: repeated(value) for key, value in kwargs.items()}
+    candidates = request.candidate_ids  # one list for the batch, or one per row
+    candidates = repeated(candidates) if candidates is not None and candidates.dim() > 1 else candidates
+    request = ScoreRequest(repeated(request.positions), repeated(request.targets), candidates,
+                           request.num_choices, request.choice_labels)
+    lengths = lengths[rows].repeat_interleave(repeats, dim=0)
+    lengths[:, 0] = torch.arange(repeats, device=lengths.device).repeat(count)
+    return kwargs, request, rows.repeat_interleave(repeats), lengths
+
+
+def _first_of_each_length_group(request: ScoreRequest, repeats: int) -> ScoreRequest:
+    """The score request of the examples before ``_one_row_per_length`` repeated their rows."""
+
+    def first(value: Any) -> Any:
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == request.positions.shape[0]:
+            return value[::repeats]
+        return value
+
+    candidates = request.candidate_ids
+    candidates = first(candidates) if candidates is not None and candidates.dim() > 1 else candidates
+    return ScoreRequest(first(request.positions), first(request.targets), candidates, request.num_choices,
+                        request.choice_labels)
 
 
 def leak_term(leaked: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
@@ -575,8 +709,14 @@ class PromptGenCollator(PromptCollator):
                 "PromptGen examples are dicts with the relation's manual template under 'template' "
                 f"(e.g. '[X] was born in [Y] .'); got {example!r}"
             )
+        template = example["template"]
+        if not isinstance(template, str) or template.count("[X]") < 1 or template.count("[Y]") != 1:
+            raise TemplateError(
+                f"the generator's template {template!r} needs the subject field [X] and exactly one answer slot [Y] "
+                "(e.g. '[X] was born in [Y] .'): the generator reads the subject and the slot from it"
+            )
         mask = self.generator_tokenizer.mask_token or "<mask>"
-        return example["template"].replace("[X]", subject).replace("[Y]", mask)
+        return template.replace("[X]", subject).replace("[Y]", mask)
 
     def __call__(self, examples: Any) -> dict[str, torch.Tensor]:
         if len(examples) == 0:
@@ -592,17 +732,22 @@ class PromptGenCollator(PromptCollator):
         return batch
 
     def generator_inputs(self, examples: Any) -> dict[str, torch.Tensor]:
-        """The generator's input (the manual template with the subject) and the subject's generator tokens."""
+        """The generator's input (the manual template with the subject), the subject's generator tokens and, with
+        ``relation_answer_words``, each example's set of answer words (by its template)."""
         subjects = [self.split_example(example)[0]["X"] for example in examples]
         texts = [self.generator_text(example, subject) for example, subject in zip(examples, subjects, strict=True)]
         encoded = self.generator_tokenizer(texts, padding=True, return_tensors="pt")
         subject_ids = self.generator_tokenizer(subjects, add_special_tokens=False)["input_ids"]
         width = max(len(ids) for ids in subject_ids)
-        return {
+        inputs = {
             "generator_input_ids": encoded["input_ids"],
             "generator_attention_mask": encoded["attention_mask"],
             "generator_subject_ids": torch.tensor([ids + [-1] * (width - len(ids)) for ids in subject_ids]),
         }
+        if self.config.relation_answer_words:  # 0: the pooled answer_words; i: the i-th relation's, as in the layer
+            index = {template: i + 1 for i, template in enumerate(sorted(self.config.relation_answer_words))}
+            inputs[ANSWER_SETS] = torch.tensor([index.get(example["template"], 0) for example in examples])
+        return inputs
 
     def inputs(self, examples: Any, template: int = 0) -> BatchEncoding:
         """``PromptCollator.inputs`` plus the generator inputs of every example (dicts with the subject under ``X``
