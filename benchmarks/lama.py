@@ -31,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from peft import get_peft_model
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +51,7 @@ from prompt_adapters import (
 from prompt_adapters.data import lama as lama_data
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
+from prompt_adapters.models import load_language_model
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
     check_manifest,
@@ -278,18 +279,6 @@ def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
     return TrainSettings(**values)
 
 
-def load_base(model_name: str) -> torch.nn.Module:
-    config = AutoConfig.from_pretrained(model_name)
-    if getattr(config, "is_encoder_decoder", False):
-        return AutoModelForSeq2SeqLM.from_pretrained(model_name)
-    for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
-        try:
-            return auto.from_pretrained(model_name)
-        except ValueError:
-            continue
-    raise ValueError(f"{model_name} is neither a masked, causal nor seq2seq LM")
-
-
 @dataclass
 class RelationJob:
     """One (relation, seed) job before training: its facts, prompts, manual-row ranks and adapter RNG state."""
@@ -330,7 +319,7 @@ class Probe:
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = load_base(args.model).eval().to(device)
+        self.base = load_language_model(args.model).eval().to(device)
         args.lm_kind = detect_lm_kind(self.base)
         if METHODS[args.method].native_peft and args.lm_kind != "causal":
             raise SystemExit(f"--method {args.method} reads the answer after the prompt, so it needs a causal LM; "
