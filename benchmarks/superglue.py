@@ -129,6 +129,24 @@ def published_numbers(args: argparse.Namespace) -> dict[str, dict[str, float]] |
     return PUBLISHED_FULL.get(args.model.rstrip("/").split("/")[-1])
 
 
+def eval_limits(text: str) -> dict[str, int]:
+    """``--max-eval``: "N" for every task or "TASK=N,..." per task -> {task name or "*": N}."""
+    limits: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, value = part.rpartition("=")
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise argparse.ArgumentTypeError(f"expected N >= 1 or TASK=N pairs such as BoolQ=500, got {part!r}")
+        try:
+            limits[sg.get_task(name).name if name else "*"] = number
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return limits
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="all", help="comma-separated tasks, or 'all': " + ", ".join(sg.TASKS))
@@ -147,9 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="override the task's prompt-encoder learning rate")
     parser.add_argument("--lm-lr", type=float, default=1e-5, help="learning rate of the fine-tuned LM")
     parser.add_argument("--batch-size", type=int, default=None, help="override the task's effective batch size")
-    parser.add_argument("--max-eval", type=int, default=None,
+    parser.add_argument("--max-eval", type=eval_limits, default=None,
                         help="score a fixed sample (seed 0, the same for every run) of N examples of the eval set; "
-                             "MultiRC: N questions with all their answer options")
+                             "MultiRC: N questions with all their answer options. N for every task, or per task: "
+                             "BoolQ=500,MultiRC=500 (the others whole)")
     parser.add_argument("--dev-scoring", default="pet", choices=("pet", "fast"),
                         help="masked LMs' COPA/WSC selection: the reference's iterative unmasking, or one forward")
     parser.add_argument("--seeds", type=int, default=3)
@@ -163,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.frozen and args.method != "ptuning":
         parser.error(f"--frozen applies to --method ptuning only, not {args.method!r} (mixture, deep and the peft "
                      "methods always keep the LM frozen; finetune trains it; manual trains nothing)")
-    for name in ("max_steps", "max_eval", "batch_size", "seeds"):
+    for name in ("max_steps", "batch_size", "seeds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -229,7 +248,9 @@ def task_data(args: argparse.Namespace, task: sg.Task, seed: int) -> TaskData:
     train = make_examples(task, _records(args, task, "train"), True, rng)
     dev_split = "dev32" if args.setting == "fewshot" else "val"
     dev = make_examples(task, _records(args, task, dev_split), False, rng)
-    test = make_examples(task, eval_sample(task, _records(args, task, "val"), args.max_eval), False, rng)
+    limits = args.max_eval or {}
+    limit = limits.get(task.name, limits.get("*"))
+    test = make_examples(task, eval_sample(task, _records(args, task, "val"), limit), False, rng)
     return TaskData(train, dev, test)
 
 
