@@ -486,6 +486,7 @@ def load_tokenizer(model: str) -> Any:
 
 
 def run_job(args: argparse.Namespace, task: sg.Task, seed: int, accelerator: Accelerator) -> dict[str, Any]:
+    started = time.time()
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(args.model)
     base = load_language_model(args.model).to(accelerator.device)
@@ -522,7 +523,8 @@ def run_job(args: argparse.Namespace, task: sg.Task, seed: int, accelerator: Acc
     return {"task": task.name, "seed": seed, "lm_kind": lm_kind, "metrics": metrics, "history": history,
             "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
             "truncated_tokens": scorer.collate.truncated_tokens,
-            "predictions": predictions, "references": references, "question_idx": groups}
+            "predictions": predictions, "references": references, "question_idx": groups,
+            "seconds": round(time.time() - started, 1)}
 
 
 class _BatchCollator:
@@ -559,6 +561,8 @@ def summarise(args: argparse.Namespace, records: list[dict[str, Any]], elapsed: 
         "versions": {"prompt_adapters": prompt_adapters.__version__, "torch": torch.__version__},
         "precision": args.precision,
         "elapsed_seconds": round(elapsed, 1),
+        "job_seconds": {name: round(sum(r.get("seconds", 0.0) for r in records if r["task"] == name), 1)
+                        for name in tasks},
         "tasks": tasks,
         "average": 100 * superglue_average(means) if len(means) == len(sg.TASKS) else None,
         "published": {t: v for t, v in (published_numbers(args) or {}).items() if t in tasks} or None,
@@ -586,7 +590,9 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{'–' if ref is None else f'{ref:.1f}'} | {gap} |")
     if summary["average"] is not None:
         lines += ["", f"Average (CB: mean of acc and F1; MultiRC: mean of EM and F1a): {summary['average']:.1f}"]
-    lines += ["", describe_precision(summary["precision"]), "", f"{summary['elapsed_seconds']} s."]
+    per_task = ", ".join(f"{task} {seconds} s" for task, seconds in summary["job_seconds"].items())
+    lines += ["", describe_precision(summary["precision"]), "",
+              f"{summary['elapsed_seconds']} s; per task (all seeds): {per_task}."]
     return "\n".join(lines) + "\n"
 
 
