@@ -629,11 +629,13 @@ class TaskRuns:
 
 
 def load_runs(out: Path) -> dict[str, TaskRuns]:
-    """The per-task predictions of a finished output directory (its results.json and jobs/)."""
-    if not (out / "results.json").is_file():
-        raise SystemExit(f"{out} has no results.json; pass the --output folder of a finished run")
+    """The per-task predictions of the finished jobs of an output directory (its jobs/; a run still going or
+    stopped early contributes the tasks it finished)."""
+    paths = sorted((out / "jobs").glob("*.json"))
+    if not paths:
+        raise SystemExit(f"{out} has no finished jobs (jobs/*.json); pass the --output folder of a run")
     runs: dict[str, TaskRuns] = {}
-    for path in sorted((out / "jobs").glob("*.json")):
+    for path in paths:
         record = json.loads(path.read_text())
         if "predictions" not in record:
             raise SystemExit(f"{path} has no predictions (written by an older version); rerun that job")

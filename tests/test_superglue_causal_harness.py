@@ -107,3 +107,5 @@ def test_compare_gives_paired_intervals_per_task_and_on_the_average(tiny_models:
     run(model, fixture_data, tmp_path / "fewer", "manual", "--task", "rte", "--max-eval", "4")
     with pytest.raises(SystemExit, match="scored on different examples"):
         superglue.main(["--compare", str(tmp_path / "fewer"), str(tmp_path / "manual")])
+    with pytest.raises(SystemExit, match="has no finished jobs"):
+        superglue.main(["--compare", str(tmp_path / "nothing"), str(tmp_path / "manual")])
