@@ -356,7 +356,11 @@ class Scorer:
         """
         self.model.eval()
         if self.task.answer == "copa":
-            if fast or not self.masked:
+            if not self.masked:
+                return [int(i) for start in range(0, len(examples), batch_size)
+                        for i in self.model(**self.batch(examples[start : start + batch_size])).choice_log_probs
+                        .argmax(-1).tolist()]
+            if fast:
                 return [int(self.model(**self.batch([e])).choice_log_probs.argmax()) for e in examples]
             return [self._copa(e) for e in examples]
         if self.task.answer == "wsc":
