@@ -451,8 +451,8 @@ def native_peft_config(args: argparse.Namespace, task: sg.Task, lm_kind: str, em
     if lm_kind == "masked":
         raise SystemExit(f"--method {args.method} prepends peft's virtual tokens and reads the answer after the "
                          "input, so it needs a causal or seq2seq LM; this model is a masked LM")
-    count = len(re.findall(r"\[P\]", task.adapter_template_for(lm_kind))) + sum(
-        int(n) for n in re.findall(r"\[P\*(\d+)\]", task.adapter_template_for(lm_kind)))
+    template = task.adapter_template_for(lm_kind)
+    count = sum(int(n or 1) for n in re.findall(r"\[P(?:\*(\d+))?\]", template))  # [P] and [P*n]
     task_type = TaskType.CAUSAL_LM if lm_kind == "causal" else TaskType.SEQ_2_SEQ_LM
     if args.method == "peft_prompt_tuning":
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=count,

@@ -109,3 +109,12 @@ def test_compare_gives_paired_intervals_per_task_and_on_the_average(tiny_models:
         superglue.main(["--compare", str(tmp_path / "fewer"), str(tmp_path / "manual")])
     with pytest.raises(SystemExit, match="has no finished jobs"):
         superglue.main(["--compare", str(tmp_path / "nothing"), str(tmp_path / "manual")])
+
+
+def test_peft_rows_match_the_p_tuning_prompt_budget_and_refuse_masked_lms() -> None:
+    args = superglue.parse_args(["--method", "peft_p_tuning"])
+    budgets = {name: superglue.native_peft_config(args, task, "causal", 64).num_virtual_tokens
+               for name, task in sg.TASKS.items()}
+    assert budgets == {"BoolQ": 1, "CB": 1, "COPA": 1, "MultiRC": 1, "RTE": 1, "WiC": 1, "WSC": 2}
+    with pytest.raises(SystemExit, match="needs a causal or seq2seq LM; this model is a masked LM"):
+        superglue.native_peft_config(args, sg.TASKS["RTE"], "masked", 64)
