@@ -34,7 +34,7 @@ import torch
 from accelerate import Accelerator
 from peft import get_peft_model
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +56,7 @@ from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.methods.promptgen.warmup import warm_up
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
+from prompt_adapters.models import load_language_model
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
     check_manifest,
@@ -315,18 +316,6 @@ def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
     return TrainSettings(**values)
 
 
-def load_base(model_name: str) -> torch.nn.Module:
-    config = AutoConfig.from_pretrained(model_name)
-    if getattr(config, "is_encoder_decoder", False):
-        return AutoModelForSeq2SeqLM.from_pretrained(model_name)
-    for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
-        try:
-            return auto.from_pretrained(model_name)
-        except ValueError:
-            continue
-    raise ValueError(f"{model_name} is neither a masked, causal nor seq2seq LM")
-
-
 @dataclass
 class RelationJob:
     """One (relation, seed) job before training: its facts, prompts, manual-row ranks and adapter RNG state."""
@@ -367,7 +356,7 @@ class Probe:
         self.tokenizer = AutoTokenizer.from_pretrained(args.model)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = load_base(args.model).eval().to(device)
+        self.base = load_language_model(args.model).eval().to(device)
         self.digest = None
         if args.sharding is not None:
             self.digest = model_digest(self.base)  # of the whole weights, before each process keeps its shard

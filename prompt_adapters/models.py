@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 #: written into the converted folder; its presence (with the right checksum) marks a finished conversion
 SOURCE_FILE = "prompt_adapters_source.json"
@@ -211,3 +212,29 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_language_model(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """The LM head model of a checkpoint, its class chosen from the checkpoint's config.
+
+    Encoder-decoders load as seq2seq LMs; other configs as masked LMs where transformers maps them to one, else as
+    causal LMs. So a benchmark takes any checkpoint without a flag naming its kind. ``kwargs`` go to
+    ``from_pretrained``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if getattr(config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return AutoModelForMaskedLM.from_pretrained(name_or_path, **kwargs)
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    raise ValueError(
+        f"{str(name_or_path)!r} has model_type {config.model_type!r}, which transformers maps to neither a masked, "
+        "causal nor seq2seq LM head"
+    )

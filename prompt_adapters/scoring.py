@@ -78,3 +78,51 @@ def fill_most_confident_first(
         total += float(scores[pick])
         ids[0, positions[slot]] = filled[slot]
     return filled, total
+
+
+def continuation_log_probs(logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed log p of each row's continuation ``(R,)`` from full logits ``(R, N, V)``.
+
+    ``positions`` ``(R, P)`` index the logits that predict ``targets`` ``(R, P)`` (for a causal LM the position before
+    each target token); IGNORE targets count 0. A causal or seq2seq LM scores a candidate answer this way: the
+    chain rule over its tokens, read in one teacher-forced forward.
+    """
+    index = positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return target_log_probs(logits.gather(1, index), targets).sum(-1)
+
+
+@torch.no_grad()
+def greedy_continuation(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    steps: int,
+    decoder_input_ids: torch.Tensor | None = None,
+) -> tuple[list[int], float]:
+    """Decode ``steps`` tokens greedily after one row (causal LM: after ``input_ids``; seq2seq: after
+    ``decoder_input_ids``), with a full forward per token so pseudo ids of a prompt adapter stay in place.
+
+    The left-to-right counterpart of ``fill_most_confident_first`` without targets: a causal LM can only fill its
+    answer slot in reading order. Returns the tokens and their summed log-probability.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"expected one row of shape (1, N), got {tuple(input_ids.shape)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ids, decoder = input_ids, decoder_input_ids
+    tokens: list[int] = []
+    total = 0.0
+    for _ in range(steps):
+        if decoder is None:
+            logits = model(input_ids=ids).logits[0, -1]
+        else:
+            logits = model(input_ids=ids, decoder_input_ids=decoder).logits[0, -1]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        token = int(log_probs.argmax())
+        tokens.append(token)
+        total += float(log_probs[token])
+        step = torch.tensor([[token]], device=ids.device)
+        if decoder is None:
+            ids = torch.cat([ids, step], dim=1)
+        else:
+            decoder = torch.cat([decoder, step], dim=1)
+    return tokens, total

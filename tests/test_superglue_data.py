@@ -383,3 +383,23 @@ def test_hub_rows_take_the_local_schema(data_dir: Path, monkeypatch: pytest.Monk
                    "answer_idx": 3, "label": "0"}  # fmt: skip
     local = load_task(data_dir, "MultiRC", "train")
     assert set(row) == set(local.column_names)
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_causal_form_reads_the_masked_fields_and_ends_at_the_answer(name: str, data_dir: Path) -> None:
+    task = TASKS[name]
+    record = load_task(data_dir, name, "train")[0]
+    fields = example_fields(task, record)
+    template = task.causal_template
+    causal = render_text(template if isinstance(template, str) else template[record["question"]], fields)
+    masked = render_text(task.template_for(record), fields).replace("[SEP] ", "")
+    assert causal.endswith("[MASK]") and "[SEP]" not in causal
+    assert masked.startswith(causal)  # the masked pattern up to its answer, without the separator
+    assert task.adapter_template_for("causal") == task.adapter_template_for("seq2seq")
+
+
+def test_a_causal_form_with_text_after_the_answer_is_refused() -> None:
+    with pytest.raises(ValueError, match="must end at \\[Y\\]"):
+        Task(name="T", template="[premise] ? [Y] .", causal_template="[premise] ? [Y] .", answer="verbalizer",
+             labels={0: "a"}, verbalizer={"a": "Yes"}, metrics=("accuracy",),
+             hparams=PTuningHParams(1, 16, 1, 1, 1e-4, 0, 1))

@@ -116,6 +116,8 @@ class Task:
     hub_columns: Mapping[str, str] = field(default_factory=dict)
     switch_words: Mapping[str, str] = field(default_factory=dict)
     merged_template: str | None = None
+    causal_template: str | Mapping[str, str] | None = None
+    causal_merged_template: str | None = None
 
     def __post_init__(self) -> None:
         if (self.answer == "verbalizer") != (self.verbalizer is not None):
@@ -128,6 +130,16 @@ class Task:
         if isinstance(self.template, str) == (self.template_key is not None):
             raise ValueError(f"task {self.name!r}: template_key is needed exactly when template is a mapping")
         known = {name for template in self.templates for name in _template_fields(template)}
+        causal = self.causal_templates
+        for template in causal:
+            fields = set(_template_fields(template))
+            if fields != known or not template.rstrip().endswith("[Y]") or "[SEP]" in template:
+                raise ValueError(
+                    f"task {self.name!r}: causal template {template!r} must end at [Y], use no [SEP] and read the "
+                    f"fields {sorted(known)}"
+                )
+        if causal and isinstance(self.causal_template, str) != isinstance(self.template, str):
+            raise ValueError(f"task {self.name!r}: causal_template must be a mapping exactly when template is one")
         for option in ("sources", "shortenable", "strip_final_punct", "lowercase_first", "choices"):
             unknown = sorted(set(getattr(self, option)) - known)
             if unknown:
@@ -150,6 +162,30 @@ class Task:
         """Every template of the task (one, or COPA's two)."""
         return (self.template,) if isinstance(self.template, str) else tuple(self.template.values())
 
+    @property
+    def causal_templates(self) -> tuple[str, ...]:
+        """Every left-to-right form of the task's templates (empty when it has none)."""
+        if self.causal_template is None:
+            return ()
+        if isinstance(self.causal_template, str):
+            return (self.causal_template,)
+        return tuple(self.causal_template.values())
+
+    def adapter_template_for(self, lm_kind: str) -> str:
+        """The adapter template for an LM of ``lm_kind``: the masked pattern for masked LMs, its left-to-right form
+        (ending at ``[Y]``, no ``[SEP]``) for causal and seq2seq LMs, which predict the answer after the text."""
+        if lm_kind == "masked":
+            return self.adapter_template
+        if lm_kind not in ("causal", "seq2seq"):
+            raise ValueError(f"lm_kind must be 'masked', 'causal' or 'seq2seq', got {lm_kind!r}")
+        if self.causal_template is None:
+            raise ValueError(f"task {self.name!r} has no causal_template, so it cannot run on a {lm_kind} LM")
+        if isinstance(self.causal_template, str):
+            return self.causal_template
+        if self.causal_merged_template is None:
+            raise ValueError(f"task {self.name!r} has several causal templates but no causal_merged_template")
+        return self.causal_merged_template
+
     def template_for(self, record: Mapping[str, Any]) -> str:
         """The template that renders ``record`` (COPA picks "because" or "so" by its question)."""
         if isinstance(self.template, str):
@@ -164,11 +200,13 @@ class Task:
 
 _BOOL_LABELS = {False: "False", True: "True"}
 _COPA = "[choice1] or [choice2] ? [premise] {connective} [P] [Y] ."
+_COPA_CAUSAL = "[choice1] or [choice2] ? [premise] {connective} [P] [Y]"
 
 TASKS: dict[str, Task] = {
     "BoolQ": Task(
         name="BoolQ",
         template="[passage] . [P] Question: [question] ? Answer: [Y] .",
+        causal_template="[passage] . [P] Question: [question] ? Answer: [Y]",
         answer="verbalizer",
         labels=_BOOL_LABELS,
         verbalizer={"False": "No", "True": "Yes"},
@@ -179,6 +217,7 @@ TASKS: dict[str, Task] = {
     "CB": Task(
         name="CB",
         template="[premise] [SEP] [hypothesis] ? [P] answer: [Y]",
+        causal_template="[premise] [hypothesis] ? [P] answer: [Y]",
         answer="verbalizer",
         labels={label: label for label in ("entailment", "contradiction", "neutral")},
         verbalizer={"entailment": "Yes", "contradiction": "No", "neutral": "Maybe"},
@@ -191,6 +230,9 @@ TASKS: dict[str, Task] = {
         template={"cause": _COPA.format(connective="because"), "effect": _COPA.format(connective="so")},
         switch_words={"cause": "because", "effect": "so"},
         merged_template=_COPA.format(connective="[connective]"),
+        causal_template={"cause": _COPA_CAUSAL.format(connective="because"),
+                         "effect": _COPA_CAUSAL.format(connective="so")},
+        causal_merged_template=_COPA_CAUSAL.format(connective="[connective]"),
         template_key="question",
         answer="copa",
         labels={0: 0, 1: 1},
@@ -204,6 +246,7 @@ TASKS: dict[str, Task] = {
     "MultiRC": Task(
         name="MultiRC",
         template="[passage] . Question: [question] ? Is it [answer] ? [P] [Y] .",
+        causal_template="[passage] . Question: [question] ? Is it [answer] ? [P] [Y]",
         answer="verbalizer",
         labels={0: "0", 1: "1"},
         verbalizer={"0": "No", "1": "Yes"},
@@ -221,6 +264,7 @@ TASKS: dict[str, Task] = {
     "RTE": Task(
         name="RTE",
         template="[premise] Question: [hypothesis] ? [P] Answer: [Y] .",
+        causal_template="[premise] Question: [hypothesis] ? [P] Answer: [Y]",
         answer="verbalizer",
         labels={label: label for label in ("entailment", "not_entailment")},
         verbalizer={"entailment": "Yes", "not_entailment": "No"},
@@ -232,6 +276,7 @@ TASKS: dict[str, Task] = {
     "WiC": Task(
         name="WiC",
         template="[sentence1] [SEP] [sentence2] [P] *[word] *? [Y]",
+        causal_template="[sentence1] [sentence2] [P] *[word] *? [Y]",
         answer="verbalizer",
         labels={False: "F", True: "T"},
         verbalizer={"F": "No", "T": "Yes"},
@@ -242,6 +287,7 @@ TASKS: dict[str, Task] = {
     "WSC": Task(
         name="WSC",
         template="[P] [text] [P] pronoun '* [pronoun] *' refers to [Y] .",
+        causal_template="[P] [text] [P] pronoun '* [pronoun] *' refers to [Y]",
         answer="wsc",
         labels={False: False, True: True},
         sources={"pronoun": "target.span2_text"},

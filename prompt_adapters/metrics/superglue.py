@@ -184,3 +184,31 @@ def superglue_average(results: Mapping[str, Mapping[str, float]]) -> float:
             )
         scores.append(sum(metrics[key] for key in keys) / len(keys))
     return sum(scores) / len(scores)
+
+
+def task_score(
+    task: str,
+    predictions: Sequence[Hashable],
+    references: Sequence[Hashable],
+    groups: Sequence[Hashable] | None = None,
+) -> float:
+    """The task's score in the SuperGLUE average (mean of its ``AVERAGE_OF`` metrics) as a fraction, computed in
+    plain Python: the same numbers as the metric classes, cheap enough to call once per bootstrap resample.
+
+    ``groups`` (MultiRC only) names the question of every answer option; EM counts a question right when all its
+    options are, so a question drawn twice by a resample needs a distinct group id for each draw.
+    """
+    name = _task_name(task)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if name == "CB":
+        return (_accuracy(predictions, references) + macro_f1(predictions, references)) / 2
+    if name == "MultiRC":
+        if groups is None or len(groups) != len(references):
+            raise ValueError("MultiRC's score needs groups: the question of every answer option")
+        preds, refs = [_binary(p) for p in predictions], [_binary(r) for r in references]
+        all_right: dict[Hashable, bool] = {}
+        for p, r, q in zip(preds, refs, groups, strict=True):
+            all_right[q] = all_right.get(q, True) and p == r
+        return (sum(all_right.values()) / len(all_right) + _f1(preds, refs, 1)) / 2
+    return _accuracy(predictions, references)

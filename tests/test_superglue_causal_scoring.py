@@ -1,0 +1,148 @@
+"""Causal and seq2seq SuperGLUE scoring checked against direct computations with the bare model: COPA's choices by
+their continuation log-probabilities, WSC's referent by greedy decoding (transformers' own ``generate``) and its
+training loss by the referent's log-probability; peft's own prompt methods at their shifted positions."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from prompt_adapters.data import superglue as sg
+from prompt_adapters.testing import build_tiny_model, widen_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import superglue
+
+
+def _args(method: str = "manual") -> Any:
+    return superglue.parse_args(["--method", method])
+
+
+def _scorer(family: str, task_name: str, method: str = "manual") -> tuple[Any, Any, Any, str]:
+    """A tiny model with widened weights (answers that differ), the harness's scorer on it, and the bare model."""
+    bare, tokenizer = build_tiny_model(family, seed=1)
+    torch.manual_seed(0)
+    widen_weights(bare)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm_kind = "seq2seq" if family == "t5" else "causal"
+    task = sg.TASKS[task_name]
+    model = get_peft_model(bare, superglue.adapter_config(_args(method), task, tokenizer, lm_kind))
+    scorer = superglue.Scorer(task, model, tokenizer, 120, lm_kind)
+    return scorer, model, tokenizer, lm_kind
+
+
+def _examples(fixture_data: Path, task_name: str, split: str = "val") -> list[dict[str, Any]]:
+    task = sg.TASKS[task_name]
+    records = sg.load_task(fixture_data / "superglue", task, split).to_list()
+    return superglue.make_examples(task, records, False, random.Random(0))
+
+
+def _direct_log_prob(bare: torch.nn.Module, context: list[int], answer: list[int], lm_kind: str,
+                     decoder_start: list[int] | None = None) -> float:
+    """log p(answer | context) from one plain forward of the bare model, summed over the answer's tokens."""
+    with torch.no_grad():
+        if lm_kind == "causal":
+            ids = torch.tensor([context + answer])
+            log_probs = torch.log_softmax(bare(input_ids=ids).logits[0].float(), -1)
+            return sum(float(log_probs[len(context) - 1 + j, token]) for j, token in enumerate(answer))
+        decoder = torch.tensor([(decoder_start or []) + answer])
+        log_probs = torch.log_softmax(bare(input_ids=torch.tensor([context]), decoder_input_ids=decoder).logits[0], -1)
+        start = len(decoder_start or [])
+        return sum(float(log_probs[start - 1 + j, token]) for j, token in enumerate(answer))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "t5"])
+def test_copa_choices_are_scored_by_their_continuation_log_probs(family: str, fixture_data: Path) -> None:
+    scorer, model, tokenizer, lm_kind = _scorer(family, "COPA")
+    bare = model.base_model.model
+    examples = _examples(fixture_data, "COPA")
+    with torch.no_grad():
+        out = model(**scorer.batch(examples))
+    predictions = scorer.predict(examples)
+    for index, example in enumerate(examples):
+        batch = scorer.batch([{**example, "choices": [example["choices"][0]], "label": 0}])
+        start = int(batch["score_positions"][0, 0]) + 1
+        if lm_kind == "causal":
+            context, decoder_start = batch["input_ids"][0, :start].tolist(), None
+        else:
+            context, decoder_start = batch["input_ids"][0].tolist(), batch["decoder_input_ids"][0, :start].tolist()
+        if lm_kind == "causal":  # the context is the causal pattern read left to right, ending before [Y]
+            fields = {key: example[key] for key in ("choice1", "choice2", "premise", "connective")}
+            text = sg.render_text(superglue.manual_template(sg.TASKS["COPA"], "causal"), fields, answer="")
+            assert tokenizer.decode(context, skip_special_tokens=True).split() == text.split()
+        direct = [_direct_log_prob(bare, context, tokenizer(" " + choice if family != "t5" else choice,
+                                                            add_special_tokens=False)["input_ids"], lm_kind,
+                                   decoder_start)
+                  for choice in example["choices"]]
+        torch.testing.assert_close(out.sequence_log_probs[index].tolist(), direct, atol=1e-4, rtol=1e-4)
+        assert predictions[index] == max(range(2), key=direct.__getitem__)
+    assert len(set(predictions)) == 2 or len(examples) < 2  # widened weights: both choices get picked somewhere
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_wsc_decodes_greedily_and_trains_on_the_referent_log_prob(family: str, fixture_data: Path) -> None:
+    scorer, model, tokenizer, lm_kind = _scorer(family, "WSC")
+    bare = model.base_model.model
+    examples = _examples(fixture_data, "WSC")
+    for example in examples:
+        referent = scorer.collate.answer_tokens(example["Y"])
+        batch = scorer.batch([example])
+        start = int(batch["score_positions"][0, 0]) + 1
+        steps = len(referent) + example["extra_masks"]
+        with torch.no_grad():
+            if lm_kind == "causal":
+                context = batch["input_ids"][:1, :start]
+                expected = bare.generate(context, attention_mask=torch.ones_like(context), max_new_tokens=steps,
+                                         min_new_tokens=steps, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                expected = expected[0, start:].tolist()
+            else:
+                decoder = batch["decoder_input_ids"][:1, :start]
+                expected = bare.generate(batch["input_ids"][:1], decoder_input_ids=decoder, max_new_tokens=steps,
+                                         min_new_tokens=steps, do_sample=False)[0, start:].tolist()
+        assert scorer.decode_referent(example) == expected
+        # training: the true referent, teacher-forced, with no extra slots; loss = -log p(referent | pattern)
+        train = {**example, "extra_masks": 3}
+        batch = scorer.batch([train])
+        assert (batch["score_targets"][0] != -100).sum() == len(referent)
+        with torch.no_grad():
+            loss = float(model(**batch).loss)
+        if lm_kind == "causal":
+            direct = _direct_log_prob(bare, batch["input_ids"][0, :start].tolist(), referent, lm_kind)
+        else:
+            direct = _direct_log_prob(bare, batch["input_ids"][0].tolist(), referent, lm_kind,
+                                      batch["decoder_input_ids"][0, :start].tolist())
+        assert loss == pytest.approx(-direct, rel=1e-4)
+
+
+def test_peft_prompt_tuning_reads_the_answer_after_its_virtual_tokens(fixture_data: Path) -> None:
+    """peft's PROMPT_TUNING row scores COPA's choices at positions shifted by its virtual tokens: the same numbers as
+    reading log p(choice | virtual tokens + pattern) off the peft model's own logits."""
+    scorer, model, tokenizer, lm_kind = _scorer("gpt2", "COPA", "peft_prompt_tuning")
+    config = superglue.native_peft_config(_args("peft_prompt_tuning"), sg.TASKS["COPA"], lm_kind, 32)
+    peft_model = get_peft_model(model.unload(), config)
+    scorer.model = superglue.PeftRows(peft_model, lm_kind)
+    examples = _examples(fixture_data, "COPA")
+    with torch.no_grad():
+        out = scorer.model(**scorer.batch(examples))
+    virtual = config.num_virtual_tokens
+    assert virtual == 1  # COPA's P-tuning pattern has one prompt token
+    for index, example in enumerate(examples):
+        direct = []
+        for choice in example["choices"]:
+            batch = scorer.batch([{**example, "choices": [choice], "label": 0}])
+            width = int(batch["attention_mask"][0].sum())
+            ids = batch["input_ids"][:1, :width]
+            answer = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            start = width - len(answer) + 1  # the row holds the context and the answer but its last token
+            full = torch.cat([ids[:, :start], torch.tensor([answer])], dim=1)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(peft_model(input_ids=full).logits[0].float(), -1)
+            direct.append(sum(float(log_probs[virtual + start - 1 + j, t]) for j, t in enumerate(answer)))
+        torch.testing.assert_close(out.sequence_log_probs[index].tolist(), direct, atol=1e-4, rtol=1e-4)
