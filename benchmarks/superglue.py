@@ -55,6 +55,7 @@ from prompt_adapters.run_dir import (
     digest,
     model_digest,
     positive_int,
+    read_record,
     refuse_used_output,
     remove_stale_temporaries,
     run_locked,
@@ -735,7 +736,7 @@ def run(args: argparse.Namespace, accelerator: Accelerator, names: list[str], ou
     mine = jobs[accelerator.process_index :: accelerator.num_processes]
     for name, seed in tqdm(mine, disable=not accelerator.is_local_main_process, desc="tasks"):
         target = out / "jobs" / f"{name}-seed{seed}.json"
-        if args.resume and target.exists():
+        if args.resume and read_record(target) is not None:
             continue
         with accelerator.autocast():
             record = run_job(args, sg.TASKS[name], seed, accelerator)

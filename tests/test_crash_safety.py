@@ -464,6 +464,22 @@ def test_superglue_resume_checks_settings_and_reports_precision(tiny_bert: Path,
     assert superglue.main(args("--lr", "0.01", "--resume")) is not None
 
 
+def test_superglue_resume_redoes_a_truncated_job_record(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
+    """A damaged ``jobs/<task>-seed<s>.json`` is named and its job run again, as a damaged checkpoint is."""
+    import superglue
+
+    args = ["--task", "rte", "--model", str(tiny_bert), "--data-dir", str(fixture_data / "superglue"),
+            "--max-steps", "1", "--max-eval", "4", "--seeds", "1", "--dev-scoring", "fast", "--output", str(tmp_path)]
+    first = superglue.main(args)
+    record = tmp_path / "jobs" / "RTE-seed42.json"
+    text = record.read_text()
+    record.write_text(text[: len(text) // 2])
+    with pytest.warns(UserWarning, match=r"RTE-seed42\.json is unreadable .*running that job again"):
+        resumed = superglue.main([*args, "--resume"])
+    assert resumed is not None and first is not None
+    assert json.loads(record.read_text())["predictions"] == json.loads(text)["predictions"]
+
+
 def test_only_the_main_process_refuses_an_output_that_holds_a_run(tmp_path: Path) -> None:
     """A process of a multi-process run that reaches the check after the main process wrote the new run's run.json
     must not take it for an earlier run (it did, and the 2-process runs failed now and then)."""
