@@ -17,7 +17,15 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from prompt_adapters import MixturePromptConfig, PromptCollator, PTuningEncoderConfig
-from prompt_adapters.factworld import PORTABLE_KERNELS, SIZES, World, build_world, object_token_id, with_epochs
+from prompt_adapters.factworld import (
+    PORTABLE_KERNELS,
+    SIZES,
+    World,
+    build_world,
+    cpu_identity,
+    object_token_id,
+    with_epochs,
+)
 from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
 from prompt_adapters.tuner import PromptConfig
 
@@ -225,6 +233,7 @@ def test_weights_do_not_depend_on_the_callers_kernel_settings(
     odd, report = one_epoch_under_odd_settings
     assert {k: v for k, v in report["machine"]["kernels"].items() if k in PORTABLE_KERNELS} == PORTABLE_KERNELS
     assert set(report["models"]) == {"bert", "gpt2"} and not (odd / "bart" / "model.safetensors").exists()
+    assert report["machine"]["cpu"] == cpu_identity() and report["machine"]["cpu"]["vendor"]
     for name in PORTABLE_KERNELS:
         monkeypatch.delenv(name, raising=False)
     _one_epoch_build(tmp_path)
