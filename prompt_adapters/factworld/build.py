@@ -3,7 +3,9 @@
 Each model trains in its own single-threaded process (``workers`` at a time). On two cores this is faster than one
 two-threaded process (the matrices are too small for intra-op parallelism to pay) and degrades gracefully when the
 cores are shared. The processes run under ``PORTABLE_KERNELS``: one thread and one fixed kernel path for torch and
-for MKL, so that the weights do not depend on the machine's core count or on its instruction sets.
+for MKL, so that the weights do not depend on the machine's core count, on its instruction sets or on the caller's
+kernel settings. They still differ between some CPUs (an AMD EPYC and an Intel Xeon gave other bytes), so the report
+records the CPU (:func:`cpu_identity`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ PORTABLE_KERNELS: dict[str, str] = {
     "MKL_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
 }
-"""Environment of every model-training process: with it, a seed gives byte-identical weights on any x86-64 CPU
-with AVX2 (same torch version). It costs speed: MKL's portable branch makes training about twice as slow."""
+"""Environment of every model-training process: with it, a seed gives byte-identical weights on one machine whatever
+the caller's kernel settings, and on CPUs of the same kind (same torch version); an AMD EPYC and an Intel Xeon with
+AVX-512 gave different bytes even so. It costs speed: MKL's portable branch makes training about twice as slow."""
 MEMORISATION_TARGET = 0.9
 MANUAL_TARGET = 0.5
 
@@ -146,6 +149,47 @@ def train_model(
             "eval_cpu": time.process_time() - cpu_start - train_cpu,
         },
         "p_at_1": scores,
+    }
+
+
+def _cache_sizes() -> dict[str, str]:
+    """Sizes of the first core's data and unified caches by level (``L1d``, ``L2``, ``L3``), as Linux reports them."""
+    sizes: dict[str, str] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            sizes[f"L{level}{'d' if kind == 'Data' else ''}"] = size
+    return sizes
+
+
+def cpu_identity() -> dict[str, str | dict[str, str]]:
+    """The CPU this process runs on: vendor, model name, family, model and cache sizes.
+
+    The weights' bytes depend on the CPU even under ``PORTABLE_KERNELS`` (docs/factworld.md, "Determinism"), so a
+    report says which CPU computed them. Read from Linux's ``/proc/cpuinfo`` and ``/sys``; elsewhere only the vendor
+    is known, from :func:`platform.processor`, and the other fields are empty.
+    """
+    fields = {"vendor_id": "", "model name": "", "cpu family": "", "model": ""}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in fields and not fields[key]:
+            fields[key] = value.strip()
+        if not line.strip() and fields["vendor_id"]:
+            break
+    return {
+        "vendor": fields["vendor_id"] or platform.processor(),
+        "model_name": fields["model name"],
+        "family": fields["cpu family"],
+        "model": fields["model"],
+        "caches": _cache_sizes(),
     }
 
 
@@ -243,7 +287,8 @@ def build_world(
     ``size`` picks a preset from :data:`SIZES`; ``config`` overrides it (e.g. fewer epochs in tests).
     ``models`` selects which models to pretrain (only those cost time: the masked LM alone is about half of a
     full build); the world, corpus, LAMA files and all tokenizers are always written. Same seed and config give
-    byte-identical files, weights included, on any x86-64 CPU with AVX2 (see ``PORTABLE_KERNELS``).
+    byte-identical files; the weights are byte-identical on the same kind of CPU (see ``PORTABLE_KERNELS``), which
+    the report records under ``machine.cpu``.
     """
     if config is None:
         if size not in SIZES:
@@ -291,6 +336,7 @@ def build_world(
         "config": asdict(config),
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu": cpu_identity(),
             "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg()[0],
             "platform": platform.platform(),
