@@ -56,8 +56,8 @@ def shard_base_model(model: nn.Module, mesh: Any = None, reshard_after_forward: 
     stacks = block_stacks(base)
     if not stacks:
         raise ValueError(
-            f"{type(base).__name__} has no transformer blocks of type GradientCheckpointingLayer in a ModuleList; "
-            "shard_base_model cannot tell which modules to shard"
+            f"{type(base).__name__} has no transformer blocks (GradientCheckpointingLayer modules or same-class "
+            "modules in a ModuleList); shard_base_model cannot tell which modules to shard"
         )
     for stack in stacks:
         for block in stack:

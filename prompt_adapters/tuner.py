@@ -330,12 +330,12 @@ class PromptLayer(nn.Module, BaseTunerLayer):
     def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
         if self.row_adapters is not None:
             result = self.combine_rows(request, output)
-            names = [name for name in dict.fromkeys(self.row_adapters) if name != BASE_ROW]
         else:
             result = self.combine(self.active_name, request, output)
-            names = [self.active_name]
         loss = result.get("loss") if hasattr(result, "get") else None
         if loss is not None and torch.is_grad_enabled() and not loss.requires_grad and not self.disable_adapters:
+            names = ([self.active_name] if self.row_adapters is None
+                     else [name for name in dict.fromkeys(self.row_adapters) if name != BASE_ROW])
             result["loss"] = failing_backward(loss, self.untrainable_reason(names))
         return result
 
