@@ -52,3 +52,11 @@ def full_data() -> pathlib.Path:
     if not (path / "lama").is_dir() or not (path / "superglue").is_dir():
         pytest.fail(f"{DATA_ENV}={value} must hold lama/ and superglue/ folders (README, 'Data')")
     return path
+
+
+@pytest.fixture(scope="module")
+def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny BART saved as a folder: the PromptGen tests' generator (one per test module, as each may change it)."""
+    from prompt_adapters.testing import save_tiny_model
+
+    return save_tiny_model("bart", tmp_path_factory.mktemp("generator") / "bart")

@@ -14,17 +14,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.methods.promptgen import common_vocabulary
 from prompt_adapters.methods.promptgen.model import decoder_prefix
-from prompt_adapters.testing import build_tiny_model, build_tokenizer, perturb_trainable, save_tiny_model
+from prompt_adapters.testing import build_tiny_model, build_tokenizer, perturb_trainable
 
 EXAMPLES = [
     {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
     {"X": "Obama", "Y": "London", "template": "[X] died in [Y] ."},
 ]
 
-
-@pytest.fixture(scope="module")
-def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("bart", tmp_path_factory.mktemp("generator") / "bart")
 
 
 def _model(bart_dir: Path, **kwargs):  # type: ignore[no-untyped-def]

@@ -14,17 +14,13 @@ from transformers import PreTrainedTokenizerFast
 
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.template import TemplateError
-from prompt_adapters.testing import build_tiny_model, save_tiny_model
+from prompt_adapters.testing import build_tiny_model
 
 EXAMPLES = [
     {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
     {"X": "Obama", "Y": "London", "template": "[X] died in [Y] ."},
 ]
 
-
-@pytest.fixture(scope="module")
-def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("bart", tmp_path_factory.mktemp("generator") / "bart")
 
 
 def _word_tokenizer(words: list[str], folder: Path) -> Path:

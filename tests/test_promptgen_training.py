@@ -21,10 +21,6 @@ BORN, DIED = "[X] was born in [Y] .", "[X] died in [Y] ."
 EXAMPLES = [{"X": "Dante", "Y": "Paris", "template": BORN}, {"X": "Obama", "Y": "London", "template": DIED}]
 
 
-@pytest.fixture(scope="module")
-def bart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("bart", tmp_path_factory.mktemp("generator") / "bart")
-
 
 def _model(generator: Path, family: str = "bert", **kwargs):  # type: ignore[no-untyped-def]
     model, tok = build_tiny_model(family)
