@@ -45,7 +45,7 @@ def test_every_task_with_every_method(family: str, tiny_models: dict[str, Path],
         for task in sg.TASKS:
             job = json.loads((out / "jobs" / f"{task}-seed42.json").read_text())
             assert len(job["predictions"]) == job["sizes"]["test"] == len(job["references"]) > 0
-            assert job["seconds"] > 0
+            assert isinstance(job["seconds"], float) and job["seconds"] >= 0  # recorded (a tiny job rounds to 0.0)
             # the stored predictions give back the reported metrics (what --compare resamples)
             score = task_score(task, job["predictions"], job["references"], job["question_idx"])
             expected = sum(job["metrics"][key] for key in AVERAGE_OF[task]) / len(AVERAGE_OF[task])
