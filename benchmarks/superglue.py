@@ -401,9 +401,11 @@ class Scorer:
             return fill_most_confident_first(self.model, batch["input_ids"][:1], positions)[0]
         steps = len(self.collate.answer_tokens(example["Y"])) + example["extra_masks"]
         start = int(batch["score_positions"][0, 0]) + 1  # the row up to the token that predicts the referent
+        cached = not isinstance(self.model, PeftRows)  # peft's prompt methods prepend to every forward's input
         if self.lm_kind == "causal":
-            return greedy_continuation(self.model, batch["input_ids"][:1, :start], steps)[0]
-        return greedy_continuation(self.model, batch["input_ids"][:1], steps, batch["decoder_input_ids"][:1, :start])[0]
+            return greedy_continuation(self.model, batch["input_ids"][:1, :start], steps, use_cache=cached)[0]
+        return greedy_continuation(self.model, batch["input_ids"][:1], steps, batch["decoder_input_ids"][:1, :start],
+                                   use_cache=cached)[0]
 
     def _wsc(self, example: dict[str, Any], fast: bool = False) -> bool:
         """The decoded referent, then PET's word-set match with the candidate."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 IGNORE = -100
@@ -97,32 +99,45 @@ def greedy_continuation(
     input_ids: torch.Tensor,
     steps: int,
     decoder_input_ids: torch.Tensor | None = None,
+    use_cache: bool = True,
 ) -> tuple[list[int], float]:
     """Decode ``steps`` tokens greedily after one row (causal LM: after ``input_ids``; seq2seq: after
-    ``decoder_input_ids``), with a full forward per token so pseudo ids of a prompt adapter stay in place.
+    ``decoder_input_ids``). Returns the tokens and their summed log-probability.
 
     The left-to-right counterpart of ``fill_most_confident_first`` without targets: a causal LM can only fill its
-    answer slot in reading order. Returns the tokens and their summed log-probability.
+    answer slot in reading order. The row (pseudo ids of a prompt adapter included) is read once and each decoded
+    token extends the model's key/value cache, as ``generate`` does; a seq2seq encoder runs once. With
+    ``use_cache=False``, or for a model that returns no cache, every step re-reads the whole row: the way to decode
+    through a wrapper that rewrites each forward's input (peft's prompt-learning models prepend virtual tokens).
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"expected one row of shape (1, N), got {tuple(input_ids.shape)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    ids, decoder = input_ids, decoder_input_ids
+    seq2seq = decoder_input_ids is not None
+    row = decoder_input_ids if seq2seq else input_ids
+    inputs: dict[str, Any] = {"input_ids": input_ids} if seq2seq else {}
+    step_ids, cache, cache_key = row, None, "past_key_values"
     tokens: list[int] = []
     total = 0.0
     for _ in range(steps):
-        if decoder is None:
-            logits = model(input_ids=ids).logits[0, -1]
-        else:
-            logits = model(input_ids=ids, decoder_input_ids=decoder).logits[0, -1]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        fed = {**inputs, ("decoder_input_ids" if seq2seq else "input_ids"): step_ids}
+        if use_cache:
+            fed.update({"use_cache": True} if cache is None else {cache_key: cache, "use_cache": True})
+        out = model(**fed)
+        log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         token = int(log_probs.argmax())
         tokens.append(token)
         total += float(log_probs[token])
-        step = torch.tensor([[token]], device=ids.device)
-        if decoder is None:
-            ids = torch.cat([ids, step], dim=1)
-        else:
-            decoder = torch.cat([decoder, step], dim=1)
+        step = torch.tensor([[token]], device=row.device)
+        row = torch.cat([row, step], dim=1)
+        if use_cache:  # newer transformers call past_key_values cache (in and out)
+            cache_key = "cache" if "cache" in out else "past_key_values"
+            cache = out.get(cache_key)
+        if cache is None:
+            step_ids = row
+            continue
+        step_ids = step
+        if seq2seq and "encoder_outputs" not in inputs:
+            inputs = {"encoder_outputs": (out.encoder_last_hidden_state,)}
     return tokens, total

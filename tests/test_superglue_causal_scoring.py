@@ -14,6 +14,7 @@ import torch
 from peft import get_peft_model
 
 from prompt_adapters.data import superglue as sg
+from prompt_adapters.scoring import greedy_continuation
 from prompt_adapters.testing import build_tiny_model, widen_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -119,6 +120,34 @@ def test_wsc_decodes_greedily_and_trains_on_the_referent_log_prob(family: str, f
             direct = _direct_log_prob(bare, batch["input_ids"][0].tolist(), referent, lm_kind,
                                       batch["decoder_input_ids"][0, :start].tolist())
         assert loss == pytest.approx(-direct, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["mixture", "deep"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "t5"])
+def test_wsc_decoding_through_the_cache_matches_rereading_the_row(family: str, method: str,
+                                                                 fixture_data: Path) -> None:
+    """WSC decodes with the key/value cache (the row, soft rows and deep deltas included, read once): the same
+    tokens and log-probability as re-reading the whole row at every step, for trained-looking adapters."""
+    scorer, model, _, lm_kind = _scorer(family, "WSC", method)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.5)
+    for example in _examples(fixture_data, "WSC"):
+        batch = scorer.batch([example])
+        start = int(batch["score_positions"][0, 0]) + 1
+        steps = len(scorer.collate.answer_tokens(example["Y"])) + example["extra_masks"]
+        if lm_kind == "causal":
+            rows = (batch["input_ids"][:1, :start], steps)
+        else:
+            rows = (batch["input_ids"][:1], steps, batch["decoder_input_ids"][:1, :start])
+        assert bool((rows[0] >= model.get_input_embeddings().num_embeddings).any())  # the row holds soft rows
+        cached_tokens, cached_total = greedy_continuation(model, *rows)
+        reread_tokens, reread_total = greedy_continuation(model, *rows, use_cache=False)
+        assert cached_tokens == reread_tokens
+        assert cached_total == pytest.approx(reread_total, abs=1e-4)
+        assert scorer.decode_referent(example) == cached_tokens
 
 
 def test_peft_prompt_tuning_reads_the_answer_after_its_virtual_tokens(fixture_data: Path) -> None:
