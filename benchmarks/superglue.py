@@ -176,7 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "BoolQ=500,MultiRC=500 (the others whole)")
     parser.add_argument("--dev-scoring", default="pet", choices=("pet", "fast"),
                         help="masked LMs' COPA/WSC selection: the reference's iterative unmasking, or one forward")
-    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help="seeds per task for a trained method (default 3); manual trains nothing and runs once")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default="runs/superglue")
     parser.add_argument("--resume", action="store_true")
@@ -187,6 +188,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.frozen and args.method != "ptuning":
         parser.error(f"--frozen applies to --method ptuning only, not {args.method!r} (mixture, deep and the peft "
                      "methods always keep the LM frozen; finetune trains it; manual trains nothing)")
+    if args.method == "manual" and (args.seeds or 1) > 1:
+        parser.error(f"--seeds {args.seeds}: the manual row trains nothing, so every seed scores the same; drop --seeds")
+    if args.seeds is None:
+        args.seeds = 1 if args.method == "manual" else 3
     for name in ("max_steps", "batch_size", "seeds"):
         value = getattr(args, name)
         if value is not None and value < 1:

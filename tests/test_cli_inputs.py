@@ -53,6 +53,8 @@ def _manual_run(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     (superglue.parse_args, ["--max-eval", "-3"],
      "argument --max-eval: expected N >= 1 or TASK=N pairs such as BoolQ=500, got '-3'"),
     (superglue.parse_args, ["--max-steps", "0"], "argument --max-steps: expected a whole number >= 1, got '0'"),
+    (superglue.parse_args, ["--method", "manual", "--seeds", "3"],
+     "--seeds 3: the manual row trains nothing, so every seed scores the same; drop --seeds"),
     (speed.parse_args, ["--repeats", "0"], "argument --repeats: expected a whole number >= 1, got '0'"),
     (speed.parse_args, ["--seq-len", "-4"], "argument --seq-len: expected a whole number >= 1, got '-4'"),
     (factworld.parse_args, ["table", "--world", "w", "--seeds", "0"],
@@ -73,6 +75,7 @@ def test_count_options_keep_their_meaning_for_good_values() -> None:
     assert (non_negative_int("0"), positive_int("3")) == (0, 3)
     assert factworld.parse_args(["table", "--world", "w", "--rows", "1,12"]).rows == [1, 12]
     assert lama.parse_args([]).max_test is None and superglue.parse_args([]).seeds == 3
+    assert superglue.parse_args(["--method", "manual"]).seeds == 1  # one job per task: nothing is trained
 
 
 # ------------------------------------------------------------------------------------------------ model folders
