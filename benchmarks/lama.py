@@ -8,6 +8,7 @@ seeded from (seed, relation), so results do not depend on the number of processe
 written to ``OUTPUT/relations/<rel>.json`` and every epoch to ``OUTPUT/checkpoints/``, atomically, so ``--resume``
 skips finished relations and continues a partly trained one. The main process then writes ``results.json``,
 ``results.md`` (with the published numbers of the same setting), ``per_relation.csv`` and ``per_relation.png``.
+``--compare RUN_A RUN_B`` prints paired bootstrap intervals of A - B from two finished runs.
 --output must be a new or empty folder (or a run to --resume).
 
 The benchmarks need the extra ``bench`` (pip install -e ".[bench]"): without matplotlib the figure is skipped.
@@ -56,6 +57,7 @@ from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.methods.promptgen.warmup import warm_up
 from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
+from prompt_adapters.metrics.lama_comparison import LAMA_MEASURES, compare_lama_runs, lama_comparison_markdown
 from prompt_adapters.models import load_language_model
 from prompt_adapters.run_dir import (
     ResumeMismatchError,
@@ -297,6 +299,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per-relation results as one relation at a time, in less wall time (docs/lama-harness.md)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the public LAMA files into --data-dir (resumable, checked), then exit")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
+                        help="instead of running: paired bootstrap 95%% intervals of A - B (macro and per relation) "
+                             "from two finished output folders scored on the same test facts")
+    parser.add_argument("--measure", default="P@1", choices=LAMA_MEASURES, help="what --compare compares")
     return parser.parse_args(argv)
 
 
@@ -853,6 +859,11 @@ def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    if args.compare:
+        run_a, run_b = (Path(p) for p in args.compare)
+        intervals = compare_lama_runs(run_a, run_b, args.measure, args.mrr_cap or None)
+        print(lama_comparison_markdown(run_a, run_b, args.measure, intervals))
+        return {name: vars(interval) for name, interval in intervals.items()}
     # filtering facts and loading weights are quick; the run shows one bar, over its relations
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()

@@ -189,7 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--frozen applies to --method ptuning only, not {args.method!r} (mixture, deep and the peft "
                      "methods always keep the LM frozen; finetune trains it; manual trains nothing)")
     if args.method == "manual" and (args.seeds or 1) > 1:
-        parser.error(f"--seeds {args.seeds}: the manual row trains nothing, so every seed scores the same; drop --seeds")
+        parser.error(f"--seeds {args.seeds}: the manual row trains nothing, so every seed scores the same; "
+                     "drop --seeds")
     if args.seeds is None:
         args.seeds = 1 if args.method == "manual" else 3
     for name in ("max_steps", "batch_size", "seeds"):

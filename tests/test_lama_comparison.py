@@ -61,7 +61,7 @@ def test_several_seeds_count_with_their_mean(tmp_path: Path) -> None:
 def test_runs_on_different_facts_are_refused_naming_the_relation(tmp_path: Path) -> None:
     a = _run(tmp_path / "a", {"P1": [[1, 1, 2, 1]]})
     b = _run(tmp_path / "b", {"P1": [[1, 1, 2, 1]]}, manual={"P1": [2, 5, 2, 9]})
-    with pytest.raises(SystemExit, match="P1: .* were scored on different test facts"):
+    with pytest.raises(SystemExit, match=r"P1: .* were scored on different test facts"):
         compare_lama_runs(a, b)
     with pytest.raises(SystemExit, match="share no relation"):
         compare_lama_runs(a, _run(tmp_path / "c", {"P2": [[1] * 6]}))

@@ -256,3 +256,20 @@ def test_promptgen_segment_maxima_reach_the_config(tiny_bert: Path, fixture_data
     assert json.loads((tmp_path / "pg3" / "run.json").read_text())["settings"]["stop_at_answers"] is True
     straight = lama.parse_args(["--method", "promptgen", "--generator", str(bart), "--token-form", "straight_through"])
     assert lama.METHODS["promptgen"].build([], straight).token_form == "straight_through"
+
+
+def test_compare_pairs_two_runs_on_their_test_facts(tiny_bert: Path, fixture_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """--compare reads two finished runs and gives the macro difference their tables show, with an interval."""
+    manual = lama.main(_args(tiny_bert, fixture_data, tmp_path / "manual", "--method", "manual"))
+    tuned = lama.main(_args(tiny_bert, fixture_data, tmp_path / "tuned", "--method", "mixture", "--lr", "0.3"))
+    assert manual is not None and tuned is not None
+    capsys.readouterr()
+    intervals = lama.main(["--compare", str(tmp_path / "tuned"), str(tmp_path / "manual")])
+    assert intervals is not None and list(intervals) == ["P19", "P1376", "macro"]
+    expected = tuned["headline"]["method.macro.P@1"]["mean"] - manual["headline"]["method.macro.P@1"]["mean"]
+    macro = intervals["macro"]
+    assert 100 * macro["difference"] == pytest.approx(expected, abs=1e-9)
+    facts = sum(record["facts"]["test"] for record in records(tmp_path / "manual").values())
+    assert macro["low"] <= macro["difference"] <= macro["high"] and macro["units"] == facts
+    assert f"| macro | {facts} |" in capsys.readouterr().out
