@@ -123,6 +123,9 @@ class JobRunner:
 
     def write(self, names: Sequence[str], records: Sequence[dict[str, Any]]) -> None:
         """Write each record atomically, naming the process that wrote it."""
+        if len(records) != len(names):
+            raise ValueError(f"a job returns one record per name it is given: got {len(records)} records for the "
+                             f"names {list(names)}")
         process = [self.accelerator.process_index, self.accelerator.num_processes]
         for name, record in zip(names, records, strict=True):
             atomic_write_text(self.path(name), json.dumps({**record, "process": process}))
