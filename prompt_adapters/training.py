@@ -413,8 +413,9 @@ def fit(
     ``collator`` builds each training batch from examples of ``train``. ``dev_metric`` is the scoring callback:
     it returns the current parameters' selection score (higher is better; e.g. the SuperGLUE score of a task) and is
     called with the model in eval mode. Without one the score is dev P@1 (``dev_precision_at_1``), which needs a
-    ``PromptCollator``. Stops after ``patience`` further epochs without a strict dev improvement. With
-    ``checkpoint_dir`` the state is saved after every epoch and an existing checkpoint is resumed from.
+    collator that ranks answers as a ``PromptCollator`` does. Stops after ``patience`` further epochs without a
+    strict dev improvement. With ``checkpoint_dir`` the state is saved after every epoch and an existing checkpoint
+    is resumed from.
 
     With an ``accelerator`` of several processes the run is data-parallel: every global batch is split over the
     processes and the gradients summed, so the update equals the single-process one (up to float summation order)
@@ -423,10 +424,11 @@ def fit(
     if len(train) == 0:
         raise ValueError("no training examples")
     if dev_metric is None:
-        if not isinstance(collator, PromptCollator):
-            raise TypeError(f"fit needs dev_metric (the dev selection score) when the collator is not a "
-                            f"PromptCollator, got a {type(collator).__name__} and no dev_metric")
-        dev_metric = dev_precision_at_1(model, collator, dev, settings.eval_batch_size)
+        if not all(hasattr(collator, name) for name in ("candidate_ids", "templates")):
+            raise TypeError(f"fit needs dev_metric (the dev selection score) unless the collator ranks answers as a "
+                            f"PromptCollator does (candidate_ids, templates), got a {type(collator).__name__} and no "
+                            "dev_metric")
+        dev_metric = dev_precision_at_1(model, collator, dev, settings.eval_batch_size)  # type: ignore[arg-type]
     params = trainable_parameters(model)
     score = dev_metric
 
