@@ -14,12 +14,7 @@ from typing import Any
 
 import peft_baselines
 
-from prompt_adapters import (
-    DeepPerturbConfig,
-    MixturePromptConfig,
-    PromptGenConfig,
-    PTuningEncoderConfig,
-)
+from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptGenConfig, PTuningEncoderConfig
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.training import TrainSettings
 
@@ -158,6 +153,8 @@ METHODS: dict[str, Method] = {
 
 
 def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
+    """A fit's settings: the method's paper defaults, with the command line's --epochs, --lr, --batch-size,
+    --patience and --em over them."""
     base = METHODS[args.method].defaults
     overrides = {
         "epochs": args.epochs,
