@@ -11,22 +11,22 @@ skips finished relations and continues a partly trained one. The main process th
 ``--compare RUN_A RUN_B`` prints paired bootstrap intervals of A - B from two finished runs.
 --output must be a new or empty folder (or a run to --resume).
 
+The recipe is built from parts: the run directory's jobs, resume and sharding come from
+``prompt_adapters.job_runner``, the per-relation to macro tables from ``prompt_adapters.metrics.lama``; the
+``--method`` table lives in ``lama_methods.py`` and the written outputs in ``lama_report.py``.
+
 The benchmarks need the extra ``bench`` (pip install -e ".[bench]"): without matplotlib the figure is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import platform
-import statistics
 import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,192 +34,44 @@ import datasets
 import torch
 from accelerate import Accelerator
 from peft import get_peft_model
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peft_baselines
-from published import published
+from lama_methods import (
+    METHODS,
+    PROMPT_FORMS,
+    check_options,
+    is_manual_row,
+    manual_config,
+    pooled_config,
+    subject_before_answer,
+    train_settings,
+)
+from lama_methods import soft_prefix_template as soft_prefix_template
+from lama_report import markdown, report, write_outputs
+from lama_report import per_relation_figure as per_relation_figure
 
 import prompt_adapters
-from prompt_adapters import (
-    DeepPerturbConfig,
-    MixturePromptConfig,
-    PromptCollator,
-    PromptGenCollator,
-    PromptGenConfig,
-    PTuningEncoderConfig,
-)
+from prompt_adapters import PromptCollator, PromptGenCollator
 from prompt_adapters.data import lama as lama_data
+from prompt_adapters.job_runner import Job, JobRunner, precision_report, run_locked
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
-from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.methods.promptgen.warmup import warm_up
-from prompt_adapters.metrics.lama import LamaRanking, other_valid_mask
+from prompt_adapters.metrics.lama import describe_kept as describe_kept
+from prompt_adapters.metrics.lama import kept_epochs as kept_epochs
+from prompt_adapters.metrics.lama import other_valid_mask
 from prompt_adapters.metrics.lama_comparison import LAMA_MEASURES, compare_lama_runs, lama_comparison_markdown
 from prompt_adapters.models import load_language_model
-from prompt_adapters.run_dir import (
-    ResumeMismatchError,
-    check_manifest,
-    check_model_source,
-    digest,
-    model_digest,
-    non_negative_int,
-    positive_int,
-    read_record,
-    refuse_used_output,
-    remove_stale_temporaries,
-    run_locked,
-)
+from prompt_adapters.run_dir import check_model_source, digest, model_digest, non_negative_int, positive_int
 from prompt_adapters.sharding import shard_base_model
-from prompt_adapters.training import (
-    FitResult,
-    JointTask,
-    TrainSettings,
-    atomic_write_text,
-    describe_precision,
-    fit,
-    fit_joint,
-    mixed_precision_used,
-    precision_at_1,
-    rank_answers,
-)
+from prompt_adapters.training import FitResult, JointTask, dev_precision_at_1, fit, fit_joint, rank_answers
 from prompt_adapters.tuner import detect_lm_kind
 from prompt_adapters.validation import screen_facts
 
-
-@dataclass(frozen=True)
-class Method:
-    """How one --method builds its adapter config and whether (and with which defaults) it is trained."""
-
-    build: Callable[[list[str], argparse.Namespace], Any]
-    train: bool
-    defaults: TrainSettings
-    pooled: bool = False  # one adapter trained on every relation's facts together (PromptGen)
-    native_peft: bool = False
-    prefix_form: bool = False  # builds its prompt in --prompt-form prefix too
-
-
-#: --prompt-form: "rewrite" tunes the prompt's own words (Qin & Eisner; P-tuning's word-free template); "prefix"
-#: keeps the prompt's words as real tokens and tunes soft tokens put in front of it (what peft's prompt methods read)
-PROMPT_FORMS = ("rewrite", "prefix")
-
-
-def subject_before_answer(template: str) -> bool:
-    """Whether the subject slot [X] comes before the answer slot [Y]: all a causal LM reads is the text before [Y]."""
-    subject, answer = template.find("[X]"), template.find("[Y]")
-    return 0 <= subject < answer
-
-
-def soft_prefix_template(template: str) -> str:
-    """The template with a soft copy of its own words in front: ``[soft: was born in .][X] was born in [Y] .``.
-
-    Read with ``words="hard"``, the original words stay real tokens and only the copy is tuned, initialised from
-    the words' embeddings: token for token the input peft's PROMPT_TUNING with text init reads (the copy is glued
-    to the prompt, so the prompt's first piece is tokenised as the start of a text, as peft tokenises it).
-    """
-    words = peft_baselines.template_words(template)
-    if not words:
-        raise SystemExit(f"--prompt-form prefix needs a template with words to copy, got {template!r}")
-    return f"[soft: {words}]{template}"
-
-
-def _soft_prompts(templates: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Config fields of the mixture-style methods: their templates and word mode in the chosen --prompt-form."""
-    common = {"init": args.init_vectors, "data_dependent": args.data_dependent}
-    if args.prompt_form == "prefix":
-        return {**common, "templates": [soft_prefix_template(t) for t in templates], "words": "hard"}
-    return {**common, "templates": templates}
-
-
-def _mixture(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
-    return MixturePromptConfig(**_soft_prompts(templates, args))
-
-
-def _deep(templates: list[str], args: argparse.Namespace) -> DeepPerturbConfig:
-    return DeepPerturbConfig(**_soft_prompts(templates, args))
-
-
-def _manual(templates: list[str], args: argparse.Namespace) -> MixturePromptConfig:
-    return MixturePromptConfig(templates=templates, words="hard", learn_weights=False)
-
-
-#: the P-tuning paper's LAMA templates: (3, sub, 3, obj, 3) for masked LMs, (3, sub, 3) + next token for causal LMs
-PTUNING_TEMPLATES = {"causal": "[P*3] [X] [P*3] [Y]", "masked": "[P*3] [X] [P*3] [Y] [P*3]"}
-
-
-#: pseudo tokens in front of the manual prompt for --prompt-form prefix and peft's P_TUNING row: as many as the
-#: paper's causal template has (6)
-PTUNING_PREFIX_TOKENS = PTUNING_TEMPLATES["causal"].count("[P*3]") * 3
-
-
-def _ptuning(templates: list[str], args: argparse.Namespace) -> PTuningEncoderConfig:
-    if args.prompt_form == "prefix":
-        return PTuningEncoderConfig(templates=[f"[P*{PTUNING_PREFIX_TOKENS}]{t}" for t in templates],
-                                    encoder=args.encoder)
-    template = PTUNING_TEMPLATES["causal" if args.lm_kind == "causal" else "masked"]
-    return PTuningEncoderConfig(templates=[template], encoder=args.encoder)
-
-
-def _peft_prompt_tuning(templates: list[str], args: argparse.Namespace) -> Any:
-    """peft's PROMPT_TUNING, text init from the manual prompt (see peft_baselines)."""
-    return peft_baselines.prompt_tuning_config(templates[0], args.tokenizer, args.model)
-
-
-def _peft_p_tuning(templates: list[str], args: argparse.Namespace) -> Any:
-    """peft's P_TUNING with as many virtual tokens as our causal P-tuning template has pseudo tokens."""
-    return peft_baselines.p_tuning_config(PTUNING_PREFIX_TOKENS, args.encoder, args.embed_size)
-
-
-QIN_EISNER = TrainSettings(epochs=16, learning_rate=1e-3, batch_size=32, patience=4, seed=42)
-#: P-tuning LAMA code: Adam 1e-5 with coupled weight decay 5e-4, decay 0.98 per epoch, batch 8, <= 100 epochs,
-#: stop after 20 epochs without improvement, seed 34, dropout on in the frozen LM
-P_TUNING = TrainSettings(
-    epochs=100, learning_rate=1e-5, batch_size=8, weight_decay=5e-4, lr_decay=0.98, patience=19, seed=34, dropout=True,
-    improve_on_tie=True,
-)
-
-#: PromptGen paper (A.1): Adam lr 5e-5, warm-up ratio 0.1, weight decay 1e-3; epochs and batch are not stated
-PROMPTGEN = TrainSettings(
-    epochs=10, learning_rate=5e-5, batch_size=16, optimizer="adamw", weight_decay=1e-3, schedule="linear",
-    warmup_ratio=0.1, patience=3, seed=42,
-)
-
-
-def _promptgen(templates: list[str], args: argparse.Namespace) -> PromptGenConfig:
-    return PromptGenConfig(generator_name_or_path=args.generator, leak_penalty=args.leak_penalty,
-                           leak_form=args.leak_form, token_form=args.token_form, stopping=args.stopping,
-                           num_before=args.num_before, num_after=args.num_after, trained_length=args.trained_length,
-                           generator_lora_rank=args.generator_lora_rank)
-
-
-def pooled_config(method: Method, args: argparse.Namespace, train: list[dict[str, str]]) -> Any:
-    """The config of a method trained on every relation's facts together; with ``--stop-at-answers`` (PromptGen),
-    the objects of the training facts end the segment before the answer slot."""
-    config = method.build([], args)
-    if args.answer_words_per_relation and not args.stop_at_answers:
-        raise ValueError("--answer-words-per-relation chooses which answer words end a prompt; add --stop-at-answers")
-    if args.stop_at_answers and args.answer_words_per_relation:  # keyed by the relation's manual template
-        by_relation: dict[str, set[str]] = {}
-        for fact in train:
-            by_relation.setdefault(fact["template"], set()).add(fact["obj"])
-        config = replace(config, relation_answer_words={key: sorted(words) for key, words in by_relation.items()})
-    elif args.stop_at_answers:
-        config = replace(config, answer_words=sorted({fact["obj"] for fact in train}))
-    return config
-
-
-#: --method name -> Method; a new method is one entry here
-METHODS: dict[str, Method] = {
-    "manual": Method(_manual, train=False, defaults=QIN_EISNER),
-    "mixture": Method(_mixture, train=True, defaults=QIN_EISNER, prefix_form=True),
-    "deep": Method(_deep, train=True, defaults=QIN_EISNER, prefix_form=True),
-    "ptuning": Method(_ptuning, train=True, defaults=P_TUNING, prefix_form=True),
-    "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, pooled=True),
-    "peft_prompt_tuning": Method(_peft_prompt_tuning, train=True, defaults=QIN_EISNER, native_peft=True),
-    "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
-}
+#: the subject of the None diagnostic row
 NONE = "None"
 
 
@@ -306,21 +158,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_settings(args: argparse.Namespace, seed: int) -> TrainSettings:
-    base = METHODS[args.method].defaults
-    overrides = {
-        "epochs": args.epochs,
-        "learning_rate": args.lr,
-        "batch_size": args.batch_size,
-        "patience": args.patience,
-    }
-    values = {**asdict(base), **{k: v for k, v in overrides.items() if v is not None}, "seed": seed}
-    values["em"] = args.em
-    if METHODS[args.method].native_peft:
-        # fit() puts parameters outside our adapters in the "base" group: give them the adapter's weight decay
-        values["base_weight_decay"] = values["weight_decay"]
-    return TrainSettings(**values)
-
 
 @dataclass
 class RelationJob:
@@ -343,10 +180,6 @@ class RelationJob:
         """The adapter's name, also its checkpoint folder's."""
         return f"{self.relation}-seed{self.seed}"
 
-
-def is_manual_row(method: str, prompts: str) -> bool:
-    """Whether the method's row is the manual row (the manual method on the manual template): scored and drawn once."""
-    return method == "manual" and prompts == "manual"
 
 
 def relation_seed(seed: int, relation: str) -> int:
@@ -447,7 +280,7 @@ class Probe:
         templates, prompts_left_out = self.templates(relation)
         manual = None  # the manual row is the method's own row: scored once
         if not is_manual_row(self.args.method, self.args.init):
-            manual = self.evaluate(_manual([manual_template], self.args), relation, test)
+            manual = self.evaluate(manual_config([manual_template], self.args), relation, test)
         return RelationJob(relation, seed, train, dev, test, dropped, manual_template, templates, prompts_left_out,
                            manual, torch.get_rng_state())
 
@@ -586,7 +419,7 @@ class Probe:
             result = fit(model, leaky, train, dev, train_settings(args, seed),
                          Path(args.output) / "checkpoints" / f"joint-seed{seed}",
                          progress=accelerator.is_local_main_process, description="joint", accelerator=world,
-                         dev_metric=lambda: precision_at_1(rank_answers(model, scored, dev)))
+                         dev_metric=dev_precision_at_1(model, scored, dev))
             train_seconds = time.perf_counter() - train_started
             for job in jobs:
                 ranks = rank_answers(model, scored, job.test, exclude=exclude[job.relation])
@@ -629,231 +462,6 @@ class Probe:
             model.unload()
 
 
-# ------------------------------------------------------------------------------------------------ reporting
-
-
-def summarise(records: list[dict[str, Any]], key: str, mrr_cap: int | None) -> dict[str, Any]:
-    metric = LamaRanking()
-    for record in records:
-        metric.add_batch(ranks=record[key], relations=[record["relation"]] * len(record[key]),
-                         relation_types=[record["type"]] * len(record[key]))
-    return metric.compute(k=(1, 10), mrr_cap=mrr_cap)
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def kept_epochs(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch each fit kept (0: its starting parameters, when no epoch beat them on dev P@1), by fit: one per
-    (relation, seed), or one per seed when a single model is trained on every relation (``pooled``)."""
-    fits = {}
-    for record in records:
-        if record.get("kept") is not None:
-            fit = "pooled" if "pooled" in record else record["relation"]
-            name = f"{fit}-seed{record['seed']}"
-            fits[name] = record["kept"]
-    started = sorted(name for name, kept in fits.items() if kept["epoch"] == 0)
-    return {"fits": len(fits), "kept_start": len(started), "kept_start_fits": started, "per_fit": fits}
-
-
-def describe_kept(kept: dict[str, Any]) -> str:
-    """One line on what the evaluated parameters are; loud when training never beat the starting parameters."""
-    if not kept["fits"]:
-        return "Kept epochs: no training."
-
-    def dev(value: float | None) -> str:
-        return "not recorded" if value is None else f"{100 * value:.1f}"
-
-    if kept["fits"] == 1:
-        name, fit = next(iter(kept["per_fit"].items()))
-        line = (f"Kept epoch ({name}): {fit['epoch']}, dev P@1 {dev(fit['dev_p1'])} "
-                f"(before training {dev(fit['start_dev_p1'])}).")
-    else:
-        epochs = sorted(fit["epoch"] for fit in kept["per_fit"].values())
-        line = (f"Kept epochs over {kept['fits']} fits: median {statistics.median(epochs):g}, "
-                f"range {epochs[0]}–{epochs[-1]}.")
-    if kept["kept_start"]:
-        shown = ", ".join(kept["kept_start_fits"][:10]) + (" ..." if kept["kept_start"] > 10 else "")
-        line += (f" **{kept['kept_start']} of {kept['fits']} fits kept their starting parameters**: no epoch beat "
-                 f"them on dev P@1, so the trained row is the untrained prompt there ({shown}).")
-    return line
-
-
-def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    cap = args.mrr_cap or None
-    records = [r for r in all_records if "skipped" not in r]
-    skipped = {r["relation"]: r["skipped"] for r in all_records if "skipped" in r}
-    if not records:
-        raise SystemExit(f"every relation was skipped, nothing to report: {skipped}")
-    seeds = sorted({r["seed"] for r in records})
-    per_seed = {s: {k: summarise([r for r in records if r["seed"] == s], k, cap) for k in
-                    ("ranks", "init_ranks", "manual_ranks", "none_ranks")} for s in seeds}
-    uncapped = {s: summarise([r for r in records if r["seed"] == s], "ranks", None) for s in seeds}
-    headline = {}
-    for label, key in (("method", "ranks"), ("init", "init_ranks"), ("manual", "manual_ranks"),
-                       ("none", "none_ranks")):
-        for avg in ("macro", "micro"):
-            for metric in ("P@1", "P@10", "MRR"):
-                values = [100 * per_seed[s][key][avg][metric] for s in seeds]
-                headline[f"{label}.{avg}.{metric}"] = mean_std(values)
-    headline["method.macro.MRR_uncapped"] = mean_std([100 * uncapped[s]["macro"]["MRR"] for s in seeds])
-    dropped: dict[str, dict[str, int]] = {}
-    for record in all_records:
-        if record["seed"] != seeds[0]:
-            continue
-        for split, counts in record["dropped"].items():
-            for reason, count in counts.items():
-                dropped.setdefault(split, {}).setdefault(reason, 0)
-                dropped[split][reason] += count
-    return {
-        "command": " ".join(sys.argv),
-        "protocol": {
-            "model": args.model, "method": args.method, "prompts": args.init, "prompt_form": args.prompt_form,
-            "init_vectors": args.init_vectors,
-            "data_dependent": args.data_dependent, "corpus": args.split, "candidates": args.candidates,
-            "dedupe": not args.no_dedupe, "exclude_other_valid": args.exclude_other_valid, "mrr_cap": cap,
-            "averaging": "macro (mean over relations) is the headline; micro pools facts",
-            "max_train": args.max_train, "max_test": args.max_test, "em": args.em,
-            "training": asdict(train_settings(args, seeds[0])) if METHODS[args.method].train else None,
-            "seeds": seeds,
-        },
-        "versions": {"prompt_adapters": prompt_adapters.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "precision": args.precision,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads()},
-        "elapsed_seconds": round(elapsed, 1),
-        "train_seconds": mean_std([sum(r.get("train_seconds", 0.0) for r in records if r["seed"] == s) for s in seeds]),
-        "headline": headline,
-        "dropped_facts": dropped,
-        "kept_epochs": kept_epochs(records),
-        "skipped_relations": skipped,
-        "per_seed": {str(s): per_seed[s] for s in seeds},
-        "published": published(args.method, args.init, args.model, args.candidates),
-    }
-
-
-def write_outputs(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "results.md", markdown(summary))
-    seed = summary["protocol"]["seeds"][0]
-    per_rel = summary["per_seed"][str(seed)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["relation", "type", "n_test", "P@1", "P@10", "MRR", "init P@1", "manual P@1"])
-    ordered = sorted((r for r in records if r["seed"] == seed and "skipped" not in r),
-                     key=lambda r: lama_data.natural_key(r["relation"]))
-    for record in ordered:
-        rel = record["relation"]
-        row = per_rel["ranks"]["per_relation"][rel]
-        writer.writerow([rel, record["type"], row["n"], f"{100 * row['P@1']:.2f}", f"{100 * row['P@10']:.2f}",
-                         f"{100 * row['MRR']:.2f}", f"{100 * per_rel['init_ranks']['per_relation'][rel]['P@1']:.2f}",
-                         f"{100 * per_rel['manual_ranks']['per_relation'][rel]['P@1']:.2f}"])
-    atomic_write_text(out / "per_relation.csv", buffer.getvalue())
-    plot(out / "per_relation.png", summary, per_rel)
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    p, h = summary["protocol"], summary["headline"]
-    pub = summary["published"] or {}
-
-    def cell(key: str) -> str:
-        value = h[key]
-        return f"{value['mean']:.1f}" + (f" ± {value['std']:.1f}" if len(p["seeds"]) > 1 else "")
-
-    origin = "peft" if METHODS[p["method"]].native_peft else "ours"
-    lines = [
-        f"# LAMA: {p['method']} ({p['prompts']}) on {p['model']}",
-        "",
-        f"Command: `{summary['command']}`",
-        "",
-        "Protocol: " + ", ".join(f"{k}={v}" for k, v in p.items() if k != "training"),
-        "",
-        f"Training: {p['training']}" if p["training"] else "Training: none (evaluation only)",
-        "",
-        "| row | P@1 | P@10 | MRR |",
-        "| --- | --- | --- | --- |",
-    ]
-    for label, name in (("manual", "manual prompt (LAMA template)"), ("init", "before training (init)"),
-                        ("method", f"{p['method']} ({origin})"), ("none", f"{p['method']}, subject replaced by None")):
-        lines.append(f"| {name} | {cell(label + '.macro.P@1')} | {cell(label + '.macro.P@10')} | "
-                     f"{cell(label + '.macro.MRR')} |")
-    if pub:
-        row = [pub.get(m) for m in ("P@1", "P@10", "MRR")]
-        lines.append("| published | " + " | ".join("–" if v is None else f"{v:.1f}" for v in row) + " |")
-        gap = [None if v is None else h[f"method.macro.{m}"]["mean"] - float(v)
-               for v, m in zip(row, ("P@1", "P@10", "MRR"), strict=True)]
-        lines.append("| gap (ours − published) | " + " | ".join("–" if g is None else f"{g:+.1f}" for g in gap) + " |")
-        lines += ["", f"Published: {pub['source']}."]
-    else:
-        lines += ["", "No published number for exactly this setting (model, prompts, candidate set)."]
-    lines += [
-        "",
-        f"Macro = mean over relations (headline). Micro P@1 = {cell('method.micro.P@1')}; "
-        f"MRR without the rank cap = {cell('method.macro.MRR_uncapped')}.",
-        "",
-        "Per relation type (P@1, first seed): "
-        + ", ".join(f"{t}: {100 * v['P@1']:.1f} ({v['n_relations']} rel.)"
-                    for t, v in summary["per_seed"][str(p["seeds"][0])]["ranks"]["per_type"].items()),
-        "",
-        describe_kept(summary["kept_epochs"]) if "kept_epochs" in summary else "Kept epochs: not recorded.",
-        "",
-        "Dropped facts: " + json.dumps(summary["dropped_facts"]),
-        "",
-        "Skipped relations (not in the averages): "
-        + (json.dumps(summary["skipped_relations"]) if summary["skipped_relations"] else "none"),
-        "",
-        describe_precision(summary["precision"]),
-        "",
-        f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s in all, training "
-        f"{summary['train_seconds']['mean']:.0f} s per seed (sum over relations).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def per_relation_figure(summary: dict[str, Any], per_rel: dict[str, Any]) -> Any:
-    """Bars of per-relation P@1: the manual prompt beside the method (one set when the method is the manual prompt)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    relations = sorted(per_rel["ranks"]["per_relation"], key=lama_data.natural_key)
-    ours = [100 * per_rel["ranks"]["per_relation"][r]["P@1"] for r in relations]
-    manual = [100 * per_rel["manual_ranks"]["per_relation"][r]["P@1"] for r in relations]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(relations) + 2), 4))
-    x = range(len(relations))
-    protocol = summary["protocol"]
-    if is_manual_row(protocol["method"], protocol["prompts"]):
-        ax.bar(list(x), manual, width=0.6, label="manual prompt", color="#9ca3af")
-    else:
-        ax.bar([i - 0.2 for i in x], manual, width=0.4, label="manual prompt", color="#9ca3af")
-        ax.bar([i + 0.2 for i in x], ours, width=0.4, label=protocol["method"], color="#2563eb")
-    ax.set_xticks(list(x), relations, rotation=90, fontsize=7)
-    ax.set_ylabel("P@1 (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{protocol['model']}: per-relation P@1")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot(path: Path, summary: dict[str, Any], per_rel: dict[str, Any]) -> None:
-    """Draw ``per_relation.png``; without matplotlib (the ``bench`` extra) say so in one line and draw nothing."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"{path.name} not drawn: matplotlib is not installed (pip install 'prompt-adapters[bench]'); the "
-              "results are written", file=sys.stderr)
-        return
-    fig = per_relation_figure(summary, per_rel)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -873,23 +481,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir {args.data_dir} does not exist; run with --download once (online) to fetch the "
                          "LAMA data there, or pass the folder of a local copy (layout: docs/lama-data-and-metrics.md)")
-    check_joint(args)
-    if args.sharding is not None and METHODS[args.method].pooled:
-        raise SystemExit(f"--sharding cannot be used with --method {args.method}: {PromptGenLayer.unshardable_reason}")
-    if args.sharding is not None and not args.data_parallel:
-        raise SystemExit("--sharding needs --data-parallel: every process must run every relation's forwards, since "
-                         "each holds only a shard of the model")
-    if args.prompt_form == "prefix" and not METHODS[args.method].prefix_form:
-        names = ", ".join(name for name, method in METHODS.items() if method.prefix_form)
-        raise SystemExit(f"--prompt-form prefix applies to --method {names}; --method {args.method} reads its "
-                         "prompt as it is")
+    check_options(args)
     check_model_source("--model", args.model)
     if METHODS[args.method].pooled:
         check_model_source("--generator", args.generator)
     accelerator = Accelerator()
-    args.precision = mixed_precision_used(accelerator)
-    if args.precision["note"] and accelerator.is_main_process:
-        print(f"warning: {args.precision['note']}", file=sys.stderr)
+    args.precision = precision_report(accelerator)
     started = time.time()
     probe = Probe(args, accelerator.device)
     available = lama_data.available_relations(args.data_dir, args.split, "test")
@@ -927,23 +524,6 @@ def shard_harness_base(base: torch.nn.Module, path: Path) -> None:
     shard_base_model(base, reshard_after_forward=bool(options["reshard_after_forward"]))
 
 
-def check_joint(args: argparse.Namespace) -> None:
-    """--joint trains one adapter per relation in one loop: refuse the settings it cannot honour."""
-    if not args.joint:
-        return
-    method = METHODS[args.method]
-    reason = (
-        "--method manual trains nothing" if not method.train
-        else f"--method {args.method} already trains one adapter on every relation's facts" if method.pooled
-        else f"peft's own {args.method} cannot mix adapters in one batch" if method.native_peft
-        else "the EM schedule (--em) runs one adapter at a time" if args.em
-        else "--data-parallel splits each relation's batches over processes; --joint splits the relations"
-        if args.data_parallel else None
-    )
-    if reason:
-        raise SystemExit(f"--joint cannot be used here: {reason}")
-
-
 def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the saved one: settings, library version, base model, data."""
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "download", "precision")
@@ -958,59 +538,40 @@ def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -
 def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted: list[str], out: Path,
         started: float) -> dict[str, Any] | None:
     """Run (or resume) every (relation, seed) job of an output directory this process holds the lock of."""
-    refuse_used_output(out, args.resume, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        remove_stale_temporaries(out)
-        remove_stale_temporaries(out / "relations")
-        try:
-            check_manifest(out, run_manifest(args, probe, wanted), args.resume)
-        except ResumeMismatchError as error:
-            raise SystemExit(str(error)) from None
-    accelerator.wait_for_everyone()
+    runner = JobRunner(out, "relations", args.resume, accelerator)
+    runner.start(lambda: run_manifest(args, probe, wanted))
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
-    jobs = [(rel, seed) for seed in seeds for rel in wanted]
+
+    def relations(names: list[str]) -> list[str]:
+        return [name.rsplit("-seed", 1)[0] for name in names]
+
+    def job(relations_of_job: list[str], seed: int, compute: Callable[[list[str]], list[dict[str, Any]]],
+            **options: Any) -> Job:
+        return Job(tuple(f"{relation}-seed{seed}" for relation in relations_of_job), compute, **options)
+
+    def pooled(seed: int) -> Job:  # one adapter trained on every relation by every process; all or none resumed
+        return job(wanted, seed, lambda _: probe.run_pooled(wanted, seed, accelerator), all_or_none=True)
+
+    def joint(share: list[str], seed: int) -> Job:  # a process's share of the relations, trained together
+        return job(share, seed, lambda left: probe.run_joint(relations(left), seed,
+                                                            progress=accelerator.is_local_main_process))
+
+    def single(relation: str, seed: int) -> Job:
+        return job([relation], seed, lambda _: [probe.run_relation(relation, seed, accelerator)],
+                   label={"relation": relation, "seed": seed})
+
+    processes = accelerator.num_processes
     if METHODS[args.method].pooled:
-        for seed in seeds:
-            targets = [out / "relations" / f"{relation}-seed{seed}.json" for relation in wanted]
-            if args.resume and all(read_record(t) is not None for t in targets):
-                continue
-            with accelerator.autocast():
-                records = probe.run_pooled(wanted, seed, accelerator)
-            if accelerator.is_main_process:
-                for target, record in zip(targets, records, strict=True):
-                    atomic_write_text(target, json.dumps({**record, "process": [0, accelerator.num_processes]}))
-            accelerator.wait_for_everyone()
-    if args.joint:  # each process trains its share of the relations together, one seed at a time
-        for seed in seeds:
-            share = wanted[accelerator.process_index :: accelerator.num_processes]
-            left = [r for r in share if not (args.resume and read_record(out / "relations" / f"{r}-seed{seed}.json"))]
-            if not left:
-                continue
-            with accelerator.autocast():
-                records = probe.run_joint(left, seed, progress=accelerator.is_local_main_process)
-            for relation, record in zip(left, records, strict=True):
-                record["process"] = [accelerator.process_index, accelerator.num_processes]
-                atomic_write_text(out / "relations" / f"{relation}-seed{seed}.json", json.dumps(record))
-    mine = [] if METHODS[args.method].pooled or args.joint else jobs if args.data_parallel else jobs[
-        accelerator.process_index :: accelerator.num_processes]
-    bar = tqdm(mine, disable=not accelerator.is_local_main_process or not mine, desc="relations")
-    for relation, seed in bar:
-        bar.set_postfix(relation=relation, seed=seed)
-        target = out / "relations" / f"{relation}-seed{seed}.json"
-        if args.resume and read_record(target) is not None:
-            continue
-        with accelerator.autocast():
-            record = probe.run_relation(relation, seed, accelerator)
-        record["process"] = [accelerator.process_index, accelerator.num_processes]
-        if not args.data_parallel or accelerator.is_main_process:
-            atomic_write_text(target, json.dumps(record))
-        if args.data_parallel:
-            accelerator.wait_for_everyone()
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+        runner.run([pooled(seed) for seed in seeds], together=True)
+    elif args.joint:  # job k of each seed goes to process k
+        runner.run([joint(wanted[k::processes], seed) for seed in seeds for k in range(processes)])
+    else:
+        runner.run([single(relation, seed) for seed in seeds for relation in wanted], together=args.data_parallel,
+                   progress="relations")
+    records = runner.collect([f"{relation}-seed{seed}" for seed in seeds for relation in wanted])
+    if records is None:
         return None
-    records = [json.loads((out / "relations" / f"{r}-seed{s}.json").read_text()) for r, s in jobs]
     summary = report(args, records, time.time() - started)
     write_outputs(out, summary, records)
     print(markdown(summary))

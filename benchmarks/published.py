@@ -1,8 +1,9 @@
-"""Published LAMA numbers (methods-spec Appendix A), keyed by the setting they were measured in.
+"""Published LAMA and SuperGLUE numbers, keyed by the setting they were measured in.
 
-Key: (method, prompts, model, candidate set). P@1 / P@10 / MRR in percent, macro over the 41 T-REx relations.
-The Qin & Eisner cells come from OCR-damaged talk slides whose protocol is not stated (their code ranks over the full
-vocabulary and pools facts); they are listed under "full" and marked as such in ``source``.
+LAMA (methods-spec Appendix A): key (method, prompts, model, candidate set); P@1 / P@10 / MRR in percent, macro over
+the 41 T-REx relations. The Qin & Eisner cells come from OCR-damaged talk slides whose protocol is not stated (their
+code ranks over the full vocabulary and pools facts); they are listed under "full" and marked as such in ``source``.
+SuperGLUE: the P-tuning paper's rows, per task and metric in percent.
 """
 
 from __future__ import annotations
@@ -53,3 +54,41 @@ PUBLISHED: dict[tuple[str, str, str, str], dict[str, float | str]] = {
 def published(method: str, prompts: str, model: str, candidates: str) -> dict[str, float | str] | None:
     """The published row for this setting, matching the model by its last path component."""
     return PUBLISHED.get((method, prompts, model.rstrip("/").split("/")[-1], candidates))
+
+
+#: P-tuning Table 5, row "P-tuning" (albert-xxlarge-v2, 32 examples, selection on dev32, full SuperGLUE dev)
+PUBLISHED_FEWSHOT: dict[str, dict[str, float]] = {
+    "BoolQ": {"accuracy": 77.8},
+    "CB": {"accuracy": 92.9, "f1_macro": 92.3},
+    "WiC": {"accuracy": 56.3},
+    "RTE": {"accuracy": 76.5},
+    "MultiRC": {"em": 36.1, "f1a": 75.0},
+    "WSC": {"accuracy": 84.6},
+    "COPA": {"accuracy": 87.0},
+}
+
+
+#: P-tuning Tables 3 and 4, rows "P-tuning" (fully supervised, SuperGLUE dev), by model
+PUBLISHED_FULL: dict[str, dict[str, dict[str, float]]] = {
+    "bert-base-cased": {"BoolQ": {"accuracy": 73.9}, "CB": {"accuracy": 89.2, "f1_macro": 92.1},
+                        "WiC": {"accuracy": 68.8}, "RTE": {"accuracy": 71.1}, "MultiRC": {"em": 14.8, "f1a": 63.3},
+                        "WSC": {"accuracy": 63.5}, "COPA": {"accuracy": 72.0}},
+    "gpt2": {"BoolQ": {"accuracy": 75.0}, "CB": {"accuracy": 91.1, "f1_macro": 93.2}, "WiC": {"accuracy": 68.3},
+             "RTE": {"accuracy": 70.8}, "MultiRC": {"em": 23.5, "f1a": 69.8}, "WSC": {"accuracy": 63.5},
+             "COPA": {"accuracy": 76.0}},
+    "bert-large-cased": {"BoolQ": {"accuracy": 77.8}, "CB": {"accuracy": 96.4, "f1_macro": 97.4},
+                         "WiC": {"accuracy": 72.7}, "RTE": {"accuracy": 75.5}, "MultiRC": {"em": 17.1, "f1a": 65.6},
+                         "WSC": {"accuracy": 81.7}, "COPA": {"accuracy": 76.0}},
+    "gpt2-medium": {"BoolQ": {"accuracy": 78.9}, "CB": {"accuracy": 98.2, "f1_macro": 98.7},
+                    "WiC": {"accuracy": 69.4}, "RTE": {"accuracy": 75.5}, "MultiRC": {"em": 29.3, "f1a": 74.2},
+                    "WSC": {"accuracy": 74.0}, "COPA": {"accuracy": 81.0}},
+}
+
+
+def published_superglue(method: str, frozen: bool, setting: str, model: str) -> dict[str, dict[str, float]] | None:
+    """The P-tuning SuperGLUE numbers of the same setting: Table 5 (few-shot) or Table 3/4 by model (full)."""
+    if method != "ptuning" or frozen:
+        return None
+    if setting == "fewshot":
+        return PUBLISHED_FEWSHOT
+    return PUBLISHED_FULL.get(model.rstrip("/").split("/")[-1])

@@ -1,4 +1,5 @@
-"""The training loop shared by the benchmarks: epochs, early stopping on dev P@1, exact resume, progress bars.
+"""The training loop shared by the benchmarks: epochs, early stopping on a dev score (P@1 by default), exact resume,
+progress bars.
 
 It trains one prompt adapter on one task (e.g. one LAMA relation) in the current process. Checkpoints hold the
 adapter parameters, the optimiser state and the loop counters in safetensors + JSON, written atomically; batch
@@ -384,9 +385,20 @@ class _AdapterRun:
         return FitResult(loop["best_dev"], loop["best_epoch"], loop["history"], stopped, loop.get("start_dev"))
 
 
+#: builds the model inputs of a training batch (with what the model's ``loss`` needs) from a list of examples: a
+#: ``PromptCollator``, or any callable of that shape (e.g. a harness's renderer for a task's answer format)
+BatchBuilder = Callable[[list[Any]], dict[str, Any]]
+
+
+def dev_precision_at_1(model: nn.Module, collator: PromptCollator, dev: Sequence[Any],
+                       batch_size: int = 64) -> Callable[[], float]:
+    """The selection score ``fit`` uses by default: P@1 of the gold answers of ``dev`` (LAMA's metric)."""
+    return lambda: precision_at_1(rank_answers(model, collator, dev, batch_size))
+
+
 def fit(
     model: nn.Module,
-    collator: PromptCollator,
+    collator: BatchBuilder,
     train: Sequence[Any],
     dev: Sequence[Any],
     settings: TrainSettings,
@@ -396,25 +408,33 @@ def fit(
     accelerator: Accelerator | None = None,
     dev_metric: Callable[[], float] | None = None,
 ) -> FitResult:
-    """Train the active adapter; keep (and finally load) the parameters with the best dev P@1.
+    """Train the active adapter; keep (and finally load) the parameters with the best dev selection score.
 
-    Stops after ``patience`` further epochs without a strict dev improvement. With ``checkpoint_dir`` the state is
-    saved after every epoch and an existing checkpoint is resumed from.
+    ``collator`` builds each training batch from examples of ``train``. ``dev_metric`` is the scoring callback:
+    it returns the current parameters' selection score (higher is better; e.g. the SuperGLUE score of a task) and is
+    called with the model in eval mode. Without one the score is dev P@1 (``dev_precision_at_1``), which needs a
+    collator that ranks answers as a ``PromptCollator`` does. Stops after ``patience`` further epochs without a
+    strict dev improvement. With ``checkpoint_dir`` the state is saved after every epoch and an existing checkpoint
+    is resumed from.
 
     With an ``accelerator`` of several processes the run is data-parallel: every global batch is split over the
     processes and the gradients summed, so the update equals the single-process one (up to float summation order)
-    whatever the number of processes. ``dev_metric`` replaces dev P@1 as the selection score (e.g. accuracy of a
-    multiple-choice task); it is called with the model in eval mode.
+    whatever the number of processes.
     """
     if len(train) == 0:
         raise ValueError("no training examples")
+    if dev_metric is None:
+        if not all(hasattr(collator, name) for name in ("candidate_ids", "templates")):
+            raise TypeError(f"fit needs dev_metric (the dev selection score) unless the collator ranks answers as a "
+                            f"PromptCollator does (candidate_ids, templates), got a {type(collator).__name__} and no "
+                            "dev_metric")
+        dev_metric = dev_precision_at_1(model, collator, dev, settings.eval_batch_size)  # type: ignore[arg-type]
     params = trainable_parameters(model)
+    score = dev_metric
 
     def dev_score() -> float:
         model.eval()
-        if dev_metric is not None:
-            return dev_metric()
-        return precision_at_1(rank_answers(model, collator, dev, settings.eval_batch_size))
+        return score()
 
     def load(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         if checkpoint_dir is None:
@@ -462,7 +482,7 @@ def fit(
 
 def _batch_loss(
     model: nn.Module,
-    collator: PromptCollator,
+    collator: BatchBuilder,
     train: Sequence[Any],
     index: list[int],
     responsibilities: torch.Tensor | None,
@@ -675,7 +695,7 @@ def _patience_exhausted(loop: dict[str, Any], settings: TrainSettings) -> bool:
 
 
 @torch.no_grad()
-def em_step(model: nn.Module, collator: PromptCollator, train: Sequence[Any], batch_size: int) -> torch.Tensor:
+def em_step(model: nn.Module, collator: BatchBuilder, train: Sequence[Any], batch_size: int) -> torch.Tensor:
     """E-step then closed-form M-step of the reference code's EM schedule.
 
     gamma[i, t] = pi_t p_t(y_i|x_i) / sum_t' pi_t' p_t'(y_i|x_i); pi_t <- mean_i gamma[i, t]. The mixture logits are

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from datasets import Dataset
 
 from prompt_adapters.data.lama import valid_objects
-from prompt_adapters.metrics.lama import LamaRanking, gold_rank, other_valid_mask
+from prompt_adapters.metrics.lama import LamaRanking, aggregate_runs, gold_rank, other_valid_mask
 
 
 @pytest.fixture
@@ -167,3 +169,45 @@ def test_compute_without_facts(metric: LamaRanking) -> None:
         metric.compute()
     with pytest.raises(ValueError, match="needs ranks= and relations="):
         metric.add_batch(ranks=[1])
+
+
+# ---------------------------------------------------------------------------------------------- runs of relations
+
+
+def _record(relation: str, seed: int, ranks: list[int], dropped: int, **extra: object) -> dict:
+    return {"relation": relation, "type": "N-1", "seed": seed, "ranks": ranks, "init_ranks": [2] * len(ranks),
+            "manual_ranks": [1] * len(ranks), "none_ranks": [5] * len(ranks),
+            "dropped": {"test": {"not_in_candidates": dropped}}, **extra}
+
+
+def test_aggregate_runs_gives_per_seed_macro_tables_and_their_mean_and_std() -> None:
+    records = [
+        _record("P19", 1, [1, 1, 2, 3], dropped=2, train_seconds=1.5, kept={"epoch": 2}),  # P@1 0.50
+        _record("P36", 1, [1, 4], dropped=1, train_seconds=0.5, kept={"epoch": 0}),  # P@1 0.50
+        _record("P19", 2, [1, 1, 1, 3], dropped=2, train_seconds=2.0, kept={"epoch": 1}),  # P@1 0.75
+        _record("P36", 2, [2, 4], dropped=1, train_seconds=1.0, kept={"epoch": 1}),  # P@1 0
+        {"relation": "P40", "seed": 1, "type": "N-M", "skipped": "no test fact left", "dropped": {"test": {"x": 4}}},
+    ]
+    tables = aggregate_runs(records, mrr_cap=3)
+    assert tables["seeds"] == [1, 2]
+    # macro P@1: seed 1 (0.5 + 0.5) / 2 = 50, seed 2 (0.75 + 0) / 2 = 37.5; micro pools the 6 facts of a seed
+    assert tables["headline"]["method.macro.P@1"] == pytest.approx({"mean": 43.75, "std": 8.838834764831844})
+    assert tables["headline"]["method.micro.P@1"] == pytest.approx({"mean": 50.0, "std": 0.0})
+    assert tables["headline"]["manual.macro.P@1"] == {"mean": 100.0, "std": 0.0}
+    assert tables["headline"]["init.macro.P@10"] == {"mean": 100.0, "std": 0.0}
+    assert tables["headline"]["none.macro.MRR"] == {"mean": 0.0, "std": 0.0}  # rank 5 is beyond the cap of 3
+    # seed 1, P36 MRR capped at 3: (1 + 0) / 2; uncapped: (1 + 1/4) / 2
+    assert tables["per_seed"]["1"]["ranks"]["per_relation"]["P36"]["MRR"] == pytest.approx(0.5)
+    assert tables["headline"]["method.macro.MRR_uncapped"]["mean"] == pytest.approx(
+        100 * ((1 + 1 + 1 / 2 + 1 / 3) / 4 + 1.25 / 2 + (3 + 1 / 3) / 4 + 0.75 / 2) / 4)
+    assert tables["dropped_facts"] == {"test": {"not_in_candidates": 3, "x": 4}}  # first seed, skipped relations too
+    assert tables["skipped_relations"] == {"P40": "no test fact left"}
+    assert tables["train_seconds"] == pytest.approx({"mean": 2.5, "std": 0.7071067811865476})
+    assert tables["kept_epochs"]["fits"] == 4 and tables["kept_epochs"]["kept_start_fits"] == ["P36-seed1"]
+
+
+def test_aggregate_runs_refuses_a_run_whose_every_relation_was_skipped() -> None:
+    message = "every relation was skipped, nothing to report: {'P40': 'none left'}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        aggregate_runs([{"relation": "P40", "seed": 1, "skipped": "none left", "dropped": {}}], mrr_cap=None)
+

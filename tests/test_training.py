@@ -59,6 +59,38 @@ def test_early_stopping_after_patience() -> None:
     assert result.stopped_early and len(result.history) == 3
 
 
+def test_fit_takes_any_batch_builder_and_a_scoring_callback() -> None:
+    """A plain function building the batches and a selection score of the caller's train exactly as the collator
+    and fit's own dev P@1 do; the callback is asked once before training and once per epoch."""
+    settings = TrainSettings(epochs=3, learning_rate=0.05, batch_size=2, patience=None)
+    model, collate = _model()
+    reference = fit(model, collate, FACTS, FACTS, settings, progress=False)
+    expected = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model, collate = _model()
+    scores: list[float] = []
+
+    def selection() -> float:
+        assert not model.training
+        scores.append(precision_at_1(rank_answers(model, collate, FACTS)))
+        return scores[-1]
+
+    result = fit(model, lambda examples: collate(examples), FACTS, FACTS, settings, progress=False,
+                 dev_metric=selection)
+    assert len(scores) == 4 and [h["dev_p1"] for h in result.history] == scores[1:]
+    assert result.history == reference.history
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, expected[name]), name
+
+
+def test_fit_without_scoring_callback_needs_a_prompt_collator() -> None:
+    model, collate = _model()
+    settings = TrainSettings(epochs=1, learning_rate=0.05, batch_size=2)
+    with pytest.raises(TypeError, match=r"needs dev_metric .* got a function and no dev_metric"):
+        fit(model, lambda examples: collate(examples), FACTS, FACTS, settings, progress=False)
+
+
 class _Interrupt(Exception):
     pass
 

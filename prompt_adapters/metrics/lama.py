@@ -4,10 +4,15 @@ The protocol (methods-spec §1.4): for fact *i* with gold object *y_i* and candi
 ``rank_i = 1 + |{v in C : s_i(v) > s_i(y_i)}|`` (ties go in the gold's favour). ``P@k_rel`` is the share of a
 relation's facts with ``rank <= k``; the headline is the macro average (mean over relations, as LAMA, OptiPrompt's
 "Micro" line, PromptGen Table 1 and P-tuning report); the micro average pools all facts (soft-prompts).
+
+``aggregate_runs`` turns the per-relation records of a run (one per relation and seed, as the LAMA harness writes
+them) into per-seed tables and the mean ± std headline over seeds; ``kept_epochs`` / ``describe_kept`` say which
+epoch's parameters each fit kept.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -222,3 +227,105 @@ class LamaRanking(evaluate.Metric):
             "n_facts": len(ranks),
             "n_relations": len(per_relation),
         }
+
+
+# ------------------------------------------------------------------------------------------------ runs of relations
+
+#: the rank lists of a relation record and the headline row each one gives
+RANK_ROWS = (("method", "ranks"), ("init", "init_ranks"), ("manual", "manual_ranks"), ("none", "none_ranks"))
+
+
+def summarise(records: Sequence[Mapping[str, Any]], key: str, mrr_cap: int | None) -> dict[str, Any]:
+    """``LamaRanking`` over the rank list ``key`` of every record (one record per relation)."""
+    metric = LamaRanking()
+    for record in records:
+        metric.add_batch(ranks=record[key], relations=[record["relation"]] * len(record[key]),
+                         relation_types=[record["type"]] * len(record[key]))
+    return metric.compute(k=(1, 10), mrr_cap=mrr_cap)  # type: ignore[return-value]
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value) of values over seeds."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def kept_epochs(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The epoch each fit kept (0: its starting parameters, when no epoch beat them on dev P@1), by fit: one per
+    (relation, seed), or one per seed when a single model is trained on every relation (``pooled``)."""
+    fits = {}
+    for record in records:
+        if record.get("kept") is not None:
+            fit = "pooled" if "pooled" in record else record["relation"]
+            name = f"{fit}-seed{record['seed']}"
+            fits[name] = record["kept"]
+    started = sorted(name for name, kept in fits.items() if kept["epoch"] == 0)
+    return {"fits": len(fits), "kept_start": len(started), "kept_start_fits": started, "per_fit": fits}
+
+
+def describe_kept(kept: Mapping[str, Any]) -> str:
+    """One line on what the evaluated parameters are; loud when training never beat the starting parameters."""
+    if not kept["fits"]:
+        return "Kept epochs: no training."
+
+    def dev(value: float | None) -> str:
+        return "not recorded" if value is None else f"{100 * value:.1f}"
+
+    if kept["fits"] == 1:
+        name, fit = next(iter(kept["per_fit"].items()))
+        line = (f"Kept epoch ({name}): {fit['epoch']}, dev P@1 {dev(fit['dev_p1'])} "
+                f"(before training {dev(fit['start_dev_p1'])}).")
+    else:
+        epochs = sorted(fit["epoch"] for fit in kept["per_fit"].values())
+        line = (f"Kept epochs over {kept['fits']} fits: median {statistics.median(epochs):g}, "
+                f"range {epochs[0]}–{epochs[-1]}.")
+    if kept["kept_start"]:
+        shown = ", ".join(kept["kept_start_fits"][:10]) + (" ..." if kept["kept_start"] > 10 else "")
+        line += (f" **{kept['kept_start']} of {kept['fits']} fits kept their starting parameters**: no epoch beat "
+                 f"them on dev P@1, so the trained row is the untrained prompt there ({shown}).")
+    return line
+
+
+def aggregate_runs(all_records: Sequence[Mapping[str, Any]], mrr_cap: int | None) -> dict[str, Any]:
+    """Per-seed tables and the headline (mean ± std over seeds, in percent) of a run's relation records.
+
+    A record holds ``relation``, ``type``, ``seed``, the gold ranks of the trained prompt (``ranks``), of the prompt
+    before training (``init_ranks``), of the manual prompt (``manual_ranks``) and with the subject replaced by None
+    (``none_ranks``), the facts ``dropped`` per split and reason, and optionally ``kept`` and ``train_seconds``; a
+    relation left without test facts has ``skipped`` (its reason) instead of ranks and is not averaged.
+    Returns ``seeds``, ``train_seconds`` (summed over relations, mean ± std over seeds), ``headline``
+    (``<row>.<macro|micro>.<P@1|P@10|MRR>`` and ``method.macro.MRR_uncapped``), ``dropped_facts`` (first seed),
+    ``kept_epochs``, ``skipped_relations`` and ``per_seed`` (every row's ``LamaRanking`` tables by seed).
+    """
+    records = [r for r in all_records if "skipped" not in r]
+    skipped = {r["relation"]: r["skipped"] for r in all_records if "skipped" in r}
+    if not records:
+        raise ValueError(f"every relation was skipped, nothing to report: {skipped}")
+    seeds = sorted({r["seed"] for r in records})
+    per_seed = {s: {key: summarise([r for r in records if r["seed"] == s], key, mrr_cap) for _, key in RANK_ROWS}
+                for s in seeds}
+    uncapped = {s: summarise([r for r in records if r["seed"] == s], "ranks", None) for s in seeds}
+    headline = {}
+    for label, key in RANK_ROWS:
+        for avg in ("macro", "micro"):
+            for metric in ("P@1", "P@10", "MRR"):
+                values = [100 * per_seed[s][key][avg][metric] for s in seeds]
+                headline[f"{label}.{avg}.{metric}"] = mean_std(values)
+    headline["method.macro.MRR_uncapped"] = mean_std([100 * uncapped[s]["macro"]["MRR"] for s in seeds])
+    dropped: dict[str, dict[str, int]] = {}
+    for record in all_records:
+        if record["seed"] != seeds[0]:
+            continue
+        for split, counts in record["dropped"].items():
+            for reason, count in counts.items():
+                dropped.setdefault(split, {}).setdefault(reason, 0)
+                dropped[split][reason] += count
+    return {
+        "seeds": seeds,
+        "train_seconds": mean_std([sum(r.get("train_seconds", 0.0) for r in records if r["seed"] == s)
+                                   for s in seeds]),
+        "headline": headline,
+        "dropped_facts": dropped,
+        "kept_epochs": kept_epochs(records),
+        "skipped_relations": skipped,
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+    }
