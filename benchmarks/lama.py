@@ -85,6 +85,7 @@ from prompt_adapters.training import (
 )
 from prompt_adapters.tuner import detect_lm_kind
 from prompt_adapters.validation import screen_facts
+from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
 
 @dataclass(frozen=True)
@@ -875,7 +876,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     check_model_source("--model", args.model)
     if METHODS[args.method].pooled:
         check_model_source("--generator", args.generator)
-    accelerator = Accelerator()
+    accelerator = launch_accelerator()
+    if deepspeed_plugin(accelerator) is not None:
+        check_deepspeed(args)
     args.precision = mixed_precision_used(accelerator)
     if args.precision["note"] and accelerator.is_main_process:
         print(f"warning: {args.precision['note']}", file=sys.stderr)
@@ -914,6 +917,22 @@ def shard_harness_base(base: torch.nn.Module, path: Path) -> None:
     if options["activation_checkpointing"]:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     shard_base_model(base, reshard_after_forward=bool(options["reshard_after_forward"]))
+
+
+def check_deepspeed(args: argparse.Namespace) -> None:
+    """Launched with a DeepSpeed config (ZeRO-3 partitions the model in fit): refuse what cannot run that way."""
+    method = METHODS[args.method]
+    reason = (
+        "add --data-parallel: every process must run every relation's forwards, since each holds only a partition "
+        "of the model" if not args.data_parallel
+        else "drop --sharding: DeepSpeed already partitions the model" if args.sharding is not None
+        else f"--method {args.method} cannot run: {PromptGenLayer.unshardable_reason}" if method.pooled
+        else f"--method {args.method} (peft's own adapter) is not trained under DeepSpeed here" if method.native_peft
+        else "--em cannot run: its M-step writes the mixture weights in place, which DeepSpeed partitions"
+        if args.em else None
+    )
+    if reason:
+        raise SystemExit(f"launched with DeepSpeed (ZeRO-3): {reason}")
 
 
 def check_joint(args: argparse.Namespace) -> None:

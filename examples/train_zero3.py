@@ -25,7 +25,6 @@ import torch
 from peft import get_peft_model
 from train_sharded import FACTS, METHODS, adapter_config, peak_rss_mib, reset_peak_rss
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.integrations import unset_hf_deepspeed_config
 
 from prompt_adapters import PromptCollator
 from prompt_adapters.testing import build_tiny_model
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     accelerator = launch_accelerator()
     if args.model is None:
         base, tokenizer = build_tiny_model("llama")
-    else:  # loaded whole, then partitioned by DeepSpeed in fit: adapters are created from whole embeddings
-        unset_hf_deepspeed_config()  # (transformers would otherwise load straight into ZeRO-3 partitions)
+    else:  # loaded whole (launch_accelerator), then partitioned by DeepSpeed in fit
         base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -36,12 +36,22 @@ def launch_accelerator() -> Accelerator:
     and reports one process of index 0 in every process, although DeepSpeed starts ``gloo`` with all of them; every
     process would then act as the main one. Naming ``gloo`` as the backend there makes accelerate read the process
     group. Elsewhere (GPUs, or no DeepSpeed) this is plain ``Accelerator()``.
+
+    accelerate also registers the DeepSpeed config with transformers even when its ``zero3_init_flag`` is off, and
+    ``from_pretrained`` then loads models straight into ZeRO-3 partitions; the registration is withdrawn when the flag
+    is off, so models load whole (an adapter is created from the whole embedding matrix) and ``fit`` partitions them.
     """
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
     if deepspeed and launched and not torch.accelerator.is_available():
         PartialState(backend="gloo")
-    return Accelerator()
+    accelerator = Accelerator()
+    plugin = deepspeed_plugin(accelerator)
+    if plugin is not None and not plugin.zero3_init_flag:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    return accelerator
 
 
 def deepspeed_plugin(accelerator: Accelerator | None) -> Any | None:
