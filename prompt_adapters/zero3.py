@@ -59,6 +59,30 @@ def deepspeed_plugin(accelerator: Accelerator | None) -> Any | None:
     return None if accelerator is None else accelerator.state.deepspeed_plugin
 
 
+def configure(config: dict[str, Any], batch_size: int, max_grad_norm: float | None, world: int) -> None:
+    """Check a DeepSpeed config against fit's settings, then give it fit's batch sizes and clipping (in place).
+
+    fit splits every global batch of ``batch_size`` over the ``world`` processes and steps once per batch, so the
+    config must be ZeRO stage 3 without gradient accumulation; its ``gradient_clipping`` must be ``auto`` or the
+    settings' ``max_grad_norm`` (0 or None: no clipping).
+    """
+    stage = config.get("zero_optimization", {}).get("stage")
+    if stage != 3:
+        raise ValueError(f"fit runs DeepSpeed with ZeRO stage 3 (zero_optimization.stage: 3), got stage {stage!r}")
+    accumulation = config.get("gradient_accumulation_steps", "auto")
+    if accumulation not in ("auto", 1):
+        raise ValueError(f"fit steps once per global batch: expected gradient_accumulation_steps 1 (or 'auto') in the "
+                         f"DeepSpeed config, got {accumulation!r}; set the global batch with batch_size")
+    clipping = max_grad_norm or 0.0
+    configured = config.get("gradient_clipping", "auto")
+    if configured != "auto" and float(configured) != clipping:
+        raise ValueError(f"the DeepSpeed config clips gradients at {configured!r} but the training settings at "
+                         f"max_grad_norm={max_grad_norm!r} (0 and None: no clipping); make them agree")
+    micro = math.ceil(batch_size / world)
+    config.update(train_micro_batch_size_per_gpu=micro, train_batch_size=micro * world, gradient_accumulation_steps=1,
+                  gradient_clipping=clipping)
+
+
 class Zero3Run:
     """One ``fit`` under ZeRO-3: prepares the model and optimiser, runs backward, gathers and scatters the adapter.
 
@@ -68,19 +92,6 @@ class Zero3Run:
 
     def __init__(self, accelerator: Accelerator, model: nn.Module, params: dict[str, torch.Tensor],
                  batch_size: int, max_grad_norm: float | None) -> None:
-        config = deepspeed_plugin(accelerator).deepspeed_config
-        stage = config.get("zero_optimization", {}).get("stage")
-        if stage != 3:
-            raise ValueError(f"fit runs DeepSpeed with ZeRO stage 3 (zero_optimization.stage: 3), got stage {stage!r}")
-        accumulation = config.get("gradient_accumulation_steps", "auto")
-        if accumulation not in ("auto", 1):
-            raise ValueError(f"fit steps once per global batch: expected gradient_accumulation_steps 1 (or 'auto') in "
-                             f"the DeepSpeed config, got {accumulation!r}; set the global batch with batch_size")
-        clipping = max_grad_norm or 0.0
-        configured = config.get("gradient_clipping", "auto")
-        if configured != "auto" and float(configured) != clipping:
-            raise ValueError(f"the DeepSpeed config clips gradients at {configured!r} but the training settings at "
-                             f"max_grad_norm={max_grad_norm!r} (0 and None: no clipping); make them agree")
         state = getattr(getattr(model, "base_model", None), "state", None)
         if state is not None:  # ZeRO-3 partitions the base model's weights as FSDP2 does
             check_shardable(state)
@@ -89,9 +100,7 @@ class Zero3Run:
             raise ValueError(f"fit under DeepSpeed trains adapter parameters only; base-model parameters {base[:3]} "
                              "are trainable: freeze them, or train them without DeepSpeed")
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        micro = math.ceil(batch_size / self.world)
-        config.update(train_micro_batch_size_per_gpu=micro, train_batch_size=micro * self.world,
-                      gradient_accumulation_steps=1, gradient_clipping=clipping)
+        configure(deepspeed_plugin(accelerator).deepspeed_config, batch_size, max_grad_norm, self.world)
         self.accelerator = accelerator
         self.model = model
         self.params = params
@@ -107,8 +116,6 @@ class Zero3Run:
         The optimiser object stays the one DeepSpeed steps (on its flat partitions), so a learning-rate scheduler
         built on it drives the engine's updates.
         """
-        if [p for group in optimizer.param_groups for p in group["params"]] != list(self.params.values()):
-            raise ValueError("the optimiser must hold the adapter's parameters in the order of fit's parameters")
         objects = [*self.model.modules(), *self.model.parameters()]
         self._attributes = [(obj, dict(vars(obj))) for obj in objects]
         self._group_sizes = [len(group["params"]) for group in optimizer.param_groups]
