@@ -243,7 +243,7 @@ def test_zero3_checkpoint_is_the_one_process_checkpoint(
         torch.testing.assert_close(tensors[key], value, atol=1e-5, rtol=1e-4)
     meta, plain_meta = (json.loads((path / "meta.json").read_text()) for path in (zero3, single))
     assert meta["optim_scalars"] == plain_meta["optim_scalars"]  # Adam's step count: 3 epochs of 3 batches
-    assert meta["param_groups"] == pytest.approx(plain_meta["param_groups"])
+    assert meta["param_groups"] == plain_meta["param_groups"]  # the learning rate (schedule) included
     assert meta["loop"]["epoch"] == plain_meta["loop"]["epoch"] == 3
 
 
