@@ -10,7 +10,8 @@ processes, so a run gives the losses of one process. On a machine without a GPU,
 with ``gloo``. Each method trains in turn on the same base model (``fit`` gives it back whole after training).
 The output folder gets, per method, ``METHOD/adapter/`` (an ordinary adapter file), ``METHOD/checkpoints/`` (every
 epoch; ``--resume`` continues from the latest), ``METHOD/result.json`` (losses per epoch, parameter elements held per
-process while training, peak memory per process) and ``METHOD/test_scores.pt`` (the test facts' answer log-probs).
+process while training; peak memory per process while training, from partitioning to the last dev score, and over
+the whole fit) and ``METHOD/test_scores.pt`` (the test facts' answer log-probs).
 """
 
 from __future__ import annotations
@@ -79,20 +80,27 @@ def train_one(method: str, base: Any, tokenizer: Any, accelerator: Any, args: ar
         collator = PromptCollator(tokenizer, model)
         train, dev, test = FACTS[:17], FACTS[17:20], FACTS[20:]
         held: list[int] = []
+        peaks: list[float] = []
 
         def dev_p1() -> float:
-            """Dev P@1, called by fit while DeepSpeed partitions the model: also counts the elements held here."""
+            """Dev P@1. fit calls it while DeepSpeed partitions the model, first right after partitioning and then
+            after every epoch: it also records the elements this process holds and its peak memory since then."""
             held.append(sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()))
+            peaks.append(peak_rss_mib())
+            if len(peaks) == 1:
+                reset_peak_rss()
             return precision_at_1(rank_answers(model, collator, dev))
 
         # the settings of examples/train_sharded.py: its one-process run gives the losses to compare with
         settings = TrainSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                                  patience=None, dropout=True, improve_on_tie=True, seed=0)
-        reset_peak_rss()  # after loading: the training peak
+        reset_peak_rss()  # after loading: the peak of the whole fit, partitioning and giving back included
         result = fit(model, collator, train, dev, settings, checkpoint_dir=out / "checkpoints", progress=False,
                      accelerator=accelerator if deepspeed_plugin(accelerator) is not None else None,
                      dev_metric=dev_p1)
-        memory = accelerator.gather(torch.tensor([peak_rss_mib()])).tolist()
+        fit_peak = peak_rss_mib()
+        training_peak = max(peaks[1:], default=0.0)  # 0: no epoch left to train (a finished run resumed)
+        memory = accelerator.gather(torch.tensor([training_peak, fit_peak])).view(-1, 2).tolist()
         model.eval()
         with torch.no_grad():
             scores = model(**collator(test)).answer_log_probs
@@ -104,7 +112,9 @@ def train_one(method: str, base: Any, tokenizer: Any, accelerator: Any, args: ar
     return {"method": method, "processes": accelerator.num_processes,
             "distributed_type": str(accelerator.distributed_type),
             "losses": [epoch["train_loss"] for epoch in result.history],
-            "parameter_elements_per_process": min(held, default=None), "peak_rss_mib_training_per_process": memory}
+            "parameter_elements_per_process": min(held, default=None),
+            "peak_rss_mib_training_per_process": [round(row[0], 1) for row in memory],
+            "peak_rss_mib_fit_per_process": [round(row[1], 1) for row in memory]}
 
 
 if __name__ == "__main__":

@@ -37,15 +37,34 @@ def launch_accelerator() -> Accelerator:
     process would then act as the main one. Naming ``gloo`` as the backend there makes accelerate read the process
     group. Elsewhere (GPUs, or no DeepSpeed) this is plain ``Accelerator()``.
 
+    Two launches that would silently not do what they say are refused: accelerate's FSDP plugin (this library shards
+    with ``shard_base_model``; accelerate would shard the adapter too, and drops the plugin on CPUs), and processes
+    that accelerate does not connect (launched without a backend: each would run alone).
+
     accelerate also registers the DeepSpeed config with transformers even when its ``zero3_init_flag`` is off, and
     ``from_pretrained`` then loads models straight into ZeRO-3 partitions; the registration is withdrawn when the flag
     is off, so models load whole (an adapter is created from the whole embedding matrix) and ``fit`` partitions them.
     """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise RuntimeError(
+            "accelerate's FSDP plugin was asked for (--use_fsdp or an FSDP launch config), but prompt_adapters does "
+            "not use it: its prepare() would shard the adapter with the model, and on CPUs accelerate drops it without "
+            "a word (the processes run as plain data parallel, MULTI_CPU). Shard the frozen base model with "
+            "prompt_adapters.sharding.shard_base_model instead (benchmarks/lama.py: --sharding "
+            "benchmarks/configs/fsdp2.json), or launch with a DeepSpeed ZeRO-3 config"
+        )
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
     if deepspeed and launched and not torch.accelerator.is_available():
         PartialState(backend="gloo")
     accelerator = Accelerator()
+    started = int(os.environ.get("WORLD_SIZE", 1))
+    if started > accelerator.num_processes:
+        raise RuntimeError(
+            f"{started} processes were started (WORLD_SIZE={started}) but accelerate runs {accelerator.num_processes}: "
+            "it found no distributed backend (no GPU), so every process would train alone. On CPUs launch with "
+            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N, or with a DeepSpeed config"
+        )
     plugin = deepspeed_plugin(accelerator)
     if plugin is not None and not plugin.zero3_init_flag:
         from transformers.integrations import unset_hf_deepspeed_config
@@ -211,8 +230,10 @@ class Zero3Run:
         import deepspeed
 
         params = list(self.model.parameters())
-        with deepspeed.zero.GatheredParameters(params), torch.no_grad():
-            whole = [param.data.clone() for param in params]
+        whole = []
+        for param in params:  # one at a time: the partitions and the whole copies, never the model gathered twice
+            with deepspeed.zero.GatheredParameters([param]), torch.no_grad():
+                whole.append(param.data.clone())
         self.accelerator.free_memory()
         for obj, before in self._attributes:
             now = vars(obj)

@@ -21,7 +21,7 @@ from prompt_adapters import MixturePromptConfig, PromptCollator, PromptGenConfig
 from prompt_adapters.sharding import is_sharded, shard_base_model
 from prompt_adapters.testing import build_tiny_model, save_tiny_model
 from prompt_adapters.training import latest_checkpoint
-from prompt_adapters.zero3 import configure
+from prompt_adapters.zero3 import configure, launch_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_sharded.py"
@@ -370,6 +370,30 @@ def test_lama_harness_sharding_needs_data_parallel_and_refuses_promptgen(fixture
     with pytest.raises(SystemExit, match="--sharding cannot be used with --method promptgen: its prompt table"):
         lama.main(["--model", "unused", "--data-dir", str(fixture_data / "lama"), "--sharding", str(config),
                    "--method", "promptgen", "--data-parallel", "--output", str(tmp_path)])
+
+
+def test_lama_harness_refuses_accelerates_fsdp_plugin(fixture_data: Path, tmp_path: Path) -> None:
+    """On CPUs accelerate drops its FSDP plugin without a word (plain data parallel, MULTI_CPU): refused, naming the
+    way this library shards."""
+    llama = save_tiny_model("llama", tmp_path / "llama")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_fsdp",
+               "--fsdp_version", "2", str(ROOT / "benchmarks" / "lama.py"), "--model", str(llama), "--data-dir",
+               str(fixture_data / "lama"), "--method", "mixture", "--data-parallel", "--output", str(tmp_path / "out")]
+    proc = subprocess.run(command, env={**_env(), "ACCELERATE_USE_CPU": "1"}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert "accelerate's FSDP plugin was asked for (--use_fsdp or an FSDP launch config), but prompt_adapters" in (
+        proc.stdout + proc.stderr), proc.stderr[-3000:]
+    assert "--sharding benchmarks/configs/fsdp2.json" in proc.stderr
+
+
+def test_launch_accelerator_refuses_processes_accelerate_does_not_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes started without a backend accelerate can use (on CPUs: no ACCELERATE_USE_CPU) would each train
+    alone, each taking itself for the main process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"2 processes were started \(WORLD_SIZE=2\) but accelerate runs 1: it "
+                                           r"found no distributed backend"):
+        launch_accelerator()
 
 
 @pytest.mark.parametrize(("text", "message"), [
