@@ -439,7 +439,7 @@ def fit(
 
     With an ``accelerator`` that has a DeepSpeed plugin (ZeRO stage 3), DeepSpeed partitions the model and its engine
     runs backward and the optimiser step (``prompt_adapters.zero3``); the batches, losses, checkpoints and result
-    are those of one process, and the model comes back whole.
+    are those of one process, and the model comes back whole (if training raises, it is left partitioned).
     """
     if len(train) == 0:
         raise ValueError("no training examples")
