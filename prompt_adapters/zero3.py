@@ -123,8 +123,8 @@ class Zero3Run:
         self.accelerator = accelerator
         self.model = model
         self.params = params
-        self.engine: nn.Module = model
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.engine: Any = model  # DeepSpeed's engine once prepared
+        self.optimizer: torch.optim.Optimizer  # set by prepare()
         self._attributes: list[tuple[Any, dict[str, Any]]] = []
         self._replaced: dict[int, set[str]] = {}
         self._group_sizes: list[int] = []
@@ -180,8 +180,8 @@ class Zero3Run:
 
     def _flat_states(self) -> list[dict[str, Any]]:
         """The optimiser's state of each flat partition DeepSpeed steps (empty before the first step)."""
-        flats = self.engine.optimizer.fp32_partitioned_groups_flat  # type: ignore[union-attr]
-        return [self.optimizer.state[flat] for flat in flats]  # type: ignore[union-attr]
+        flats = self.engine.optimizer.fp32_partitioned_groups_flat
+        return [self.optimizer.state[flat] for flat in flats]
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The optimiser's state as ``torch.optim.Optimizer.state_dict()`` gives it in one process, gathered whole."""
@@ -197,7 +197,7 @@ class Zero3Run:
                 for key in names:
                     state[index][key] = safe_get_full_optimizer_state(param, key).detach().cpu().clone()
         groups, start = [], 0
-        for group, count in zip(self.optimizer.param_groups, self._group_sizes, strict=True):  # type: ignore[union-attr]
+        for group, count in zip(self.optimizer.param_groups, self._group_sizes, strict=True):
             groups.append({**{k: v for k, v in group.items() if k != "params"},
                            "params": list(range(start, start + count))})
             start += count
@@ -207,15 +207,15 @@ class Zero3Run:
         """Load a one-process optimiser state (``torch.optim`` layout, whole tensors) into DeepSpeed's partitions."""
         from deepspeed.utils import safe_set_full_optimizer_state
 
-        for group, values in zip(self.optimizer.param_groups, saved["param_groups"], strict=True):  # type: ignore[union-attr]
+        for group, values in zip(self.optimizer.param_groups, saved["param_groups"], strict=True):
             group.update({key: value for key, value in values.items() if key != "params"})
         if not saved["state"]:
             return
         step = _one_step({float(slots["step"]) for slots in saved["state"].values()})
         names = sorted({key for slots in saved["state"].values() for key in slots if key != "step"})
-        for flat in self.engine.optimizer.fp32_partitioned_groups_flat:  # type: ignore[union-attr]
+        for flat in self.engine.optimizer.fp32_partitioned_groups_flat:
             # the layout torch's Adam creates at its first step, filled in below
-            self.optimizer.state[flat] = {"step": torch.tensor(step), **{key: torch.zeros_like(flat) for key in names}}  # type: ignore[union-attr]
+            self.optimizer.state[flat] = {"step": torch.tensor(step), **{k: torch.zeros_like(flat) for k in names}}
         for index, param in enumerate(self.params.values()):
             for key in names:
                 safe_set_full_optimizer_state(param, saved["state"][index][key].to(torch.float32), key)
