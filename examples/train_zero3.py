@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--max-grad-norm", type=float, default=None,
+                        help="clip the adapter's gradient norm (under ZeRO-3 DeepSpeed's engine clips)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     return parser.parse_args(argv)
@@ -93,7 +95,8 @@ def train_one(method: str, base: Any, tokenizer: Any, accelerator: Any, args: ar
 
         # the settings of examples/train_sharded.py: its one-process run gives the losses to compare with
         settings = TrainSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
-                                 patience=None, dropout=True, improve_on_tie=True, seed=0)
+                                 patience=None, dropout=True, improve_on_tie=True, seed=0,
+                                 max_grad_norm=args.max_grad_norm)
         reset_peak_rss()  # after loading: the peak of the whole fit, partitioning and giving back included
         result = fit(model, collator, train, dev, settings, checkpoint_dir=out / "checkpoints", progress=False,
                      accelerator=accelerator if deepspeed_plugin(accelerator) is not None else None,

@@ -29,6 +29,7 @@ EXAMPLE_ZERO3 = ROOT / "examples" / "train_zero3.py"
 ZERO3_CONFIG = ROOT / "benchmarks" / "configs" / "zero3.yaml"
 sys.path.insert(0, str(ROOT / "examples"))
 import train_sharded  # noqa: E402
+import train_zero3  # noqa: E402
 
 METHODS = ("mixture", "deep", "ptuning")
 TIMEOUT = 420
@@ -253,6 +254,18 @@ def test_zero3_checkpoint_resumes_in_one_process(runs: dict[str, Path], zero3_ru
     shutil.copytree(zero3_runs["first"] / "deep" / "checkpoints", tmp_path / "deep" / "checkpoints")
     report = train_sharded.main(["--methods", "deep", "--epochs", "3", "--resume", "--output", str(tmp_path)])
     assert report["deep"]["losses"] == pytest.approx(_result(runs["single"], "deep")["losses"], abs=1e-5)
+
+
+def test_zero3_clips_gradients_as_one_process(tmp_path: Path) -> None:
+    """fit's max_grad_norm becomes DeepSpeed's gradient_clipping: the clipped losses of one process."""
+    args = ["--methods", "mixture", "--epochs", "2", "--max-grad-norm", "0.05"]
+    _wait(_start_zero3(EXAMPLE_ZERO3, *args, "--output", str(tmp_path / "zero3")))
+    clipped = train_zero3.main([*args, "--output", str(tmp_path / "single")])["mixture"]
+    free = train_zero3.main([*args[:4], "--output", str(tmp_path / "free")])["mixture"]
+    zero3 = _result(tmp_path / "zero3", "mixture")
+    assert zero3["processes"] == 2 and clipped["processes"] == 1
+    assert zero3["losses"] == pytest.approx(clipped["losses"], abs=1e-5)
+    assert abs(clipped["losses"][1] - free["losses"][1]) > 1e-3  # the clipping bound
 
 
 def test_zero3_refuses_promptgen_naming_why(tmp_path: Path) -> None:
