@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from peft import get_peft_model
 from train_sharded import FACTS, METHODS, adapter_config, peak_rss_mib, reset_peak_rss
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     return reports
 
 
-def train_one(method: str, base: Any, tokenizer: Any, accelerator: Any, args: argparse.Namespace) -> dict[str, Any]:
+def train_one(method: str, base: Any, tokenizer: Any, accelerator: Accelerator,
+              args: argparse.Namespace) -> dict[str, Any]:
     """Train, save and score one adapter of ``method`` on ``base``; the base is left as found."""
     out = args.output / method
     torch.manual_seed(0)  # the same adapter initialisation in every process
