@@ -43,6 +43,7 @@ import peft_baselines
 from lama_methods import (
     METHODS,
     PROMPT_FORMS,
+    check_deepspeed,
     check_options,
     is_manual_row,
     manual_config,
@@ -70,6 +71,7 @@ from prompt_adapters.sharding import shard_base_model
 from prompt_adapters.training import FitResult, JointTask, dev_precision_at_1, fit, fit_joint, rank_answers
 from prompt_adapters.tuner import detect_lm_kind
 from prompt_adapters.validation import screen_facts
+from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
 #: the subject of the None diagnostic row
 NONE = "None"
@@ -485,7 +487,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     check_model_source("--model", args.model)
     if METHODS[args.method].pooled:
         check_model_source("--generator", args.generator)
-    accelerator = Accelerator()
+    accelerator = launch_accelerator()
+    if deepspeed_plugin(accelerator) is not None:
+        check_deepspeed(args)
     args.precision = precision_report(accelerator)
     started = time.time()
     probe = Probe(args, accelerator.device)

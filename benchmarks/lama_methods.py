@@ -175,6 +175,22 @@ def is_manual_row(method: str, prompts: str) -> bool:
     return method == "manual" and prompts == "manual"
 
 
+def check_deepspeed(args: argparse.Namespace) -> None:
+    """Launched with a DeepSpeed config (ZeRO-3 partitions the model in fit): refuse what cannot run that way."""
+    method = METHODS[args.method]
+    reason = (
+        "add --data-parallel: every process must run every relation's forwards, since each holds only a partition "
+        "of the model" if not args.data_parallel
+        else "drop --sharding: DeepSpeed already partitions the model" if args.sharding is not None
+        else f"--method {args.method} cannot run: {PromptGenLayer.unshardable_reason}" if method.pooled
+        else f"--method {args.method} (peft's own adapter) is not trained under DeepSpeed here" if method.native_peft
+        else "--em cannot run: its M-step writes the mixture weights in place, which DeepSpeed partitions"
+        if args.em else None
+    )
+    if reason:
+        raise SystemExit(f"launched with DeepSpeed (ZeRO-3): {reason}")
+
+
 def check_joint(args: argparse.Namespace) -> None:
     """--joint trains one adapter per relation in one loop: refuse the settings it cannot honour."""
     if not args.joint:

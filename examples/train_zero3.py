@@ -1,121 +1,127 @@
-"""Train a soft prompt on a frozen causal LM partitioned over processes by DeepSpeed ZeRO-3 (through accelerate).
+"""Train soft prompts with ``fit`` on a frozen causal LM partitioned over processes by DeepSpeed ZeRO-3 (accelerate).
 
-    accelerate launch --config_file benchmarks/configs/zero3.yaml examples/train_zero3.py --method deep --output z3
-    python examples/train_zero3.py --method deep --output single      # one process, no DeepSpeed, for comparison
+    accelerate launch --config_file benchmarks/configs/zero3.yaml examples/train_zero3.py --methods deep --output z3
+    accelerate launch --config_file benchmarks/configs/zero3.yaml examples/train_zero3.py ... --epochs 5 --resume
+    python examples/train_zero3.py --methods deep --output single      # one process, no DeepSpeed, for comparison
 
-ZeRO-3 partitions every parameter over the processes, the frozen base model's and the adapter's. The DeepSpeed
-engine owns the backward pass and the optimiser step, so this is accelerate's ordinary loop (``prepare``,
-``backward``, ``step``) rather than ``prompt_adapters.training.fit``, which owns both. Each global batch is split
-over the processes and weighted so that DeepSpeed's gradient average is the global batch's mean: the same losses as
-one process. On a machine without a GPU, DeepSpeed runs its CPU accelerator with ``gloo``. One method per launch:
-a second DeepSpeed engine in the same process was seen not to train. The output folder gets ``METHOD/adapter/`` (an
-ordinary adapter file, gathered from the partitions), ``METHOD/result.json`` (losses per epoch, parameter elements
-held per process, peak memory of process 0) and ``METHOD/test_scores.pt`` (the test facts' answer log-probs).
+Launched with the DeepSpeed config, ``fit`` hands the model to accelerate's DeepSpeed plugin: ZeRO-3 partitions every
+weight over the processes, the engine runs backward and the optimiser step, and each global batch is split over the
+processes, so a run gives the losses of one process. On a machine without a GPU, DeepSpeed runs its CPU accelerator
+with ``gloo``. Each method trains in turn on the same base model (``fit`` gives it back whole after training).
+The output folder gets, per method, ``METHOD/adapter/`` (an ordinary adapter file), ``METHOD/checkpoints/`` (every
+epoch; ``--resume`` continues from the latest), ``METHOD/result.json`` (losses per epoch, parameter elements held per
+process while training; peak memory per process while training, from partitioning to the last dev score, and over
+the whole fit) and ``METHOD/test_scores.pt`` (the test facts' answer log-probs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from peft import get_peft_model
 from train_sharded import FACTS, METHODS, adapter_config, peak_rss_mib, reset_peak_rss
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.integrations import unset_hf_deepspeed_config
 
 from prompt_adapters import PromptCollator
 from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
+from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="causal LM folder (default: a tiny random Llama)")
-    parser.add_argument("--method", default="mixture", choices=METHODS,
-                        help="one per launch: a second DeepSpeed engine in the same process does not train")
+    parser.add_argument("--methods", nargs="+", default=["mixture"], choices=METHODS,
+                        help="train one adapter of each, one after the other, on the same base model")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--max-grad-norm", type=float, default=None,
+                        help="clip the adapter's gradient norm (under ZeRO-3 DeepSpeed's engine clips)")
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     return parser.parse_args(argv)
 
 
-def process_group() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed: under DeepSpeed on CPUs accelerate reports one process of index 0
-    in every process, so splitting batches by ``accelerator.process_index`` would give each the same examples."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
-    accelerator = Accelerator()
-    rank, world = process_group()
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None:  # no dataloader to read them from: a global batch and its per-process share
-        micro = math.ceil(args.batch_size / world)
-        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, train_batch_size=micro * world)
-    report = train_one(args.method, accelerator, rank, world, args)
-    if rank == 0:
-        (args.output / args.method / "result.json").write_text(json.dumps(report, indent=1))
-        print(json.dumps(report))
-    return report
-
-
-def train_one(method: str, accelerator: Accelerator, rank: int, world: int,
-              args: argparse.Namespace) -> dict[str, Any]:
-    out = args.output / method
+    done = [method for method in args.methods if (args.output / method / "result.json").exists()]
+    if done and not args.resume:
+        raise SystemExit(f"--output {args.output} already holds finished runs of {done}; pass --resume or another "
+                         "folder")
+    accelerator = launch_accelerator()
     if args.model is None:
         base, tokenizer = build_tiny_model("llama")
-    else:  # loaded whole, then partitioned by DeepSpeed in prepare(): adapters are created from whole embeddings
-        unset_hf_deepspeed_config()  # (transformers would otherwise load straight into ZeRO-3 partitions)
+    else:  # loaded whole (launch_accelerator), then partitioned by DeepSpeed in fit
         base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    reports = {}
+    for method in args.methods:
+        reports[method] = train_one(method, base, tokenizer, accelerator, args)
+        if accelerator.is_main_process:
+            (args.output / method / "result.json").write_text(json.dumps(reports[method], indent=1))
+            print(json.dumps(reports[method]))
+        accelerator.wait_for_everyone()
+    return reports
+
+
+def train_one(method: str, base: Any, tokenizer: Any, accelerator: Accelerator,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Train, save and score one adapter of ``method`` on ``base``; the base is left as found."""
+    out = args.output / method
     torch.manual_seed(0)  # the same adapter initialisation in every process
     config = adapter_config(method)
     config.compile(tokenizer)
     model = get_peft_model(base, config)
-    collator = PromptCollator(tokenizer, model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    reset_peak_rss()  # after DeepSpeed partitioned the weights: the training peak
-    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
-    train, test = FACTS[:17], FACTS[20:]
-    losses = []
-    model.train()  # transformers checkpoints activations in train mode only; Llama's dropout is 0
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(epoch)).tolist()
-        total = 0.0
-        for start in range(0, len(train), args.batch_size):
-            index = order[start : start + args.batch_size]
-            local, weight = index[rank::world], len(index[rank::world]) / len(index)
-            if not local:  # every process runs each forward: the partitioned weights are gathered from all of them
-                local, weight = index[:1], 0.0
-            loss = model(**collator([train[i] for i in local])).loss * weight
-            accelerator.backward(loss * world)  # DeepSpeed averages the gradients over the processes
-            optimizer.step()
-            optimizer.zero_grad()
-            summed = loss.detach().clone()
-            if world > 1:
-                dist.all_reduce(summed)
-            total += float(summed) * len(index)
-        losses.append(total / len(train))
-    model.eval()
-    with torch.no_grad():
-        scores = model(**collator(test)).answer_log_probs
-    state = accelerator.get_state_dict(model)  # under ZeRO-3: gathered from every process's partition
-    if rank == 0:
-        accelerator.unwrap_model(model).save_pretrained(out / "adapter", state_dict=state)
-        torch.save(scores, out / "test_scores.pt")
-    accelerator.wait_for_everyone()
-    return {"method": method, "processes": world, "distributed_type": str(accelerator.distributed_type),
-            "losses": losses, "parameter_elements_per_process": held, "peak_rss_mib_training": round(peak_rss_mib(), 1)}
+    try:
+        collator = PromptCollator(tokenizer, model)
+        train, dev, test = FACTS[:17], FACTS[17:20], FACTS[20:]
+        held: list[int] = []
+        peaks: list[float] = []
+
+        def dev_p1() -> float:
+            """Dev P@1. fit calls it while DeepSpeed partitions the model, first right after partitioning and then
+            after every epoch: it also records the elements this process holds and its peak memory since then."""
+            held.append(sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()))
+            peaks.append(peak_rss_mib())
+            if len(peaks) == 1:
+                reset_peak_rss()
+            return precision_at_1(rank_answers(model, collator, dev))
+
+        # the settings of examples/train_sharded.py: its one-process run gives the losses to compare with
+        settings = TrainSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                                 patience=None, dropout=True, improve_on_tie=True, seed=0,
+                                 max_grad_norm=args.max_grad_norm)
+        reset_peak_rss()  # after loading: the peak of the whole fit, partitioning and giving back included
+        result = fit(model, collator, train, dev, settings, checkpoint_dir=out / "checkpoints", progress=False,
+                     accelerator=accelerator if deepspeed_plugin(accelerator) is not None else None,
+                     dev_metric=dev_p1)
+        fit_peak = peak_rss_mib()
+        training_peak = max(peaks[1:], default=0.0)  # 0: no epoch left to train (a finished run resumed)
+        memory = accelerator.gather(torch.tensor([training_peak, fit_peak])).view(-1, 2).tolist()
+        model.eval()
+        with torch.no_grad():
+            scores = model(**collator(test)).answer_log_probs
+        if accelerator.is_main_process:
+            model.save_pretrained(out / "adapter")  # fit gave the model back whole: an ordinary adapter file
+            torch.save(scores, out / "test_scores.pt")
+    finally:
+        model.unload()
+    return {"method": method, "processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type),
+            "losses": [epoch["train_loss"] for epoch in result.history],
+            "parameter_elements_per_process": min(held, default=None),
+            "peak_rss_mib_training_per_process": [round(row[0], 1) for row in memory],
+            "peak_rss_mib_fit_per_process": [round(row[1], 1) for row in memory]}
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -30,6 +30,7 @@ from prompt_adapters.run_dir import CheckpointStore, ResumeMismatchError, differ
 from prompt_adapters.run_dir import atomic_write_text as atomic_write_text
 from prompt_adapters.scoring import IGNORE, candidate_positions
 from prompt_adapters.validation import check_field_types
+from prompt_adapters.zero3 import Zero3Run, deepspeed_plugin
 
 
 @dataclass
@@ -212,10 +213,16 @@ def save_checkpoint(
     See ``prompt_adapters.run_dir``: the version is complete before it becomes visible, and older versions are
     removed only after it is, so a kill at any point leaves a loadable checkpoint.
     """
-    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in trainable_parameters(model).items()}
+    return _write_checkpoint(directory, trainable_parameters(model), optimizer.state_dict(), state, settings)
+
+
+def _write_checkpoint(
+    directory: Path, params: dict[str, torch.Tensor], optim: dict[str, Any], state: dict, settings: dict | None
+) -> Path:
+    """``save_checkpoint`` from the parameters and the optimiser's ``state_dict()`` (whole tensors)."""
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in params.items()}
     for key, value in state.pop("best_params", {}).items():
         tensors[f"best.{key}"] = value.contiguous()
-    optim = optimizer.state_dict()
     scalars: dict[str, dict[str, float]] = {}
     for index, slots in optim["state"].items():
         for name, value in slots.items():
@@ -241,6 +248,22 @@ def load_checkpoint(
     None when there is no checkpoint. With ``settings``, a checkpoint saved under other settings is refused,
     naming the keys that differ.
     """
+    params = trainable_parameters(model)
+    saved = _read_checkpoint(directory, list(params), settings)
+    if saved is None:
+        return None
+    values, optim, loop = saved
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(values[name])
+    optimizer.load_state_dict(optim)
+    return loop
+
+
+def _read_checkpoint(
+    directory: Path, names: list[str], settings: dict | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict] | None:
+    """The newest checkpoint's parameters ``names``, optimiser ``state_dict()`` and loop counters (checked)."""
     path = latest_checkpoint(directory)
     if path is None:
         return None
@@ -253,17 +276,13 @@ def load_checkpoint(
                 "saved settings, or remove the checkpoint to start over"
             )
     tensors = load_file(str(path / "state.safetensors"))
-    params = trainable_parameters(model)
-    expected = {f"param.{name}" for name in params}
+    expected = {f"param.{name}" for name in names}
     stored = {key for key in tensors if key.startswith("param.")}
     if expected != stored:
         raise ResumeMismatchError(
             f"checkpoint {path} holds the parameters {sorted(stored - expected)} the model lacks and lacks "
             f"{sorted(expected - stored)}; it was saved by another adapter configuration"
         )
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -272,10 +291,10 @@ def load_checkpoint(
     for index, slots in meta["optim_scalars"].items():
         for name, value in slots.items():
             state.setdefault(int(index), {})[name] = torch.tensor(value)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     loop = meta["loop"]
     loop["best_params"] = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
-    return loop
+    values = {name: tensors[f"param.{name}"] for name in names}
+    return values, {"state": state, "param_groups": meta["param_groups"]}, loop
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -295,13 +314,19 @@ class _AdapterRun:
         steps_per_epoch: int,
         load: Callable[[torch.optim.Optimizer], dict[str, Any] | None],
         dev_score: Callable[[], float],
+        zero3: Zero3Run | None = None,
     ) -> None:
         """``load`` reads a checkpoint into the parameters and the optimiser (None: start afresh); without one, the
-        untrained adapter's ``dev_score`` is the score to beat and its parameters the best so far (epoch 0)."""
+        untrained adapter's ``dev_score`` is the score to beat and its parameters the best so far (epoch 0).
+        With ``zero3`` the optimiser goes to DeepSpeed's engine, which then owns the update (``step`` only
+        schedules)."""
         self.params = params
         self.settings = settings
         self.dev_score = dev_score
+        self.zero3 = zero3
         self.optimizer = _make_optimizer(params, settings)
+        if zero3 is not None:
+            zero3.prepare(self.optimizer)
         self.scheduler = _make_scheduler(self.optimizer, settings, steps_per_epoch)
         saved = load(self.optimizer)
         if saved is not None:
@@ -316,6 +341,8 @@ class _AdapterRun:
             self.best = self._snapshot()
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
+        if self.zero3 is not None:
+            return self.zero3.full_parameters()
         return {name: param.detach().cpu().clone() for name, param in self.params.items()}
 
     @property
@@ -339,10 +366,12 @@ class _AdapterRun:
         return [order[start : start + size].tolist() for start in range(0, count, size)]
 
     def step(self) -> None:
-        """The update after a backward pass: gradient clipping, optimiser step, per-step schedule."""
-        if self.settings.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.settings.max_grad_norm)
-        self.optimizer.step()
+        """The update after a backward pass: gradient clipping, optimiser step, per-step schedule (under ZeRO-3 the
+        engine clipped and stepped in its backward)."""
+        if self.zero3 is None:
+            if self.settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.settings.max_grad_norm)
+            self.optimizer.step()
         if self.settings.schedule == "linear":
             self.scheduler.step()
 
@@ -376,7 +405,9 @@ class _AdapterRun:
         return {**self.loop, "best_params": self.best}
 
     def finish(self) -> FitResult:
-        """Load the best parameters and report."""
+        """Load the best parameters (into the whole model again under ZeRO-3) and report."""
+        if self.zero3 is not None:
+            self.zero3.release()
         with torch.no_grad():
             for name, param in self.params.items():
                 param.copy_(self.best[name])
@@ -420,6 +451,10 @@ def fit(
     With an ``accelerator`` of several processes the run is data-parallel: every global batch is split over the
     processes and the gradients summed, so the update equals the single-process one (up to float summation order)
     whatever the number of processes.
+
+    With an ``accelerator`` that has a DeepSpeed plugin (ZeRO stage 3), DeepSpeed partitions the model and its engine
+    runs backward and the optimiser step (``prompt_adapters.zero3``); the batches, losses, checkpoints and result
+    are those of one process, and the model comes back whole (if training raises, it is left partitioned).
     """
     if len(train) == 0:
         raise ValueError("no training examples")
@@ -431,6 +466,12 @@ def fit(
         dev_metric = dev_precision_at_1(model, collator, dev, settings.eval_batch_size)  # type: ignore[arg-type]
     params = trainable_parameters(model)
     score = dev_metric
+    zero3 = None
+    if deepspeed_plugin(accelerator) is not None:
+        if settings.em:
+            raise ValueError("fit does not run the EM schedule (em=True) under DeepSpeed: its M-step writes the "
+                             "mixture weights in place, which DeepSpeed partitions; train with em=False")
+        zero3 = Zero3Run(accelerator, model, params, settings.batch_size, settings.max_grad_norm)  # type: ignore[arg-type]
 
     def dev_score() -> float:
         model.eval()
@@ -439,12 +480,17 @@ def fit(
     def load(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         if checkpoint_dir is None:
             return None
+        if zero3 is not None:
+            return _load_zero3_checkpoint(Path(checkpoint_dir), zero3, _resume_settings(settings))
         return load_checkpoint(Path(checkpoint_dir), model, optimizer, _resume_settings(settings))
 
-    run = _AdapterRun(params, settings, math.ceil(len(train) / settings.batch_size), load, dev_score)
+    run = _AdapterRun(params, settings, math.ceil(len(train) / settings.batch_size), load, dev_score, zero3)
     responsibilities = None
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
+    if zero3 is not None:
+        rank, world = zero3.rank, zero3.world
+    trainer = model if zero3 is None else zero3.engine
     bar = tqdm(total=settings.epochs, initial=run.epoch, disable=not progress or rank != 0, desc=description,
                leave=False)
     while run.training:
@@ -456,6 +502,14 @@ def fit(
             local, weight = index[rank::world], len(index[rank::world]) / len(index)
             if not local:  # a process left without examples still runs a forward (weighted 0): a sharded model's
                 local, weight = index[:1], 0.0  # blocks gather their weights from every process
+            if zero3 is not None:
+                loss = _batch_loss(trainer, collator, train, local, responsibilities, params) * weight
+                zero3.backward(loss)
+                loss = zero3.sum(loss)
+                check_finite_loss(loss, run.epoch + 1, step, run.learning_rate)
+                run.step()
+                total += float(loss) * len(index)
+                continue
             run.optimizer.zero_grad()
             loss = _batch_loss(model, collator, train, local, responsibilities, params) * weight
             loss.backward()
@@ -468,7 +522,11 @@ def fit(
             run.step()
             total += float(loss.detach()) * len(index)
         dev_p1 = run.end_epoch(total / len(train))
-        if checkpoint_dir is not None and rank == 0:
+        if checkpoint_dir is not None and zero3 is not None:
+            whole, optim = zero3.full_parameters(), zero3.optimizer_state_dict()  # every process gathers
+            if rank == 0:
+                _write_checkpoint(Path(checkpoint_dir), whole, optim, run.state(), _resume_settings(settings))
+        elif checkpoint_dir is not None and rank == 0:
             save_checkpoint(Path(checkpoint_dir), model, run.optimizer, run.state(), _resume_settings(settings))
         if world > 1:
             accelerator.wait_for_everyone()  # type: ignore[union-attr]
@@ -478,6 +536,17 @@ def fit(
     result = run.finish()
     model.eval()
     return result
+
+
+def _load_zero3_checkpoint(directory: Path, zero3: Zero3Run, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """``load_checkpoint`` into DeepSpeed's partitions (every process reads the checkpoint and must call this)."""
+    saved = _read_checkpoint(directory, list(zero3.params), settings)
+    if saved is None:
+        return None
+    values, optim, loop = saved
+    zero3.set_parameters(values)
+    zero3.load_optimizer_state_dict(optim)
+    return loop
 
 
 def _batch_loss(
