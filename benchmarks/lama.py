@@ -52,6 +52,7 @@ from prompt_adapters import (
     PTuningEncoderConfig,
 )
 from prompt_adapters.data import lama as lama_data
+from prompt_adapters.data.lama import screen_facts
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.methods.promptgen.warmup import warm_up
@@ -84,7 +85,6 @@ from prompt_adapters.training import (
     rank_answers,
 )
 from prompt_adapters.tuner import detect_lm_kind
-from prompt_adapters.validation import screen_facts
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
+
+from prompt_adapters.model_facts import block_stacks, input_embedding_modules, lm_head_entry
 
 #: the label that the loss skips (transformers' and peft's ``ignore_index``)
 IGNORE_LABEL = -100
@@ -90,69 +91,6 @@ class PromptSource(Protocol):
     ) -> tuple[dict[str, Any], ScoreRequest | None]: ...
 
     def end_forward(self) -> None: ...
-
-
-def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
-    """Every embedding module whose weight is the model's input-embedding weight."""
-    weight = model.get_input_embeddings().weight
-    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
-
-
-def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each).
-
-    Blocks are the ``GradientCheckpointingLayer`` modules of a ``ModuleList``. Architectures whose blocks are plain
-    modules (older ones such as CTRL or CPM-Ant) fall back to the outermost module lists whose items are all of one
-    class and hold parameters of their own submodules."""
-    stacks: dict[int, list[nn.Module]] = {}
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            for child in module:
-                if isinstance(child, GradientCheckpointingLayer):
-                    stacks.setdefault(id(module), []).append(child)
-    return list(stacks.values()) or _plain_block_stacks(model)
-
-
-def block_width(model: nn.Module) -> int:
-    """Width of the hidden states between blocks: the config's ``hidden_size``, which differs from the input
-    embedding's width in models that project their embeddings (ALBERT, RemBERT, ELECTRA-small, OPT-350m)."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    width = getattr(text_config, "hidden_size", None)
-    return width if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
-
-
-def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """The outermost module lists of same-class composite modules (blocks that are not GradientCheckpointingLayer)."""
-    inside: set[int] = set()
-    stacks = []
-    for module in model.modules():  # parents come before their children
-        if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        kind = type(module[0])
-        composite = all(type(child) is kind and list(child.children()) for child in module)
-        if composite and list(module.parameters()):
-            stacks.append(list(module))
-            inside.update(id(sub) for sub in module.modules())
-    return stacks
-
-
-def lm_head_entry(model: nn.Module) -> nn.Module | None:
-    """The module where the LM head starts: the model's direct child that holds the output embedding (BERT's
-    ``cls``, RoBERTa's ``lm_head``, GPT-2's ``lm_head``), so gathering score positions there also spares the
-    head's transform layers on positions nobody asked for. Falls back to the output embedding itself. A child that
-    is a whole LM (the decoder of ``EncoderDecoderModel``) is searched in turn."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None:
-        return None
-    backbone = model.get_input_embeddings()
-    for child in model.children():
-        owned = list(child.modules())
-        if any(m is output for m in owned) and not any(m is backbone for m in owned):
-            if hasattr(child, "get_output_embeddings") and child.get_output_embeddings() is output:
-                return lm_head_entry(child)
-            return child
-    return output
 
 
 def _replace_first(args: tuple, kwargs: dict, key: str, value: torch.Tensor) -> tuple[tuple, dict]:

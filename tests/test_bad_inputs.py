@@ -34,7 +34,7 @@ from prompt_adapters import (
 from prompt_adapters.run_dir import CheckpointStore
 from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
 from prompt_adapters.training import TrainSettings, fit
-from prompt_adapters.validation import AdapterFileError
+from prompt_adapters.adapter_files import AdapterFileError
 
 TEMPLATE = "[X] was born in [Y] ."
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
+from prompt_adapters.model_facts import model_max_positions
 from prompt_adapters.scoring import IGNORE
 from prompt_adapters.template import (
     ANSWER_SLOT,
@@ -35,7 +36,6 @@ from prompt_adapters.validation import (
     check_text,
     check_tokenizer,
     control_token_ids,
-    model_max_positions,
 )
 
 #: keys accepted for the LAMA subject / object besides the template's own field names
@@ -128,7 +128,7 @@ class PromptCollator:
         self.offsets: list[int] = tuner.state.offsets[name]
         check_tokenizer(config.tokenizer_fingerprint, tokenizer, f"PromptCollator for adapter {name!r}")
         self.layout = make_layout(tokenizer, tuner.model, config.lm_kind)
-        self.data_dependent = bool(getattr(config, "data_dependent", False))
+        self.data_dependent = tuner.state.settings[name]["data_dependent"]
         self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
         check_template_words(self.templates, tokenizer)
         if self.candidate_ids is not None:
