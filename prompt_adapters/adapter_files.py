@@ -2,7 +2,8 @@
 safetensors (or a tensors-only pickle read with torch's weights-only unpickler, as peft reads it), and complete,
 finite tensors of the right method. Loading never runs code.
 
-``prompt_adapters.peft_registry`` wraps peft's loading entry points with the ``strict_*`` functions here.
+``prompt_adapters.peft_registry`` wraps peft's loading entry points with the ``strict_*`` functions here; their
+``known_types`` gives the peft types of the prompt methods registered at the time of the call.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import difflib
 import json
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,16 +193,16 @@ def _resolve_adapter(model_id: str | os.PathLike, kwargs: Mapping[str, Any]) -> 
     )
 
 
-def strict_load_adapter(original: Any, known_types: Sequence[str]) -> Any:
+def strict_load_adapter(original: Any, known_types: Callable[[], Sequence[str]]) -> Any:
     """Wrap ``PeftModel.load_adapter``: for prompt adapters, check the files before and the tensors after loading."""
 
     def load_adapter(self: Any, model_id: str, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
         directory = _resolve_adapter(model_id, kwargs)
         if directory is not None:
-            check_adapter_files(directory, known_types)
+            check_adapter_files(directory, known_types())
         result = original(self, model_id, adapter_name, *args, **kwargs)
         config = self.peft_config.get(adapter_name)
-        if config is None or config.peft_type not in known_types:
+        if config is None or config.peft_type not in known_types():
             return result
         state = self.base_model.state
         parameters = {name: p for name, p in state.named_parameters() if adapter_name in name.split(".")}
@@ -218,27 +219,27 @@ def strict_load_adapter(original: Any, known_types: Sequence[str]) -> Any:
     return load_adapter
 
 
-def strict_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
+def strict_from_pretrained(original: Any, known_types: Callable[[], Sequence[str]]) -> Any:
     """Wrap ``PeftModel.from_pretrained`` so a damaged adapter_config.json or weights file is named before peft
     parses it."""
 
     def from_pretrained(cls: Any, model: nn.Module, model_id: str, *args: Any, **kwargs: Any) -> Any:
         directory = _resolve_adapter(model_id, kwargs)
         if directory is not None:
-            check_adapter_files(directory, known_types)
+            check_adapter_files(directory, known_types())
         return original(cls, model, model_id, *args, **kwargs)
 
     return from_pretrained
 
 
-def strict_config_from_pretrained(original: Any, known_types: Sequence[str]) -> Any:
+def strict_config_from_pretrained(original: Any, known_types: Callable[[], Sequence[str]]) -> Any:
     """Wrap ``PeftConfig.from_pretrained`` so a local adapter_config.json whose ``peft_type`` is misspelt, or names
     another method for a prompt adapter, is named before peft looks the type up."""
 
     def from_pretrained(cls: Any, model_id: str, subfolder: str | None = None, **kwargs: Any) -> Any:
         directory = adapter_directory(model_id, subfolder)
         if directory is not None and (directory / CONFIG_NAME).is_file():
-            check_peft_type(read_adapter_config(directory), directory / CONFIG_NAME, known_types)
+            check_peft_type(read_adapter_config(directory), directory / CONFIG_NAME, known_types())
         return original(cls, model_id, subfolder=subfolder, **kwargs)
 
     return from_pretrained

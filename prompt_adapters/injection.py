@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from prompt_adapters.model_facts import block_stacks, input_embedding_modules, lm_head_entry
+from prompt_adapters.scoring import IGNORE
 
-#: the label that the loss skips (transformers' and peft's ``ignore_index``)
-IGNORE_LABEL = -100
 #: forward keyword arguments the hooks consume before the model sees them
 SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids", "num_choices", "choice_labels")
 
@@ -335,7 +334,7 @@ class PromptHooks:
         """``labels`` with -100 at prompt positions, as peft's prompt tuning labels its virtual tokens: a pseudo id
         is no token the model can predict (a trainer that copies ``input_ids`` into ``labels`` would read past the
         LM head)."""
-        return labels.masked_fill(labels >= self.vocab_size, IGNORE_LABEL)
+        return labels.masked_fill(labels >= self.vocab_size, IGNORE)
 
     def embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Inject soft vectors into caller-made ``inputs_embeds`` at the pseudo ids of ``prompt_ids``."""

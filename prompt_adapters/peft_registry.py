@@ -12,20 +12,22 @@ import enum
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peft
 from huggingface_hub import HfApi
 from packaging.version import Version
 from peft import PeftConfig, PeftModel
-from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import register_peft_method
 from peft.utils.peft_types import PeftType
 
 from prompt_adapters.adapter_files import strict_config_from_pretrained, strict_from_pretrained, strict_load_adapter
+
+if TYPE_CHECKING:  # the configs and tuners import this module to register themselves
+    from prompt_adapters.tuner import PromptConfig, PromptTuner
 
 SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
 
@@ -38,13 +40,13 @@ class Method:
     ``prefix`` is its state-dict prefix)."""
 
     name: str
-    config_cls: type[PeftConfig]
-    model_cls: type[BaseTuner]
+    config_cls: type[PromptConfig]
+    model_cls: type[PromptTuner]
 
     @property
     def peft_type(self) -> str:
         """The method's ``PeftType`` member name, e.g. ``"MIXTURE_PROMPT"``."""
-        return self.config_cls.method_type  # type: ignore[attr-defined]
+        return self.config_cls.method_type
 
 
 def check_peft_version(version: str = peft.__version__) -> None:
@@ -91,9 +93,22 @@ def register_method(method: Method) -> Method:
 
 
 def install_peft_patches(methods: Sequence[Method]) -> None:
-    """Patch peft's loading, model cards, ``generate`` and per-row adapter hooks for adapters of ``methods``
-    (idempotent: a second call changes nothing); other peft methods keep peft's behaviour."""
-    ours = tuple(method.peft_type for method in methods)
+    """Patch peft's loading, model cards, ``generate`` and per-row adapter hooks for adapters of prompt methods
+    (idempotent: a second call changes nothing); other peft methods keep peft's behaviour.
+
+    The prompt methods are ``methods``, then any registered later with ``register_method`` (a method written
+    outside this package), found in peft's own mapping by their config's ``method_type``.
+    """
+    listed = tuple(method.peft_type for method in methods)
+
+    def ours() -> tuple[str, ...]:
+        """The peft types of the prompt methods registered now: ``methods``' in their order, then later ones."""
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        later = tuple(peft_type for peft_type, config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()
+                      if peft_type not in listed and getattr(config_cls, "method_type", None) == peft_type)
+        return listed + later
+
     _patch_peft_model_cards(ours)
     _patch_peft_generate(ours)
     _patch_peft_forward_hooks(ours)
@@ -131,9 +146,10 @@ Templates:
 """
 
 
-def _is_ours(model: PeftModel, ours: tuple[str, ...]) -> bool:
-    """Whether ``model`` holds an adapter of one of the ``ours`` peft types."""
-    return any(config.peft_type in ours for config in model.peft_config.values())
+def _is_ours(model: PeftModel, ours: Callable[[], tuple[str, ...]]) -> bool:
+    """Whether ``model`` holds an adapter of a prompt method (one of the peft types ``ours()`` gives)."""
+    types = ours()
+    return any(config.peft_type in types for config in model.peft_config.values())
 
 
 def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) -> None:
@@ -147,7 +163,7 @@ def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) ->
         handle.write(text)
 
 
-def _patch_strict_loading(ours: tuple[str, ...]) -> None:
+def _patch_strict_loading(ours: Callable[[], tuple[str, ...]]) -> None:
     """Prompt adapters load only from intact weights files, with every tensor present and finite, and configs name a
     known method (the checks live in ``prompt_adapters.adapter_files``; other peft methods load as peft loads them).
     ``PeftConfig.from_pretrained`` (used by ``AutoPeftModel*``) checks the ``peft_type`` of a local config too."""
@@ -163,7 +179,7 @@ def _patch_strict_loading(ours: tuple[str, ...]) -> None:
     PeftModel._prompt_adapters_strict = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_model_cards(ours: tuple[str, ...]) -> None:
+def _patch_peft_model_cards(ours: Callable[[], tuple[str, ...]]) -> None:
     """Make saved and pushed cards of our adapters say how to load them.
 
     ``PeftModel.push_to_hub`` (transformers' mixin) replaces the saved README with a generic card, so after a push
@@ -198,7 +214,7 @@ def _patch_peft_model_cards(ours: tuple[str, ...]) -> None:
     PeftModel._prompt_adapters_patched = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_forward_hooks(ours: tuple[str, ...]) -> None:
+def _patch_peft_forward_hooks(ours: Callable[[], tuple[str, ...]]) -> None:
     """Hand ``adapter_names`` to our tuner under ``disable_adapter()`` too.
 
     peft enters the tuner's ``_enable_peft_forward_hooks`` only while an adapter is enabled (a disabled LoRA row is the
@@ -222,7 +238,7 @@ def _patch_peft_forward_hooks(ours: tuple[str, ...]) -> None:
     PeftModel._prompt_adapters_forward_hooks_patched = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_generate(ours: tuple[str, ...]) -> None:
+def _patch_peft_generate(ours: Callable[[], tuple[str, ...]]) -> None:
     """Route ``PeftModel.generate`` of our adapters through the tuner's ``generate``.
 
     peft's task-specific classes (``PeftModelForCausalLM``, ``...Seq2SeqLM``) already call ``base_model.generate``;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+#: the label the loss skips (transformers' and peft's ``ignore_index``): the one such constant of the package
 IGNORE = -100
 
 

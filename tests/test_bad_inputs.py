@@ -31,10 +31,10 @@ from prompt_adapters import (
     PromptGenConfig,
     PTuningEncoderConfig,
 )
+from prompt_adapters.adapter_files import AdapterFileError
 from prompt_adapters.run_dir import CheckpointStore
 from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
 from prompt_adapters.training import TrainSettings, fit
-from prompt_adapters.adapter_files import AdapterFileError
 
 TEMPLATE = "[X] was born in [Y] ."
 

@@ -668,8 +668,11 @@ class PromptGenModel(PromptTuner):
         """The prompt of every example as text: the highest-probability word of each soft token (paper Table 3)."""
         with torch.no_grad():
             self.model(**batch)
-        steps, lengths = self.state.last_generation  # type: ignore[misc]
-        options = self.state.options[self.active_adapter]
+        state = self.state
+        if not isinstance(state, PromptGenLayer) or state.last_generation is None:
+            raise RuntimeError("the forward wrote no prompts; expected a batch of PromptGenCollator")
+        steps, lengths = state.last_generation
+        options = state.options[self.active_adapter]
         words = options["down_ids"][steps.argmax(-1).cpu()]
         m = options["m"]
         texts = []
