@@ -186,10 +186,12 @@ class Piece:
     space_before: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The piece as saved in ``adapter_config.json``."""
         return {"kind": self.kind, "ids": list(self.ids), "name": self.name, "space_before": self.space_before}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Piece:
+        """A piece read back from ``adapter_config.json``."""
         return cls(data["kind"], tuple(data.get("ids", ())), data.get("name", ""), data.get("space_before", False))
 
 
@@ -203,6 +205,7 @@ class CompiledTemplate:
 
     @property
     def num_soft(self) -> int:
+        """How many soft rows the template owns."""
         return sum(len(piece.ids) for piece in self.pieces if piece.kind == "soft")
 
     def soft_after_answer(self) -> int:
@@ -215,10 +218,12 @@ class CompiledTemplate:
         return [i for piece in self.pieces if piece.kind == "soft" for i in piece.ids]
 
     def to_dict(self) -> dict[str, Any]:
+        """The compiled template as saved in ``adapter_config.json``."""
         return {"source": self.source, "pieces": [piece.to_dict() for piece in self.pieces]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompiledTemplate:
+        """A compiled template read back from ``adapter_config.json``."""
         pieces = tuple(Piece.from_dict(p) for p in data["pieces"])
         return cls(data["source"], pieces, tuple(p.name for p in pieces if p.kind == "field"))
 

@@ -41,6 +41,7 @@ class PromptTuner(BaseTuner):
         return getattr(self, self.prefix + "state")
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """peft's ``inject_adapter``; an adapter added in inference mode starts frozen."""
         self._adapter_being_added = adapter_name
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         if self.peft_config[adapter_name].inference_mode:
@@ -127,15 +128,19 @@ class PromptTuner(BaseTuner):
         self.state.set_requires_grad(adapter_names, requires_grad)
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """Enable or disable every adapter at once (disabled: prompt positions read the template's words)."""
         self.state.enable_adapters(enabled)
 
     def disable_adapter_layers(self) -> None:
+        """peft's ``disable_adapter_layers``: the hard-prompt baseline."""
         self._enable_adapter_layers(False)
 
     def enable_adapter_layers(self) -> None:
+        """peft's ``enable_adapter_layers``."""
         self._enable_adapter_layers(True)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """peft's ``set_adapter``, for one adapter (prompt adapters run one at a time, or one per input row)."""
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         if len(names) != 1:
             raise ValueError(f"prompt adapters run one adapter at a time, got {names}")
@@ -161,6 +166,7 @@ class PromptTuner(BaseTuner):
         )
 
     def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: soft prompts are input vectors, not weight updates (see ``_check_merge_allowed``)."""
         self._check_merge_allowed()
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs: Any) -> nn.Module:
@@ -206,6 +212,7 @@ class PromptTuner(BaseTuner):
             self.state.row_adapters = previous
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward with the hooks active (``adapter_names``: one adapter per input row)."""
         with self._enable_peft_forward_hooks(**kwargs):
             kwargs.pop("adapter_names", None)
             return self.model(*args, **kwargs)

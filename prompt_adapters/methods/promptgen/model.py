@@ -133,6 +133,7 @@ class PromptGenLayer(PromptLayer[PromptGenConfig]):
         self.settings[name] = {"learn_weights": False, "data_dependent": False}
 
     def prompt_table(self, name: str) -> torch.Tensor:
+        """The prompt table the generator wrote for the current batch (``prepare``)."""
         if self._batch_table is None:
             raise ValueError(
                 "PromptGen prompts depend on the input: build batches with PromptGenCollator (generator inputs are "
@@ -157,6 +158,7 @@ class PromptGenLayer(PromptLayer[PromptGenConfig]):
         self._scored_leak_rows, self._leak_rows = self._leak_rows, False
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``, with the adapter's downstream embedding and LoRA state."""
         super().delete_adapter(adapter_name)
         self._downstream.pop(adapter_name, None)
         self.lora_generators.discard(adapter_name)
@@ -709,6 +711,7 @@ class PromptGenCollator(PromptCollator):
         self.leak_rows = leak_rows
 
     def generator_text(self, example: Any, subject: str) -> str:
+        """The generator's input: the example's manual template with ``subject`` and the generator's mask at [Y]."""
         if not isinstance(example, dict) or "template" not in example:
             raise KeyError(
                 "PromptGen examples are dicts with the relation's manual template under 'template' "

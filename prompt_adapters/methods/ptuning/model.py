@@ -201,6 +201,7 @@ class PTuningEncoderLayer(PromptLayer[PTuningEncoderConfig]):
         return torch.cat([encoder() for encoder in self._soft_encoders(name)], dim=0)
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``, with the adapter's cached encoder output."""
         super().delete_adapter(adapter_name)
         self._cache.pop(adapter_name, None)
 
