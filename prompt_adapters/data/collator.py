@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
-from prompt_adapters.model_facts import model_max_positions
+from prompt_adapters.model_facts import LMKind, model_max_positions
 from prompt_adapters.scoring import IGNORE
 from prompt_adapters.template import (
     ANSWER_SLOT,
@@ -65,7 +65,7 @@ def _tuner(model: nn.Module) -> Any:
     return tuner
 
 
-def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: str) -> Layout:
+def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: LMKind) -> Layout:
     """The special ids rendering needs for this tokenizer and model."""
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     prefix, suffix = special_affixes(tokenizer)

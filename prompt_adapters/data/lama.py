@@ -532,6 +532,7 @@ class FilterResult:
 
     @property
     def n_dropped(self) -> int:
+        """How many facts were dropped, for every reason together."""
         return sum(self.dropped.values())
 
 
