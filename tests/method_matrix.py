@@ -38,5 +38,6 @@ def make_config(method: str, tokenizer: PreTrainedTokenizerBase, templates: list
     """The tiny test config of ``method``: ``templates`` (or the method's own, see ``SETTINGS``), compiled with
     ``tokenizer``, with ``kwargs`` on top."""
     config_cls = next(spec.config_cls for spec in METHODS if spec.name == method)
-    fields = {"templates": templates, **SETTINGS.get(method, dict)(generator_dir), **kwargs}
+    own = SETTINGS[method](generator_dir) if method in SETTINGS else {}
+    fields = {"templates": templates, **own, **kwargs}
     return config_cls(tokenizer=tokenizer, **fields)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 
-from prompt_adapters import MixturePromptConfig
+from prompt_adapters import MixturePromptConfig, PromptCollator
 from prompt_adapters.model_facts import model_fingerprint
-from prompt_adapters.testing import build_tiny_model
+from prompt_adapters.testing import build_tiny_model, build_tokenizer
 from prompt_adapters.tuner.fit import check_adapter_fits
 
-TEMPLATES = ["[X] was born in [Y] ."]
+TEMPLATE = "[X] was born in [Y] ."
+TEMPLATES = [TEMPLATE]
 
 
 def attached_config(family: str = "bert") -> MixturePromptConfig:
@@ -45,3 +50,54 @@ def test_another_kind_of_lm_is_refused_first() -> None:
     config = attached_config()
     with pytest.raises(ValueError, match="lm_kind='masked', but GPT2LMHeadModel is a causal LM"):
         check_adapter_fits("default", config, build_tiny_model("gpt2")[0])
+
+
+# ------------------------------------------------------------------------------------------------ soft rows never read
+
+
+def bert_tokenizer() -> Any:
+    return build_tokenizer("bert")
+
+
+def gpt2_tokenizer() -> Any:
+    tokenizer = build_tokenizer("gpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def attach(config: Any, family: str = "bert") -> Any:
+    return get_peft_model(build_tiny_model(family)[0], config)
+
+
+AFTER_ANSWER = "[P*3] [X] [P*3] [Y] [P*11]"
+
+
+def unreachable_row_warnings(make: Callable[[], Any]) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make()
+    return [str(w.message) for w in caught if "after [Y]" in str(w.message)]
+
+
+def test_soft_rows_after_the_answer_on_a_causal_lm_warn_with_their_count(tmp_path: Path) -> None:
+    """A causal LM never reads past [Y]: the 11 rows there get no gradient, and the warning says how many."""
+    tokenizer = gpt2_tokenizer()
+    with pytest.warns(UserWarning, match=r"'default' has 11 soft row\(s\) after \[Y\] \('\[P\*3\] \[X\] \[P\*3\] "
+                                         r"\[Y\] \[P\*11\]': 11\), which a causal LM never reads"):
+        model = attach(MixturePromptConfig(templates=[AFTER_ANSWER], tokenizer=tokenizer), "gpt2")
+    model(**PromptCollator(tokenizer, model)([("Dante", "Paris")])).loss.backward()
+    reached = model.base_model.state.table["default"].grad.abs().sum(1) > 0
+    assert reached.tolist() == [True] * 6 + [False] * 11
+    model.save_pretrained(tmp_path / "adapter")
+    assert unreachable_row_warnings(  # loaded for inference: the rows cost nothing there
+        lambda: PeftModel.from_pretrained(build_tiny_model("gpt2")[0], tmp_path / "adapter")) == []
+
+
+def test_soft_rows_after_the_answer_are_fine_elsewhere() -> None:
+    """Masked and seq2seq LMs read the whole template; a causal template ending at [Y] has nothing after it."""
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[AFTER_ANSWER],
+                                                                       tokenizer=bert_tokenizer()))) == []
+    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=["[P*3] [X] [P*3] [Y]"],
+                                                                       tokenizer=gpt2_tokenizer()), "gpt2")) == []
+    assert len(unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[TEMPLATE, AFTER_ANSWER],
+                                                                           tokenizer=gpt2_tokenizer()), "gpt2"))) == 1
