@@ -58,6 +58,7 @@ from lama_report import per_relation_figure as per_relation_figure
 import prompt_adapters
 from prompt_adapters import PromptCollator, PromptGenCollator
 from prompt_adapters.data import lama as lama_data
+from prompt_adapters.data.lama import screen_facts
 from prompt_adapters.job_runner import Job, JobRunner, precision_report, run_locked
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
 from prompt_adapters.methods.promptgen.warmup import warm_up
@@ -70,7 +71,6 @@ from prompt_adapters.run_dir import check_model_source, digest, model_digest, no
 from prompt_adapters.sharding import shard_base_model
 from prompt_adapters.training import FitResult, JointTask, dev_precision_at_1, fit, fit_joint, rank_answers
 from prompt_adapters.tuner import detect_lm_kind
-from prompt_adapters.validation import screen_facts
 from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
 #: the subject of the None diagnostic row

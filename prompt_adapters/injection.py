@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 
-#: the label that the loss skips (transformers' and peft's ``ignore_index``)
-IGNORE_LABEL = -100
+from prompt_adapters.model_facts import block_stacks, input_embedding_modules, lm_head_entry
+from prompt_adapters.scoring import IGNORE
+
 #: forward keyword arguments the hooks consume before the model sees them
 SCORING_KEYS = ("score_positions", "score_targets", "candidate_ids", "prompt_ids", "num_choices", "choice_labels")
 
@@ -74,85 +74,35 @@ class PromptSource(Protocol):
         """Refuse prompt positions the rows' adapters do not have (per-row adapters)."""
         ...
 
-    def hard_ids(self, rows: torch.Tensor) -> torch.Tensor: ...
+    def hard_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """The template's own word ids standing in for soft rows ``rows`` (read while disabled)."""
+        ...
 
-    def active_table(self) -> torch.Tensor | None: ...
+    def active_table(self) -> torch.Tensor | None:
+        """The vectors at the prompt positions: (soft rows, hidden), or per input row (rows, soft rows, hidden) with
+        ``adapter_names``; None while disabled."""
+        ...
 
-    def active_delta(self, stack: int, depth: int) -> torch.Tensor | None: ...
+    def active_delta(self, stack: int, depth: int) -> torch.Tensor | None:
+        """The delta added at prompt positions after block ``depth`` of ``stack``; None for none."""
+        ...
 
-    def finish_scoring(self, request: ScoreRequest, output: Any) -> Any: ...
+    def finish_scoring(self, request: ScoreRequest, output: Any) -> Any:
+        """The model's output with the method's answer fields and loss, from the logits at the answer slots."""
+        ...
 
     #: extra forward kwargs the method consumes (e.g. PromptGen's generator inputs)
     forward_keys: tuple[str, ...]
 
     def prepare(
         self, inputs: dict[str, torch.Tensor], kwargs: dict[str, Any], request: ScoreRequest | None
-    ) -> tuple[dict[str, Any], ScoreRequest | None]: ...
+    ) -> tuple[dict[str, Any], ScoreRequest | None]:
+        """Before the model runs: consume ``forward_keys`` from ``kwargs``; may rewrite inputs and score request."""
+        ...
 
-    def end_forward(self) -> None: ...
-
-
-def input_embedding_modules(model: nn.Module) -> list[nn.Embedding]:
-    """Every embedding module whose weight is the model's input-embedding weight."""
-    weight = model.get_input_embeddings().weight
-    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
-
-
-def block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """Transformer blocks grouped by the module list holding them (one stack for encoders and decoders each).
-
-    Blocks are the ``GradientCheckpointingLayer`` modules of a ``ModuleList``. Architectures whose blocks are plain
-    modules (older ones such as CTRL or CPM-Ant) fall back to the outermost module lists whose items are all of one
-    class and hold parameters of their own submodules."""
-    stacks: dict[int, list[nn.Module]] = {}
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            for child in module:
-                if isinstance(child, GradientCheckpointingLayer):
-                    stacks.setdefault(id(module), []).append(child)
-    return list(stacks.values()) or _plain_block_stacks(model)
-
-
-def block_width(model: nn.Module) -> int:
-    """Width of the hidden states between blocks: the config's ``hidden_size``, which differs from the input
-    embedding's width in models that project their embeddings (ALBERT, RemBERT, ELECTRA-small, OPT-350m)."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    width = getattr(text_config, "hidden_size", None)
-    return width if isinstance(width, int) else int(model.get_input_embeddings().weight.shape[1])
-
-
-def _plain_block_stacks(model: nn.Module) -> list[list[nn.Module]]:
-    """The outermost module lists of same-class composite modules (blocks that are not GradientCheckpointingLayer)."""
-    inside: set[int] = set()
-    stacks = []
-    for module in model.modules():  # parents come before their children
-        if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        kind = type(module[0])
-        composite = all(type(child) is kind and list(child.children()) for child in module)
-        if composite and list(module.parameters()):
-            stacks.append(list(module))
-            inside.update(id(sub) for sub in module.modules())
-    return stacks
-
-
-def lm_head_entry(model: nn.Module) -> nn.Module | None:
-    """The module where the LM head starts: the model's direct child that holds the output embedding (BERT's
-    ``cls``, RoBERTa's ``lm_head``, GPT-2's ``lm_head``), so gathering score positions there also spares the
-    head's transform layers on positions nobody asked for. Falls back to the output embedding itself. A child that
-    is a whole LM (the decoder of ``EncoderDecoderModel``) is searched in turn."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None:
-        return None
-    backbone = model.get_input_embeddings()
-    for child in model.children():
-        owned = list(child.modules())
-        if any(m is output for m in owned) and not any(m is backbone for m in owned):
-            if hasattr(child, "get_output_embeddings") and child.get_output_embeddings() is output:
-                return lm_head_entry(child)
-            return child
-    return output
+    def end_forward(self) -> None:
+        """After every forward: drop per-batch state."""
+        ...
 
 
 def _replace_first(args: tuple, kwargs: dict, key: str, value: torch.Tensor) -> tuple[tuple, dict]:
@@ -397,7 +347,7 @@ class PromptHooks:
         """``labels`` with -100 at prompt positions, as peft's prompt tuning labels its virtual tokens: a pseudo id
         is no token the model can predict (a trainer that copies ``input_ids`` into ``labels`` would read past the
         LM head)."""
-        return labels.masked_fill(labels >= self.vocab_size, IGNORE_LABEL)
+        return labels.masked_fill(labels >= self.vocab_size, IGNORE)
 
     def embeds_from_prompt_ids(self, embeds: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Inject soft vectors into caller-made ``inputs_embeds`` at the pseudo ids of ``prompt_ids``."""

@@ -1,20 +1,21 @@
-"""The only module that touches peft internals: version check, PeftType extension and method registration.
+"""The only module that touches peft internals: version check, PeftType extension, method registration and the
+patches that make peft's loading, cards, ``generate`` and per-row adapters work for prompt adapters.
 
 peft has no plugin entry points, so a new method needs (1) a ``PeftType`` member, added here at run time, and
-(2) ``register_peft_method``, which fills peft's config / tuner / prefix mappings. A new method is one line in
-``METHODS``.
+(2) ``register_peft_method``, which fills peft's config / tuner / prefix mappings. A method registers itself in its
+own package's ``__init__.py`` with ``register_method(Method(...))``; ``prompt_adapters.methods.METHODS`` lists them.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import peft
 from huggingface_hub import HfApi
@@ -23,20 +24,29 @@ from peft import PeftConfig, PeftModel
 from peft.utils import register_peft_method
 from peft.utils.peft_types import PeftType
 
+from prompt_adapters.adapter_files import strict_config_from_pretrained, strict_from_pretrained, strict_load_adapter
+
+if TYPE_CHECKING:  # the configs and tuners import this module to register themselves
+    from prompt_adapters.tuner import PromptConfig, PromptTuner
+
 SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))
 
-MIXTURE_PROMPT = "MIXTURE_PROMPT"
-DEEP_PERTURB = "DEEP_PERTURB"
-PTUNING_ENCODER = "PTUNING_ENCODER"
-PROMPT_GEN = "PROMPT_GEN"
 
-#: (peft type, module, config class, tuner class); the tuner's ``prefix`` is the state-dict prefix
-METHODS: tuple[tuple[str, str, str, str], ...] = (
-    (MIXTURE_PROMPT, "prompt_adapters.methods.mixture", "MixturePromptConfig", "MixturePromptModel"),
-    (DEEP_PERTURB, "prompt_adapters.methods.deep", "DeepPerturbConfig", "DeepPerturbModel"),
-    (PTUNING_ENCODER, "prompt_adapters.methods.ptuning", "PTuningEncoderConfig", "PTuningEncoderModel"),
-    (PROMPT_GEN, "prompt_adapters.methods.promptgen", "PromptGenConfig", "PromptGenModel"),
-)
+
+@dataclass(frozen=True)
+class Method:
+    """One prompt method: its short name (the LAMA harness's ``--method``, the tests' id), its config class (a
+    ``PromptConfig`` naming its ``PeftType`` member in ``method_type``) and its tuner class (a ``PromptTuner`` whose
+    ``prefix`` is its state-dict prefix)."""
+
+    name: str
+    config_cls: type[PromptConfig]
+    model_cls: type[PromptTuner]
+
+    @property
+    def peft_type(self) -> str:
+        """The method's ``PeftType`` member name, e.g. ``"MIXTURE_PROMPT"``."""
+        return self.config_cls.method_type
 
 
 def check_peft_version(version: str = peft.__version__) -> None:
@@ -70,24 +80,39 @@ def extend_peft_type(name: str) -> PeftType:
     return member
 
 
-def register_methods() -> None:
-    """Register every method of ``METHODS`` with peft (idempotent)."""
+def register_method(method: Method) -> Method:
+    """Register ``method`` with peft (idempotent): its ``PeftType`` member and peft's config / tuner / prefix
+    mappings, so ``get_peft_model``, ``PeftModel.from_pretrained`` and ``AutoPeftModel*`` know it."""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
-    check_peft_version()
-    for peft_type, module_name, config_name, model_name in METHODS:
-        member = extend_peft_type(peft_type)
-        if member in PEFT_TYPE_TO_TUNER_MAPPING:
-            continue
-        module = importlib.import_module(module_name)
-        model_cls = getattr(module, model_name)
-        config_cls = getattr(module, config_name)
-        prefix = model_cls.prefix
-        register_peft_method(name=peft_type.lower(), config_cls=config_cls, model_cls=model_cls, prefix=prefix)
-    _patch_peft_model_cards()
-    _patch_peft_generate()
-    _patch_peft_forward_hooks()
-    _patch_strict_loading()
+    member = extend_peft_type(method.peft_type)
+    if member not in PEFT_TYPE_TO_TUNER_MAPPING:
+        register_peft_method(name=method.peft_type.lower(), config_cls=method.config_cls, model_cls=method.model_cls,
+                             prefix=method.model_cls.prefix)
+    return method
+
+
+def install_peft_patches(methods: Sequence[Method]) -> None:
+    """Patch peft's loading, model cards, ``generate`` and per-row adapter hooks for adapters of prompt methods
+    (idempotent: a second call changes nothing); other peft methods keep peft's behaviour.
+
+    The prompt methods are ``methods``, then any registered later with ``register_method`` (a method written
+    outside this package), found in peft's own mapping by their config's ``method_type``.
+    """
+    listed = tuple(method.peft_type for method in methods)
+
+    def ours() -> tuple[str, ...]:
+        """The peft types of the prompt methods registered now: ``methods``' in their order, then later ones."""
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        later = tuple(peft_type for peft_type, config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()
+                      if peft_type not in listed and getattr(config_cls, "method_type", None) == peft_type)
+        return listed + later
+
+    _patch_peft_model_cards(ours)
+    _patch_peft_generate(ours)
+    _patch_peft_forward_hooks(ours)
+    _patch_strict_loading(ours)
 
 
 CARD_MARKER = "<!-- prompt-adapters usage -->"
@@ -121,8 +146,10 @@ Templates:
 """
 
 
-def _is_ours(model: PeftModel) -> bool:
-    return any(c.peft_type in {m[0] for m in METHODS} for c in model.peft_config.values())
+def _is_ours(model: PeftModel, ours: Callable[[], tuple[str, ...]]) -> bool:
+    """Whether ``model`` holds an adapter of a prompt method (one of the peft types ``ours()`` gives)."""
+    types = ours()
+    return any(config.peft_type in types for config in model.peft_config.values())
 
 
 def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) -> None:
@@ -136,15 +163,12 @@ def _write_card(model: PeftModel, directory: str, repo_id: str | None = None) ->
         handle.write(text)
 
 
-def _patch_strict_loading() -> None:
+def _patch_strict_loading(ours: Callable[[], tuple[str, ...]]) -> None:
     """Prompt adapters load only from intact weights files, with every tensor present and finite, and configs name a
-    known method (the checks live in ``prompt_adapters.validation``; other peft methods load as peft loads them).
+    known method (the checks live in ``prompt_adapters.adapter_files``; other peft methods load as peft loads them).
     ``PeftConfig.from_pretrained`` (used by ``AutoPeftModel*``) checks the ``peft_type`` of a local config too."""
-    from prompt_adapters.validation import strict_config_from_pretrained, strict_from_pretrained, strict_load_adapter
-
     if getattr(PeftModel, "_prompt_adapters_strict", False):
         return
-    ours = tuple(method[0] for method in METHODS)
     PeftConfig.from_pretrained = classmethod(  # type: ignore[method-assign,assignment]
         strict_config_from_pretrained(PeftConfig.from_pretrained.__func__, ours)  # type: ignore[attr-defined]
     )
@@ -155,7 +179,7 @@ def _patch_strict_loading() -> None:
     PeftModel._prompt_adapters_strict = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_model_cards() -> None:
+def _patch_peft_model_cards(ours: Callable[[], tuple[str, ...]]) -> None:
     """Make saved and pushed cards of our adapters say how to load them.
 
     ``PeftModel.push_to_hub`` (transformers' mixin) replaces the saved README with a generic card, so after a push
@@ -168,12 +192,12 @@ def _patch_peft_model_cards() -> None:
 
     def create_or_update_model_card(self: PeftModel, output_dir: str) -> None:
         original_card(self, output_dir)
-        if _is_ours(self):
+        if _is_ours(self, ours):
             _write_card(self, output_dir)
 
     def push_to_hub(self: PeftModel, repo_id: str, *args: Any, **kwargs: Any) -> Any:
         result = original_push(self, repo_id, *args, **kwargs)
-        if _is_ours(self):
+        if _is_ours(self, ours):
             with tempfile.TemporaryDirectory() as directory:
                 _write_card(self, directory, repo_id)
                 HfApi().upload_file(
@@ -190,7 +214,7 @@ def _patch_peft_model_cards() -> None:
     PeftModel._prompt_adapters_patched = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_forward_hooks() -> None:
+def _patch_peft_forward_hooks(ours: Callable[[], tuple[str, ...]]) -> None:
     """Hand ``adapter_names`` to our tuner under ``disable_adapter()`` too.
 
     peft enters the tuner's ``_enable_peft_forward_hooks`` only while an adapter is enabled (a disabled LoRA row is the
@@ -203,7 +227,7 @@ def _patch_peft_forward_hooks() -> None:
 
     @contextmanager
     def _enable_peft_forward_hooks(self: PeftModel, *args: Any, **kwargs: Any) -> Iterator[None]:
-        if _is_ours(self):
+        if _is_ours(self, ours):
             with self.base_model._enable_peft_forward_hooks(*args, **kwargs):
                 yield
             return
@@ -214,7 +238,7 @@ def _patch_peft_forward_hooks() -> None:
     PeftModel._prompt_adapters_forward_hooks_patched = True  # type: ignore[attr-defined]
 
 
-def _patch_peft_generate() -> None:
+def _patch_peft_generate(ours: Callable[[], tuple[str, ...]]) -> None:
     """Route ``PeftModel.generate`` of our adapters through the tuner's ``generate``.
 
     peft's task-specific classes (``PeftModelForCausalLM``, ``...Seq2SeqLM``) already call ``base_model.generate``;
@@ -227,7 +251,7 @@ def _patch_peft_generate() -> None:
     original_generate = PeftModel.generate
 
     def generate(self: PeftModel, *args: Any, **kwargs: Any) -> Any:
-        if _is_ours(self):
+        if _is_ours(self, ours):
             return self.base_model.generate(*args, **kwargs)
         return original_generate(self, *args, **kwargs)
 

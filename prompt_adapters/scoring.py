@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+#: the label the loss skips (transformers' and peft's ``ignore_index``): the one such constant of the package
 IGNORE = -100
 
 

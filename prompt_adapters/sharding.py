@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from prompt_adapters.injection import block_stacks
+from prompt_adapters.model_facts import block_stacks
 
 
 def is_sharded(model: nn.Module) -> bool:

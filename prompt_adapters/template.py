@@ -32,6 +32,9 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from prompt_adapters.model_facts import LMKind
+from prompt_adapters.scoring import IGNORE
+
 WordMode = Literal["soft", "hard"]
 ANSWER_SLOT = "Y"
 _SLOT_RE = re.compile(r"\[([^\[\]]*)\]")
@@ -105,7 +108,7 @@ def _parse_slot(body: str, template: str, words: WordMode, space: bool) -> Segme
         text = mode.group(2).strip()
         if not text:
             raise TemplateError(f"[{body}] in {template!r} has no words")
-        return Segment("text", text, mode=mode.group(1), space_before=space)  # type: ignore[arg-type]
+        return Segment("text", text, mode="soft" if mode.group(1) == "soft" else "hard", space_before=space)
     if _FIELD_RE.match(body):
         return Segment("field", body, space_before=space)
     raise TemplateError(
@@ -183,10 +186,12 @@ class Piece:
     space_before: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The piece as saved in ``adapter_config.json``."""
         return {"kind": self.kind, "ids": list(self.ids), "name": self.name, "space_before": self.space_before}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Piece:
+        """A piece read back from ``adapter_config.json``."""
         return cls(data["kind"], tuple(data.get("ids", ())), data.get("name", ""), data.get("space_before", False))
 
 
@@ -200,6 +205,7 @@ class CompiledTemplate:
 
     @property
     def num_soft(self) -> int:
+        """How many soft rows the template owns."""
         return sum(len(piece.ids) for piece in self.pieces if piece.kind == "soft")
 
     def soft_after_answer(self) -> int:
@@ -212,10 +218,12 @@ class CompiledTemplate:
         return [i for piece in self.pieces if piece.kind == "soft" for i in piece.ids]
 
     def to_dict(self) -> dict[str, Any]:
+        """The compiled template as saved in ``adapter_config.json``."""
         return {"source": self.source, "pieces": [piece.to_dict() for piece in self.pieces]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompiledTemplate:
+        """A compiled template read back from ``adapter_config.json``."""
         pieces = tuple(Piece.from_dict(p) for p in data["pieces"])
         return cls(data["source"], pieces, tuple(p.name for p in pieces if p.kind == "field"))
 
@@ -268,8 +276,6 @@ def compile_templates(
 
 # ----------------------------------------------------------------------------------------------- rendering
 
-LMKind = Literal["masked", "causal", "seq2seq"]
-IGNORE_ID = -100
 
 
 @dataclass(frozen=True)
@@ -286,8 +292,9 @@ class Layout:
 
 
 @dataclass
-class Row:
-    """One model input: ids with pseudo ids at soft positions, and where the answer is read.
+class RenderedInput:
+    """One example under one template, laid out as one input row of a batch (before padding): ids with pseudo ids
+    at the prompt positions, and where the answer is read.
 
     ``score_positions`` index ``decoder_input_ids`` for seq2seq models and ``input_ids`` otherwise; the logits at a
     score position give the distribution of the token at ``score_targets`` (for causal LMs the position before it).
@@ -306,15 +313,15 @@ def render(
     tokenizer: PreTrainedTokenizerBase,
     layout: Layout,
     soft_offset: int = 0,
-    answer_ids: Sequence[int] = (IGNORE_ID,),
+    answer_ids: Sequence[int] = (IGNORE,),
     max_length: int | None = None,
     score_fields: bool = False,
     encode: Callable[[str, bool], list[int]] | None = None,
-) -> Row:
+) -> RenderedInput:
     """Fill ``template`` with field ``values`` and lay it out for ``layout``.
 
     Soft rows become pseudo ids ``vocab_size + soft_offset + j``. The answer slot holds ``len(answer_ids)`` tokens
-    (IGNORE_ID where unknown): one mask per token for masked LMs, teacher-forced answer tokens for causal and seq2seq
+    (IGNORE where unknown): one mask per token for masked LMs, teacher-forced answer tokens for causal and seq2seq
     decoders. Fields are truncated (longest first, from the end) to fit ``max_length``; prompt tokens and the answer
     slot are never cut. With ``score_fields`` the row scores the input field tokens instead of the answer (the query
     likelihood q_t(x) of the data-dependent mixture). ``encode(text, space_before)`` tokenises field values (the
@@ -330,7 +337,7 @@ def render(
     width = len(answer)
     if width < 1:
         raise ValueError("the answer slot needs at least one token")
-    if width > 1 and layout.lm_kind != "masked" and answer[0] == IGNORE_ID:
+    if width > 1 and layout.lm_kind != "masked" and answer[0] == IGNORE:
         raise ValueError(f"a {layout.lm_kind} LM scores a multi-token answer by teacher forcing: give its tokens")
     encode = encode or (lambda text, space: encode_fragment(tokenizer, text, space))
     field_ids = {
@@ -361,31 +368,40 @@ def render(
             body.extend(piece.ids)
     sequence = [*layout.prefix, *body, *layout.suffix]
     span = list(range(width))
-    forced = [token if token != IGNORE_ID else answer[0] for token in answer[:-1]]  # padding: input is irrelevant
+    forced = [token if token != IGNORE else answer[0] for token in answer[:-1]]  # padding: input is irrelevant
 
     if layout.lm_kind == "causal":
         if answer_at == 0:
             raise TemplateError(f"template {template.source!r} starts with [Y]; a causal LM needs a token before it")
         if score_fields:
             kept = [(p, t) for p, t in field_at if p > 0]
-            return Row(sequence[:answer_at], [p - 1 for p, _ in kept], [t for _, t in kept], truncated=truncated)
-        return Row([*sequence[:answer_at], *forced], [answer_at - 1 + j for j in span], answer, truncated=truncated)
+            positions, targets = [p - 1 for p, _ in kept], [t for _, t in kept]
+            return RenderedInput(sequence[:answer_at], positions, targets, truncated=truncated)
+        positions = [answer_at - 1 + j for j in span]
+        return RenderedInput([*sequence[:answer_at], *forced], positions, answer, truncated=truncated)
 
     if score_fields:
         if layout.lm_kind != "masked":
             raise ValueError("scoring the input fields (data-dependent mixture weights) needs a masked or causal LM")
         for position, _ in field_at:
-            sequence[position] = int(layout.slot_id)  # type: ignore[arg-type]
-        return Row(sequence, [p for p, _ in field_at], [t for _, t in field_at], truncated=truncated)
+            sequence[position] = _needed(layout.slot_id, "slot_id", layout)
+        return RenderedInput(sequence, [p for p, _ in field_at], [t for _, t in field_at], truncated=truncated)
 
     if layout.lm_kind == "masked":
-        return Row(sequence, [answer_at + j for j in span], answer, truncated=truncated)
-    start = int(layout.decoder_start_id)  # type: ignore[arg-type]
+        return RenderedInput(sequence, [answer_at + j for j in span], answer, truncated=truncated)
+    start = _needed(layout.decoder_start_id, "decoder_start_id", layout)
     if layout.seq2seq_copies_input:
         decoder = [start, *sequence[:answer_at], *forced]
-        return Row(sequence, [answer_at + j for j in span], answer, decoder, truncated)
-    decoder = [start, int(layout.slot_id), *forced]  # type: ignore[arg-type]
-    return Row(sequence, [1 + j for j in span], answer, decoder, truncated)
+        return RenderedInput(sequence, [answer_at + j for j in span], answer, decoder, truncated)
+    decoder = [start, _needed(layout.slot_id, "slot_id", layout), *forced]
+    return RenderedInput(sequence, [1 + j for j in span], answer, decoder, truncated)
+
+
+def _needed(value: int | None, what: str, layout: Layout) -> int:
+    """``value``, a special id that a ``layout.lm_kind`` layout needs (``make_layout`` sets it)."""
+    if value is None:
+        raise ValueError(f"a {layout.lm_kind} layout needs {what}, got None; build layouts with make_layout")
+    return int(value)
 
 
 def _truncate(

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 import torch
+from method_matrix import MIXING_METHODS
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from prompt_adapters import (
-    DeepPerturbConfig,
+    METHODS,
     MixturePromptConfig,
     PromptCollator,
     PromptGenConfig,
-    PTuningEncoderConfig,
 )
 from prompt_adapters.testing import build_tiny_model, save_tiny_model
 
@@ -25,7 +25,7 @@ TEMPLATES = {
     "deep": (["[X] was born in [Y] .", "[P*2] [X] is a native of [Y] ."], ["[P*3] [X] died in [Y] ."]),
     "ptuning": (["[P*2] [X] [P] born in [Y] .", "[P] [X] native [Y] ."], ["[P*6] [X] died in [Y] ."]),
 }
-CONFIGS = {"mixture": MixturePromptConfig, "deep": DeepPerturbConfig, "ptuning": PTuningEncoderConfig}
+CONFIGS = {method.name: method.config_cls for method in METHODS if method.name in MIXING_METHODS}
 FAMILIES = ("bert", "gpt2", "t5")
 CASES = [(method, family) for method in TEMPLATES for family in FAMILIES]
 EXAMPLES = [

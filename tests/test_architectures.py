@@ -16,20 +16,19 @@ from typing import Any
 import pytest
 import torch
 from architectures import Architecture, NotBuildableTiny, build, check_runs_bare, discover
+from method_matrix import METHOD_NAMES
+from method_matrix import make_config as make_method_config
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from prompt_adapters import (
     DeepPerturbConfig,
-    MixturePromptConfig,
     PromptCollator,
     PromptGenCollator,
-    PromptGenConfig,
-    PTuningEncoderConfig,
 )
 from prompt_adapters.testing import perturb_trainable, save_tiny_model
 
-METHODS = ("mixture", "deep", "ptuning", "promptgen")
+METHODS = METHOD_NAMES
 EXAMPLES = [
     {"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
     {"X": "Barack Obama", "Y": "London", "template": "[X] died in [Y] ."},
@@ -97,15 +96,7 @@ def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def make_config(method: str, tokenizer: PreTrainedTokenizerBase, generator_dir: str, lm_kind: str | None) -> PeftConfig:
-    if method == "mixture":
-        return MixturePromptConfig(templates=TEMPLATES, tokenizer=tokenizer, lm_kind=lm_kind)
-    if method == "deep":
-        return DeepPerturbConfig(templates=TEMPLATES, tokenizer=tokenizer, lm_kind=lm_kind)
-    if method == "ptuning":
-        return PTuningEncoderConfig(templates=["[P*2] [X] [P] born in [Y] ."], tokenizer=tokenizer, lm_kind=lm_kind)
-    return PromptGenConfig(
-        generator_name_or_path=generator_dir, num_before=2, num_after=1, tokenizer=tokenizer, lm_kind=lm_kind
-    )
+    return make_method_config(method, tokenizer, TEMPLATES, generator_dir, lm_kind=lm_kind)
 
 
 def answer_scores(model: PeftModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,10 @@ from prompt_adapters import (
     PromptGenConfig,
     PTuningEncoderConfig,
 )
+from prompt_adapters.adapter_files import AdapterFileError
 from prompt_adapters.run_dir import CheckpointStore
 from prompt_adapters.testing import build_tiny_model, build_tokenizer, save_tiny_model
 from prompt_adapters.training import TrainSettings, fit
-from prompt_adapters.validation import AdapterFileError
 
 TEMPLATE = "[X] was born in [Y] ."
 
@@ -510,78 +509,3 @@ def test_a_hub_adapter_saved_as_a_pickle_loads_weights_only(tmp_path: Path) -> N
         torch.testing.assert_close(found[name], tensor, rtol=0, atol=0)
     assert "adapter_model.bin holds objects other than tensors" in str(caught.value)
     assert not (code / "unpickled").exists()
-
-
-# ------------------------------------------------------------------------------------------------ warnings
-
-AFTER_ANSWER = "[P*3] [X] [P*3] [Y] [P*11]"
-
-
-def unreachable_row_warnings(make: Callable[[], Any]) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        make()
-    return [str(w.message) for w in caught if "after [Y]" in str(w.message)]
-
-
-def test_soft_rows_after_the_answer_on_a_causal_lm_warn_with_their_count(tmp_path: Path) -> None:
-    """A causal LM never reads past [Y]: the 11 rows there get no gradient, and the warning says how many."""
-    tokenizer = gpt2_tokenizer()
-    with pytest.warns(UserWarning, match=r"'default' has 11 soft row\(s\) after \[Y\] \('\[P\*3\] \[X\] \[P\*3\] "
-                                         r"\[Y\] \[P\*11\]': 11\), which a causal LM never reads"):
-        model = attach(MixturePromptConfig(templates=[AFTER_ANSWER], tokenizer=tokenizer), "gpt2")
-    model(**PromptCollator(tokenizer, model)([("Dante", "Paris")])).loss.backward()
-    reached = model.base_model.state.table["default"].grad.abs().sum(1) > 0
-    assert reached.tolist() == [True] * 6 + [False] * 11
-    model.save_pretrained(tmp_path / "adapter")
-    assert unreachable_row_warnings(  # loaded for inference: the rows cost nothing there
-        lambda: PeftModel.from_pretrained(build_tiny_model("gpt2")[0], tmp_path / "adapter")) == []
-
-
-def test_soft_rows_after_the_answer_are_fine_elsewhere() -> None:
-    """Masked and seq2seq LMs read the whole template; a causal template ending at [Y] has nothing after it."""
-    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[AFTER_ANSWER],
-                                                                       tokenizer=bert_tokenizer()))) == []
-    assert unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=["[P*3] [X] [P*3] [Y]"],
-                                                                       tokenizer=gpt2_tokenizer()), "gpt2")) == []
-    assert len(unreachable_row_warnings(lambda: attach(MixturePromptConfig(templates=[TEMPLATE, AFTER_ANSWER],
-                                                                           tokenizer=gpt2_tokenizer()), "gpt2"))) == 1
-
-
-# ------------------------------------------------------------------------------------------------ nothing to train
-
-
-def hard_adapter() -> Any:
-    """One hard template without [P]: no soft row and no mixture weight, nothing to train."""
-    return attach(MixturePromptConfig(templates=[TEMPLATE], words="hard", tokenizer=bert_tokenizer()))
-
-
-def test_training_an_adapter_with_nothing_to_train_says_so_on_backward() -> None:
-    model = hard_adapter()
-    loss = model(**PromptCollator(bert_tokenizer(), model)([("Dante", "Florence")])).loss
-    with pytest.raises(RuntimeError) as caught:
-        loss.backward()
-    message = str(caught.value)
-    assert "adapter 'default' has no trainable rows" in message and f"['{TEMPLATE}'] have no soft token" in message
-    assert "Expected soft tokens to train" in message
-
-
-def test_a_frozen_adapter_says_how_to_load_it_for_training(tmp_path: Path) -> None:
-    """PeftModel.from_pretrained loads for inference by default (peft's rule); training it then names the cause."""
-    adapted_bert().save_pretrained(tmp_path / "adapter")
-    model = PeftModel.from_pretrained(build_tiny_model("bert")[0], tmp_path / "adapter")
-    with pytest.raises(RuntimeError, match=r"adapter 'default' is frozen.*is_trainable=True"):
-        model(**collate(("Dante", "Florence"))).loss.backward()
-
-
-def test_a_loss_without_gradient_is_left_alone_where_no_backward_is_meant() -> None:
-    """Scoring under no_grad, or with the adapter disabled (the base model), returns the plain loss, same value."""
-    model = hard_adapter()
-    batch = PromptCollator(bert_tokenizer(), model)([("Dante", "Florence")])
-    explained = model(**batch).loss
-    with torch.no_grad():
-        plain = model(**batch).loss
-    assert plain.grad_fn is None and explained.grad_fn is not None
-    torch.testing.assert_close(explained.detach(), plain, rtol=0, atol=0)
-    with model.disable_adapter():
-        assert not model(**batch).loss.requires_grad

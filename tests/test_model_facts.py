@@ -118,6 +118,11 @@ def test_no_two_modules_import_each_other() -> None:
     assert not graph["prompt_adapters.model_facts"] & {"prompt_adapters.tuner", "prompt_adapters.validation"}
 
 
+def test_model_facts_is_the_lowest_module() -> None:
+    """Model facts import nothing of the package: the hooks, the tuner and the checks all build on them."""
+    assert _package_imports()["prompt_adapters.model_facts"] == set()
+
+
 def test_earlier_import_paths_keep_working() -> None:
     from prompt_adapters.model_facts import detect_lm_kind, tokenizer_fingerprint
     from prompt_adapters.tuner import detect_lm_kind as tuner_detect_lm_kind

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import torch
+from method_matrix import METHOD_NAMES, PEFT_TYPES
+from method_matrix import make_config as make_method_config
 from peft import (
     PeftConfig,
     PeftModel,
@@ -34,12 +36,9 @@ from peft.utils.peft_types import PeftType
 from transformers import PreTrainedTokenizerBase
 
 from prompt_adapters import (
-    DeepPerturbConfig,
     MixturePromptConfig,
     PromptCollator,
     PromptGenCollator,
-    PromptGenConfig,
-    PTuningEncoderConfig,
 )
 from prompt_adapters.injection import attached_hooks
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model
@@ -47,9 +46,7 @@ from prompt_adapters.training import em_step
 
 FAMILIES = ("bert", "roberta", "gpt2", "llama", "bart", "t5")
 GENERATIVE = ("gpt2", "llama", "bart", "t5")
-METHODS = ("mixture", "deep", "ptuning", "promptgen")
-PEFT_TYPES = {"mixture": "MIXTURE_PROMPT", "deep": "DEEP_PERTURB", "ptuning": "PTUNING_ENCODER",
-              "promptgen": "PROMPT_GEN"}
+METHODS = METHOD_NAMES
 CASES = [(method, family) for method in METHODS for family in FAMILIES]
 #: behaviours of the adapter state alone (not of the hooks in the model) run on one family per kind of LM
 KIND_CASES = [(method, family) for method in METHODS for family in ("bert", "gpt2", "t5")]
@@ -71,14 +68,7 @@ def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def make_config(method: str, tokenizer: PreTrainedTokenizerBase, generator_dir: str, **kwargs: Any) -> PeftConfig:
-    if method == "mixture":
-        return MixturePromptConfig(templates=TEMPLATES, tokenizer=tokenizer, **kwargs)
-    if method == "deep":
-        return DeepPerturbConfig(templates=TEMPLATES, tokenizer=tokenizer, **kwargs)
-    if method == "ptuning":
-        return PTuningEncoderConfig(templates=["[P*2] [X] [P] born in [Y] ."], tokenizer=tokenizer, **kwargs)
-    return PromptGenConfig(generator_name_or_path=generator_dir, num_before=2, num_after=1, tokenizer=tokenizer,
-                           **kwargs)
+    return make_method_config(method, tokenizer, TEMPLATES, generator_dir, **kwargs)
 
 
 @dataclass

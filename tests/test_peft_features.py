@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokeniz
 
 import prompt_adapters
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator
-from prompt_adapters.peft_registry import check_peft_version, extend_peft_type
+from prompt_adapters.peft_registry import check_peft_version, extend_peft_type, register_method
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model, widen_weights
 
 TEMPLATES = ["[X] was born in [Y] .", "[X] is a native of [Y]."]
@@ -41,7 +41,8 @@ def test_importing_registers_the_methods() -> None:
     assert PeftType.MIXTURE_PROMPT == "MIXTURE_PROMPT"
     assert "DEEP_PERTURB" in list(PeftType)
     assert extend_peft_type("MIXTURE_PROMPT") is PeftType.MIXTURE_PROMPT
-    prompt_adapters.peft_registry.register_methods()  # idempotent
+    for method in prompt_adapters.METHODS:
+        register_method(method)  # idempotent
 
 
 def test_unsupported_peft_version_fails_clearly() -> None:

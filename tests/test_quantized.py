@@ -10,6 +10,8 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
+from method_matrix import GENERATOR_METHODS, METHOD_NAMES
+from method_matrix import make_config as make_method_config
 from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors import safe_open
 from transformers import (
@@ -20,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptCollator, PTuningEncoderConfig
+from prompt_adapters import PromptCollator
 from prompt_adapters.testing import build_tiny_model, widen_weights
 
 FACTS = [("Dante", "Paris"), ("Mozart", "London"), ("Einstein", "Rome"), ("Newton", "Berlin")]
@@ -63,11 +65,7 @@ def load_quantized(directory: Path, bits: int) -> PreTrainedModel:
 
 
 def make_config(method: str, tokenizer: PreTrainedTokenizerBase) -> PeftConfig:
-    if method == "mixture":
-        return MixturePromptConfig(templates=TEMPLATES, tokenizer=tokenizer)
-    if method == "deep":
-        return DeepPerturbConfig(templates=TEMPLATES, tokenizer=tokenizer)
-    return PTuningEncoderConfig(templates=["[P*2] [X] [P] born in [Y] ."], tokenizer=tokenizer)
+    return make_method_config(method, tokenizer, TEMPLATES)
 
 
 def quantized_weights(model: torch.nn.Module, bits: int) -> dict[str, torch.Tensor]:
@@ -79,7 +77,7 @@ def quantized_weights(model: torch.nn.Module, bits: int) -> dict[str, torch.Tens
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("method", ["mixture", "deep", "ptuning"])
+@pytest.mark.parametrize("method", [name for name in METHOD_NAMES if name not in GENERATOR_METHODS])
 def test_prompt_tuning_on_a_quantized_base_trains_saves_and_loads(
     method: str, bits: int, base_dir: Path, tmp_path: Path
 ) -> None:

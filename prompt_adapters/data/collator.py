@@ -11,18 +11,20 @@ It works as a ``data_collator`` for the HF Trainer (with ``remove_unused_columns
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
+from prompt_adapters.model_facts import LMKind, model_max_positions
 from prompt_adapters.scoring import IGNORE
 from prompt_adapters.template import (
     ANSWER_SLOT,
     CompiledTemplate,
     Layout,
-    Row,
+    RenderedInput,
     encode_fragment,
     render,
     special_affixes,
@@ -35,7 +37,6 @@ from prompt_adapters.validation import (
     check_text,
     check_tokenizer,
     control_token_ids,
-    model_max_positions,
 )
 
 #: keys accepted for the LAMA subject / object besides the template's own field names
@@ -43,6 +44,17 @@ FIELD_ALIASES = {"X": ("sub", "sub_label", "subject")}
 #: example key naming the adapter of that example; a batch mixing adapters is passed on as ``adapter_names``
 ADAPTER_KEY = "adapter"
 ANSWER_KEYS = (ANSWER_SLOT, "obj", "obj_label", "answer", "object")
+
+
+@dataclass(frozen=True)
+class CheckedExample:
+    """An example as the collator's door read and checked it, ready to render: its field values, one target
+    sequence per choice (as long as the answer slot; IGNORE where unknown or padded) and the index of the right
+    choice (None when unknown)."""
+
+    values: dict[str, str]
+    targets: list[list[int]]
+    label: int | None
 
 
 def _tuner(model: nn.Module) -> Any:
@@ -53,7 +65,7 @@ def _tuner(model: nn.Module) -> Any:
     return tuner
 
 
-def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: str) -> Layout:
+def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: LMKind) -> Layout:
     """The special ids rendering needs for this tokenizer and model."""
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     prefix, suffix = special_affixes(tokenizer)
@@ -128,7 +140,7 @@ class PromptCollator:
         self.offsets: list[int] = tuner.state.offsets[name]
         check_tokenizer(config.tokenizer_fingerprint, tokenizer, f"PromptCollator for adapter {name!r}")
         self.layout = make_layout(tokenizer, tuner.model, config.lm_kind)
-        self.data_dependent = bool(getattr(config, "data_dependent", False))
+        self.data_dependent = tuner.state.settings[name]["data_dependent"]
         self.candidate_ids = None if candidate_ids is None else torch.as_tensor(candidate_ids, dtype=torch.long)
         check_template_words(self.templates, tokenizer)
         if self.candidate_ids is not None:
@@ -162,7 +174,17 @@ class PromptCollator:
             self._fragments[key] = encode_fragment(self.tokenizer, text, space_before)
         return self._fragments[key]
 
-    # ------------------------------------------------------------------------------------------ examples
+    # ------------------------------------------------------------------------------------------ the door
+
+    def check_example(self, example: Any) -> CheckedExample:
+        """Read ``example`` and check all of it once, before anything is rendered: its fields (non-blank text without
+        special tokens), its answer or choices (text this tokenizer reads the same way under every template; one
+        token with ``answers="one"``, at most the answer slot's length otherwise) and its label."""
+        values, answer = self.split_example(example)
+        if self.answers == "one":
+            return CheckedExample(values, [[self.answer_id(answer)]], 0)
+        targets, label = self.targets(example, answer)
+        return CheckedExample(values, targets, label)
 
     def split_example(self, example: Any) -> tuple[dict[str, str], str | None]:
         """Field values and answer text of one example: a (input, answer) pair, (input,), or a dict."""
@@ -208,10 +230,7 @@ class PromptCollator:
         """Single token id of the answer, the same under every template (IGNORE when there is none)."""
         if answer is None:
             return IGNORE
-        forms = {tuple(self.answer_tokens(answer))}
-        if len(forms) != 1:
-            raise ValueError(f"templates read answer {answer!r} as different tokens {sorted(forms)}")
-        ids = forms.pop()
+        ids = self.answer_tokens(answer)
         if len(ids) != 1:
             pieces = self.tokenizer.convert_ids_to_tokens(list(ids))
             raise ValueError(
@@ -242,8 +261,9 @@ class PromptCollator:
             check_known_tokens(ids, answer, "answer", self.tokenizer)
         return ids
 
-    def choices(self, example: Any) -> tuple[list[str | None], int | None]:
-        """The candidate answers of an example and the index of the right one (None when unknown)."""
+    def choices(self, example: Any, answer: str | None) -> tuple[list[str | None], int | None]:
+        """The candidate answers of an example and the index of the right one (None when unknown); an example
+        without ``choices`` has one: its ``answer``."""
         if isinstance(example, Mapping) and "choices" in example:
             choices = list(example["choices"])
             label = example.get("label")
@@ -255,11 +275,11 @@ class PromptCollator:
             if label is not None and not 0 <= int(label) < len(choices):
                 raise ValueError(f"label {label} is not an index into choices {choices}")
             return choices, None if label is None else int(label)
-        return [self.split_example(example)[1]], 0
+        return [answer], 0
 
-    def targets(self, example: Any) -> tuple[list[list[int]], int | None]:
-        """One target sequence per choice, all as long as the answer slot."""
-        choices, label = self.choices(example)
+    def targets(self, example: Any, answer: str | None) -> tuple[list[list[int]], int | None]:
+        """One target sequence per choice, all as long as the answer slot, and the index of the right choice."""
+        choices, label = self.choices(example, answer)
         tokens = [None if c is None else self.answer_tokens(c) for c in choices]
         known = [t for t in tokens if t is not None]
         requested = example.get("answer_length") if isinstance(example, Mapping) else None
@@ -275,15 +295,23 @@ class PromptCollator:
             sequences.append(ids + [filler] * (width - len(ids)))
         return sequences, label
 
-    def rows(self, example: Any) -> list[Row]:
-        values, answer = self.split_example(example)
-        if self.answers == "one":
-            per_choice = [[self.answer_id(answer)]]
-        else:
-            per_choice, _ = self.targets(example)
+    # ------------------------------------------------------------------------------------------ rendering
+
+    def render_example(self, checked: CheckedExample) -> list[RenderedInput]:
+        """A checked example's input rows: one per choice and template, choices outermost."""
         return [
-            render(template, values, self.tokenizer, self.layout, offset, targets, self.max_length, encode=self.encode)
-            for targets in per_choice
+            render(template, checked.values, self.tokenizer, self.layout, offset, targets, self.max_length,
+                   encode=self.encode)
+            for targets in checked.targets
+            for template, offset in zip(self.templates, self.offsets, strict=True)
+        ]
+
+    def render_queries(self, checked: CheckedExample) -> list[RenderedInput]:
+        """A checked example's query rows, one per template: they score its input fields (the likelihood q_t(x) of
+        data-dependent mixture weights)."""
+        return [
+            render(template, checked.values, self.tokenizer, self.layout, offset, [IGNORE], self.max_length, True,
+                   self.encode)
             for template, offset in zip(self.templates, self.offsets, strict=True)
         ]
 
@@ -296,21 +324,20 @@ class PromptCollator:
             return self.mixed(examples)
         refuse_unanswered(examples)
         self._fragments.clear()
-        rows: list[Row] = []
-        query_rows: list[Row] = []
+        rows: list[RenderedInput] = []
+        query_rows: list[RenderedInput] = []
+        checked_examples = []
         for example in examples:
-            rows.extend(self.rows(example))
+            checked = self.check_example(example)
+            checked_examples.append(checked)
+            rows.extend(self.render_example(checked))
             if self.data_dependent:
-                values, _ = self.split_example(example)
-                query_rows.extend(
-                    render(t, values, self.tokenizer, self.layout, o, [IGNORE], self.max_length, True, self.encode)
-                    for t, o in zip(self.templates, self.offsets, strict=True)
-                )
+                query_rows.extend(self.render_queries(checked))
         rows.extend(query_rows)
         self.truncated_tokens += sum(row.truncated for row in rows[: len(rows) - len(query_rows)])
         batch = self.pad(rows)
         if self.answers == "many":
-            _add_choices(batch, [self.choices(example) for example in examples])
+            _add_choices(batch, checked_examples)
         return batch
 
     def collator_for(self, name: Any) -> PromptCollator:
@@ -356,35 +383,31 @@ class PromptCollator:
         if len(pairs) == 0:
             raise ValueError("cannot build a batch from an empty list of examples")
         refuse_unanswered([example for _, example in pairs])
-        rows: list[Row] = []
+        rows: list[RenderedInput] = []
         names: list[str] = []
-        query_rows: list[Row] = []
+        query_rows: list[RenderedInput] = []
         query_names: list[str] = []
-        owners = []
-        examples = [example for _, example in pairs]
+        checked_examples = []
         for name, example in pairs:
             collator = self.collator_for(name)
-            owners.append(collator)
             collator._fragments.clear()
-            example_rows = collator.rows(example)
+            checked = collator.check_example(example)
+            checked_examples.append(checked)
+            example_rows = collator.render_example(checked)
             rows.extend(example_rows)
             names.extend([collator.adapter_name] * len(example_rows))
             if collator.data_dependent:
-                values, _ = collator.split_example(example)
-                query_rows.extend(
-                    render(t, values, self.tokenizer, collator.layout, o, [IGNORE], collator.max_length, True,
-                           collator.encode)
-                    for t, o in zip(collator.templates, collator.offsets, strict=True)
-                )
+                query_rows.extend(collator.render_queries(checked))
                 query_names.extend([collator.adapter_name] * len(collator.templates))
         self.truncated_tokens += sum(row.truncated for row in rows)
         batch: dict[str, Any] = self.pad([*rows, *query_rows])
         if self.answers == "many":
-            _add_choices(batch, [collator.choices(example) for collator, example in zip(owners, examples, strict=True)])
+            _add_choices(batch, checked_examples)
         batch["adapter_names"] = names + query_names
         return batch
 
-    def pad(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+    def pad(self, rows: Sequence[RenderedInput]) -> dict[str, torch.Tensor]:
+        """The rows padded into one batch (right-padded; score targets padded with IGNORE)."""
         pad_id = int(self.tokenizer.pad_token_id)
         batch = {
             "input_ids": _pad([r.input_ids for r in rows], pad_id),
@@ -440,7 +463,7 @@ class PromptCollator:
             data["adapter_names"] = names
         return BatchEncoding(data)
 
-    def render_input(self, example: Any, template: int) -> Row:
+    def render_input(self, example: Any, template: int) -> RenderedInput:
         """One row of ``inputs``: ``example`` through template number ``template``, ending where the answer starts."""
         if not 0 <= template < len(self.templates):
             raise ValueError(f"template must be an index into adapter {self.adapter_name!r}'s {len(self.templates)} "
@@ -476,14 +499,15 @@ def refuse_unanswered(examples: Sequence[Any]) -> None:
         )
 
 
-def _add_choices(batch: dict[str, Any], picked: Sequence[tuple[Sequence[Any], int | None]]) -> None:
+def _add_choices(batch: dict[str, Any], examples: Sequence[CheckedExample]) -> None:
     """Add ``num_choices`` (and ``choice_labels`` when there is a choice to make) for multiple-choice examples."""
-    counts = {len(choices) for choices, _ in picked}
+    counts = {len(example.targets) for example in examples}
     if len(counts) != 1:
         raise ValueError(f"all examples of a batch need the same number of choices, got {sorted(counts)}")
     batch["num_choices"] = torch.tensor(counts.pop())
     if batch["num_choices"] > 1:
-        batch["choice_labels"] = torch.tensor([IGNORE if label is None else label for _, label in picked])
+        batch["choice_labels"] = torch.tensor([IGNORE if example.label is None else example.label
+                                               for example in examples])
 
 
 def _pad(sequences: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 
 from prompt_adapters.data.download import DownloadFailed, Expected, default_cache_dir, fetch
+from prompt_adapters.validation import control_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -531,6 +532,7 @@ class FilterResult:
 
     @property
     def n_dropped(self) -> int:
+        """How many facts were dropped, for every reason together."""
         return sum(self.dropped.values())
 
 
@@ -596,6 +598,41 @@ def valid_objects(facts: Dataset | Iterable[Dataset]) -> dict[tuple[str, str], f
         for rel, sub, obj in zip(columns["relation"], columns["sub"], columns["obj"], strict=True):
             objects.setdefault((rel, sub), set()).add(obj)
     return {key: frozenset(objs) for key, objs in objects.items()}
+
+
+#: reasons screen_facts drops a fact for, in the order they are checked
+FACT_DROP_REASONS = ("blank_subject", "special_token_in_subject", "special_token_in_object", "unknown_object")
+
+
+def screen_facts(facts: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                 ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """Drop the facts a collator would refuse, counting each under the first reason it fails.
+
+    ``blank_subject``: the subject is not text or is blank (None, NaN, ""); ``special_token_in_*``: the text holds
+    a special token (e.g. "[MASK]"); ``unknown_object``: the object tokenises to the unknown token.
+    """
+    unk = tokenizer.unk_token_id
+    special = control_token_ids(tokenizer)
+    counts = dict.fromkeys(FACT_DROP_REASONS, 0)
+    kept = []
+    for fact in facts:
+        subject, obj = fact.get("sub"), fact.get("obj")
+        reason = None
+        if not isinstance(subject, str) or not subject.strip():
+            reason = "blank_subject"
+        elif special & set(tokenizer(subject, add_special_tokens=False)["input_ids"]):
+            reason = "special_token_in_subject"
+        elif isinstance(obj, str):
+            ids = tokenizer(obj, add_special_tokens=False)["input_ids"]
+            if unk is not None and unk in ids:
+                reason = "unknown_object"
+            elif special & set(ids):
+                reason = "special_token_in_object"
+        if reason is None:
+            kept.append(fact)
+        else:
+            counts[reason] += 1
+    return kept, counts
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from prompt_adapters.factworld.pretrain import TrainSpec
 
 
 def main(job_file: str, result_file: str) -> None:
+    """Run the job described in ``job_file`` and write its result to ``result_file``."""
     job = json.loads(Path(job_file).read_text())
     sentences = [
         Sentence(words=tuple(s["words"]), template=s["template"], objects=tuple((i, r) for i, r in s["objects"]))

@@ -2,5 +2,8 @@
 
 from prompt_adapters.methods.deep.config import DeepPerturbConfig
 from prompt_adapters.methods.deep.model import DeepPerturbLayer, DeepPerturbModel
+from prompt_adapters.peft_registry import Method, register_method
 
-__all__ = ["DeepPerturbConfig", "DeepPerturbLayer", "DeepPerturbModel"]
+METHOD = register_method(Method("deep", DeepPerturbConfig, DeepPerturbModel))
+
+__all__ = ["METHOD", "DeepPerturbConfig", "DeepPerturbLayer", "DeepPerturbModel"]

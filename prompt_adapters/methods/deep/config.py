@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from transformers import PreTrainedTokenizerBase
 
 from prompt_adapters.methods.mixture.config import MixturePromptConfig
-from prompt_adapters.peft_registry import DEEP_PERTURB, extend_peft_type
 
 
 @dataclass
@@ -18,12 +20,12 @@ class DeepPerturbConfig(MixturePromptConfig):
             decoder of seq2seq models). Deltas start at zero, so an untrained adapter equals its mixture.
     """
 
+    method_type: ClassVar[str] = "DEEP_PERTURB"
+
     layers: list[int] | None = field(default=None)
 
-    tokenizer: InitVar = None
-    def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
         super().__post_init__(tokenizer)
-        self.peft_type = extend_peft_type(DEEP_PERTURB)  # a PeftType member, as peft's own configs
         if self.layers is not None:
             if not self.layers:
                 raise ValueError(

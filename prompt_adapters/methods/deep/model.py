@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prompt_adapters.injection import block_stacks, block_width
-from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
-from prompt_adapters.tuner import PromptConfig
+from prompt_adapters.methods.deep.config import DeepPerturbConfig
+from prompt_adapters.model_facts import block_stacks, block_width
+from prompt_adapters.tuner import PromptLayer, PromptTuner
 
 
-class DeepPerturbLayer(MixturePromptLayer):
-    """Mixture state plus the deltas; ``sites[name][(stack, depth)]`` is the delta slice of that depth."""
+class DeepPerturbLayer(PromptLayer[DeepPerturbConfig]):
+    """A mixture's soft table and weights plus the deltas; ``sites[name][(stack, depth)]`` is the delta slice of
+    that depth."""
 
     adapter_layer_names = ("table", "mixture", "deltas")
     other_param_names = ("templates", "settings", "sites")
@@ -21,10 +22,12 @@ class DeepPerturbLayer(MixturePromptLayer):
         self.deltas = nn.ParameterDict()
         self.sites: dict[str, dict[tuple[int, int], int]] = {}
 
-    def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
-        super().create(name, config, model, init_ids)
+    def create(self, name: str, config: DeepPerturbConfig, model: nn.Module, init_ids: list[int]) -> None:
+        """The mixture's soft table and weights, and zero deltas at every depth of ``config.layers``."""
+        self.create_table(name, model, init_ids, config.init)
+        self.create_mixture(name, config.learn_weights, config.data_dependent)
         depths = [len(stack) for stack in block_stacks(model)]
-        wanted = getattr(config, "layers", None)
+        wanted = config.layers
         deepest = max(depths)
         if wanted is not None and max(wanted, default=0) > deepest:
             raise ValueError(
@@ -41,11 +44,12 @@ class DeepPerturbLayer(MixturePromptLayer):
         self.deltas[name] = nn.Parameter(torch.zeros(len(sites), rows, block_width(model)))
 
     def delta(self, name: str, stack: int, depth: int) -> torch.Tensor | None:
+        """The trained delta of adapter ``name`` at ``depth`` of ``stack`` (None where ``layers`` has none)."""
         site = self.sites[name].get((stack, depth))
         return None if site is None else self.deltas[name][site]
 
 
-class DeepPerturbModel(MixturePromptModel):
+class DeepPerturbModel(PromptTuner):
     """PEFT tuner of DeepPerturbConfig."""
 
     prefix = "deepprompt_"

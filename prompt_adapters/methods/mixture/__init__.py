@@ -2,5 +2,8 @@
 
 from prompt_adapters.methods.mixture.config import MixturePromptConfig
 from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
+from prompt_adapters.peft_registry import Method, register_method
 
-__all__ = ["MixturePromptConfig", "MixturePromptLayer", "MixturePromptModel"]
+METHOD = register_method(Method("mixture", MixturePromptConfig, MixturePromptModel))
+
+__all__ = ["METHOD", "MixturePromptConfig", "MixturePromptLayer", "MixturePromptModel"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from prompt_adapters.peft_registry import MIXTURE_PROMPT, extend_peft_type
 from prompt_adapters.tuner import PromptConfig
 
 
@@ -20,10 +20,7 @@ class MixturePromptConfig(PromptConfig):
             LMs). Costs one extra row per template and example.
     """
 
+    method_type: ClassVar[str] = "MIXTURE_PROMPT"
+
     learn_weights: bool = field(default=True)
     data_dependent: bool = field(default=False)
-
-    tokenizer: InitVar = None
-    def __post_init__(self, tokenizer) -> None:  # type: ignore[no-untyped-def]
-        self.peft_type = extend_peft_type(MIXTURE_PROMPT)  # a PeftType member, as peft's own configs
-        super().__post_init__(tokenizer)

@@ -4,5 +4,16 @@ from prompt_adapters.methods.promptgen.config import PromptGenConfig
 from prompt_adapters.methods.promptgen.model import PromptGenCollator, PromptGenLayer, PromptGenModel
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
 from prompt_adapters.methods.promptgen.warmup import warm_up
+from prompt_adapters.peft_registry import Method, register_method
 
-__all__ = ["PromptGenCollator", "PromptGenConfig", "PromptGenLayer", "PromptGenModel", "common_vocabulary", "warm_up"]
+METHOD = register_method(Method("promptgen", PromptGenConfig, PromptGenModel))
+
+__all__ = [
+    "METHOD",
+    "PromptGenCollator",
+    "PromptGenConfig",
+    "PromptGenLayer",
+    "PromptGenModel",
+    "common_vocabulary",
+    "warm_up",
+]

@@ -6,18 +6,24 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
-from prompt_adapters.peft_registry import PROMPT_GEN, extend_peft_type
-from prompt_adapters.template import CompiledTemplate, encode_fragment
+from prompt_adapters.template import CompiledTemplate, WordMode, encode_fragment
 from prompt_adapters.tuner import PromptConfig
 from prompt_adapters.validation import check_field_types
 
-LEAK_FORMS = ("paper", "bounded")
-TOKEN_FORMS = ("soft", "straight_through")
-STOPPING = ("mask", "eos", "fixed")
+#: the leak term's form (see ``PromptGenConfig.leak_form``)
+LeakForm = Literal["paper", "bounded"]
+LEAK_FORMS: tuple[LeakForm, ...] = get_args(LeakForm)
+#: what the models read at each written position (see ``PromptGenConfig.token_form``)
+TokenForm = Literal["soft", "straight_through"]
+TOKEN_FORMS: tuple[TokenForm, ...] = get_args(TokenForm)
+#: how a segment ends before its maximum (see ``PromptGenConfig.stopping``)
+Stopping = Literal["mask", "eos", "fixed"]
+STOPPING: tuple[Stopping, ...] = get_args(Stopping)
 #: stopping values of earlier releases, read from saved configs: "paper" was the ``</s>`` rule of the paper's text
 RENAMED_STOPPING = {"paper": "eos"}
 
@@ -77,27 +83,28 @@ class PromptGenConfig(PromptConfig):
         relation_answer_stops: filled automatically: the same for each template of ``relation_answer_words``.
     """
 
+    method_type: ClassVar[str] = "PROMPT_GEN"
+
     generator_name_or_path: str | None = field(default=None)
     min_common_words: int = field(default=100)
     num_before: int = field(default=10)
     num_after: int = field(default=5)
-    stopping: str = field(default="mask")
+    stopping: Stopping = field(default="mask")
     answer_words: list[str] = field(default_factory=list)
     relation_answer_words: dict[str, list[str]] = field(default_factory=dict)
     trained_length: bool = field(default=False)
     generator_lora_rank: int = field(default=0)
     leak_penalty: float = field(default=0.3)
-    leak_form: str = field(default="paper")
-    token_form: str = field(default="soft")
+    leak_form: LeakForm = field(default="paper")
+    token_form: TokenForm = field(default="soft")
     none_subject: str = field(default="None")
     common_vocab: list[list[int]] | None = field(default=None, metadata={"help": "filled automatically"})
     answer_stops: list[int] | None = field(default=None, metadata={"help": "filled automatically"})
     relation_answer_stops: dict[str, list[int]] | None = field(default=None, metadata={"help": "filled automatically"})
     templates: list[str] = field(default_factory=list)
-    words: str = field(default="hard")
+    words: WordMode = field(default="hard")
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self.peft_type = extend_peft_type(PROMPT_GEN)  # a PeftType member, as peft's own configs
         if isinstance(self.generator_name_or_path, os.PathLike):  # from_pretrained takes paths; JSON keeps strings
             self.generator_name_or_path = os.fspath(self.generator_name_or_path)
         check_field_types(self, PromptConfig)  # before the range checks below compare numbers

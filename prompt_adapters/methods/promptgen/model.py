@@ -28,11 +28,11 @@ from transformers import (
 
 from prompt_adapters.data.collator import PromptCollator
 from prompt_adapters.injection import PromptHooks, ScoreRequest
-from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
+from prompt_adapters.methods.promptgen.config import PromptGenConfig
 from prompt_adapters.methods.promptgen.deferred import one_weight_gradient_per_layer
 from prompt_adapters.scoring import IGNORE, candidate_positions, slot_log_probs
 from prompt_adapters.template import TemplateError
-from prompt_adapters.tuner import PromptConfig, _embed_scale
+from prompt_adapters.tuner import PromptLayer, PromptTuner, embed_scale
 
 GENERATOR_KEYS = ("generator_input_ids", "generator_attention_mask", "generator_subject_ids", "prompt_rows")
 #: each example's set of answer words (0: the pooled ``answer_words``; i > 0: the i-th template of the sorted
@@ -42,7 +42,7 @@ ANSWER_SETS = "generator_answer_sets"
 GENERATOR_LORA = "promptgen_lora"
 
 
-class PromptGenLayer(MixturePromptLayer):
+class PromptGenLayer(PromptLayer[PromptGenConfig]):
     """The generator (trainable) and the shared vocabulary of each adapter; per-batch prompt tables."""
 
     supports_adapter_names = False
@@ -80,34 +80,36 @@ class PromptGenLayer(MixturePromptLayer):
         #: the downstream model (in a tuple, so it is not registered here): the None rows' own call
         self._model: tuple[nn.Module, ...] = ()
 
-    def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
-        generator_config = AutoConfig.from_pretrained(config.generator_name_or_path)  # type: ignore[attr-defined]
+    def create(self, name: str, config: PromptGenConfig, model: nn.Module, init_ids: list[int]) -> None:
+        """The generator (from ``config.generator_name_or_path``; LoRA-wrapped with ``generator_lora_rank``) and the
+        options its prompts are written with."""
+        generator_config = AutoConfig.from_pretrained(config.generator_name_or_path)
         auto = AutoModelForSeq2SeqLM if generator_config.is_encoder_decoder else AutoModelForCausalLM
         if _creating_on_meta():  # PeftModel.from_pretrained(..., low_cpu_mem_usage=True): the saved weights follow
             generator = auto.from_config(generator_config)
         else:
-            generator = auto.from_pretrained(config.generator_name_or_path).float()  # type: ignore[attr-defined]
-        rank = config.generator_lora_rank  # type: ignore[attr-defined]
+            generator = auto.from_pretrained(config.generator_name_or_path).float()
+        rank = config.generator_lora_rank
         if rank:
             lora = LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear")
             generator = inject_adapter_in_model(lora, generator, adapter_name=GENERATOR_LORA)
             self.lora_generators.add(name)
-        generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)  # type: ignore[attr-defined]
+        generator_tokenizer = AutoTokenizer.from_pretrained(config.generator_name_or_path)
         self.generator[name] = generator
-        down_ids, gen_ids = config.common_vocab  # type: ignore[attr-defined]
+        down_ids, gen_ids = config.common_vocab
         embedding = model.get_input_embeddings()
-        scale = _embed_scale(embedding, embedding.weight)
+        scale = embed_scale(embedding, embedding.weight)
         self._downstream[name] = (embedding.weight, scale, embedding.weight.shape[0])
         self._model = (model,)
-        answer_stops = config.answer_stops or []  # type: ignore[attr-defined]
+        answer_stops = config.answer_stops or []
         causal = config.lm_kind == "causal"
-        m, n = config.num_before, config.num_after  # type: ignore[attr-defined]
+        m, n = config.num_before, config.num_after
         written_after = 0 if causal else n  # a causal LM never reads past the answer slot
-        stop_ids = _stop_ids(config.stopping, generator_tokenizer, generator, written_after)  # type: ignore[attr-defined]
+        stop_ids = _stop_ids(config.stopping, generator_tokenizer, generator, written_after)
         mask_id = generator_tokenizer.mask_token_id
         if written_after and mask_id is None:
             raise ValueError(
-                f"num_after={n}: the generator {config.generator_name_or_path!r} has no mask token to copy at the "  # type: ignore[attr-defined]
+                f"num_after={n}: the generator {config.generator_name_or_path!r} has no mask token to copy at the "
                 "answer slot between the two segments; use num_after=0 or a generator whose tokenizer has a mask token"
             )
         self.options[name] = {
@@ -117,12 +119,12 @@ class PromptGenLayer(MixturePromptLayer):
             "n": n,
             "written_after": written_after,
             "stop_ids": stop_ids,
-            "stops_early": config.stopping != "fixed",  # type: ignore[attr-defined]
-            "answer_sets": _answer_sets(down_ids, answer_stops, config.relation_answer_stops),  # type: ignore[attr-defined]
-            "trained_length": config.trained_length,  # type: ignore[attr-defined]
-            "alpha": config.leak_penalty,  # type: ignore[attr-defined]
-            "bounded": config.leak_form == "bounded",  # type: ignore[attr-defined]
-            "straight_through": config.token_form == "straight_through",  # type: ignore[attr-defined]
+            "stops_early": config.stopping != "fixed",
+            "answer_sets": _answer_sets(down_ids, answer_stops, config.relation_answer_stops),
+            "trained_length": config.trained_length,
+            "alpha": config.leak_penalty,
+            "bounded": config.leak_form == "bounded",
+            "straight_through": config.token_form == "straight_through",
             "mask_id": mask_id,
             "decoder_only": not generator_config.is_encoder_decoder,
             "prefix_ids": torch.tensor(decoder_prefix(generator, generator_tokenizer)),
@@ -131,6 +133,7 @@ class PromptGenLayer(MixturePromptLayer):
         self.settings[name] = {"learn_weights": False, "data_dependent": False}
 
     def prompt_table(self, name: str) -> torch.Tensor:
+        """The prompt table the generator wrote for the current batch (``prepare``)."""
         if self._batch_table is None:
             raise ValueError(
                 "PromptGen prompts depend on the input: build batches with PromptGenCollator (generator inputs are "
@@ -155,6 +158,7 @@ class PromptGenLayer(MixturePromptLayer):
         self._scored_leak_rows, self._leak_rows = self._leak_rows, False
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``, with the adapter's downstream embedding and LoRA state."""
         super().delete_adapter(adapter_name)
         self._downstream.pop(adapter_name, None)
         self.lora_generators.discard(adapter_name)
@@ -655,7 +659,7 @@ def _creating_on_meta() -> bool:
     return probe.probe.is_meta
 
 
-class PromptGenModel(MixturePromptModel):
+class PromptGenModel(PromptTuner):
     """PEFT tuner of PromptGenConfig."""
 
     prefix = "promptgen_"
@@ -666,8 +670,11 @@ class PromptGenModel(MixturePromptModel):
         """The prompt of every example as text: the highest-probability word of each soft token (paper Table 3)."""
         with torch.no_grad():
             self.model(**batch)
-        steps, lengths = self.state.last_generation  # type: ignore[misc]
-        options = self.state.options[self.active_adapter]
+        state = self.state
+        if not isinstance(state, PromptGenLayer) or state.last_generation is None:
+            raise RuntimeError("the forward wrote no prompts; expected a batch of PromptGenCollator")
+        steps, lengths = state.last_generation
+        options = state.options[self.active_adapter]
         words = options["down_ids"][steps.argmax(-1).cpu()]
         m = options["m"]
         texts = []
@@ -704,6 +711,7 @@ class PromptGenCollator(PromptCollator):
         self.leak_rows = leak_rows
 
     def generator_text(self, example: Any, subject: str) -> str:
+        """The generator's input: the example's manual template with ``subject`` and the generator's mask at [Y]."""
         if not isinstance(example, dict) or "template" not in example:
             raise KeyError(
                 "PromptGen examples are dicts with the relation's manual template under 'template' "

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from prompt_adapters.methods.promptgen.model import PromptGenCollator, _decoder_only_prefix
+from prompt_adapters.scoring import IGNORE
 from prompt_adapters.template import encode_fragment
-
-IGNORE = -100
 
 
 def template_words(template: str) -> tuple[list[str], list[str]] | None:

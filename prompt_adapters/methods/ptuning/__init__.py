@@ -2,5 +2,8 @@
 
 from prompt_adapters.methods.ptuning.config import PTuningEncoderConfig
 from prompt_adapters.methods.ptuning.model import PromptEncoder, PTuningEncoderLayer, PTuningEncoderModel
+from prompt_adapters.peft_registry import Method, register_method
 
-__all__ = ["PTuningEncoderConfig", "PTuningEncoderLayer", "PTuningEncoderModel", "PromptEncoder"]
+METHOD = register_method(Method("ptuning", PTuningEncoderConfig, PTuningEncoderModel))
+
+__all__ = ["METHOD", "PTuningEncoderConfig", "PTuningEncoderLayer", "PTuningEncoderModel", "PromptEncoder"]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
 
 from transformers import PreTrainedTokenizerBase
 
-from prompt_adapters.peft_registry import PTUNING_ENCODER, extend_peft_type
-from prompt_adapters.tuner import PromptConfig
+from prompt_adapters.template import WordMode
+from prompt_adapters.tuner import InitMode, PromptConfig
 
-ENCODERS = ("lstm", "mlp", "none")
+#: what produces the vectors of the pseudo tokens
+EncoderKind = Literal["lstm", "mlp", "none"]
+ENCODERS: tuple[EncoderKind, ...] = get_args(EncoderKind)
 
 
 @dataclass
@@ -29,10 +32,12 @@ class PTuningEncoderConfig(PromptConfig):
         mlp_hidden_size: hidden size of the MLP (default: the model's embedding size).
     """
 
+    method_type: ClassVar[str] = "PTUNING_ENCODER"
+
     templates: list[str] = field(default_factory=lambda: ["[P*3] [X] [P*3] [Y] [P*3]"])
-    words: str = field(default="hard")
-    init: str = field(default="random")
-    encoder: str = field(default="lstm")
+    words: WordMode = field(default="hard")
+    init: InitMode = field(default="random")
+    encoder: EncoderKind = field(default="lstm")
     embed_size: int | None = field(default=None)
     lstm_hidden_size: int | None = field(default=None)
     lstm_layers: int = field(default=2)
@@ -40,7 +45,6 @@ class PTuningEncoderConfig(PromptConfig):
     mlp_hidden_size: int | None = field(default=None)
 
     def __post_init__(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
-        self.peft_type = extend_peft_type(PTUNING_ENCODER)  # a PeftType member, as peft's own configs
         super().__post_init__(tokenizer)
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")

@@ -12,25 +12,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prompt_adapters.methods.mixture.model import MixturePromptLayer, MixturePromptModel
-from prompt_adapters.tuner import PromptConfig
+from prompt_adapters.methods.mixture import MixturePromptConfig, MixturePromptModel
+from prompt_adapters.methods.ptuning.config import PTuningEncoderConfig
+from prompt_adapters.tuner import PromptLayer, PromptTuner
 
 
 class PromptEncoder(nn.Module):
     """h = MLP([LSTM->(e) : LSTM<-(e)]) (paper eq. 4), an MLP on e, or e itself, for one template's rows."""
 
-    def __init__(self, rows: int, output_size: int, config: PromptConfig) -> None:
+    def __init__(self, rows: int, output_size: int, config: PTuningEncoderConfig) -> None:
         super().__init__()
-        embed = getattr(config, "embed_size", None) or output_size
-        self.kind = getattr(config, "encoder", "lstm")
+        embed = config.embed_size or output_size
+        self.kind = config.encoder
         self.embedding = nn.Embedding(rows, embed)
         if self.kind == "lstm":
-            hidden = getattr(config, "lstm_hidden_size", None) or max(1, embed // 2)
+            hidden = config.lstm_hidden_size or max(1, embed // 2)
             self.lstm = nn.LSTM(
                 embed,
                 hidden,
-                num_layers=getattr(config, "lstm_layers", 2),
-                dropout=getattr(config, "lstm_dropout", 0.0),
+                num_layers=config.lstm_layers,
+                dropout=config.lstm_dropout,
                 bidirectional=True,
                 batch_first=True,
             )
@@ -38,7 +39,7 @@ class PromptEncoder(nn.Module):
         else:
             mlp_in = embed
         if self.kind in ("lstm", "mlp"):
-            mlp_hidden = getattr(config, "mlp_hidden_size", None) or output_size
+            mlp_hidden = config.mlp_hidden_size or output_size
             self.mlp = nn.Sequential(nn.Linear(mlp_in, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, output_size))
         elif embed != output_size:
             raise ValueError(
@@ -46,6 +47,7 @@ class PromptEncoder(nn.Module):
             )
 
     def forward(self) -> torch.Tensor:
+        """The (rows, output size) vectors of the template's soft rows."""
         vectors = self.embedding.weight.unsqueeze(0)
         if self.kind == "lstm":
             vectors = self.lstm(vectors)[0]
@@ -122,7 +124,7 @@ def _stacked_lstm(inputs: torch.Tensor, lstms: Sequence[nn.LSTM]) -> torch.Tenso
     return inputs
 
 
-class PTuningEncoderLayer(MixturePromptLayer):
+class PTuningEncoderLayer(PromptLayer[PTuningEncoderConfig]):
     """One PromptEncoder per template (ModuleList) per adapter, plus the mixture weights for K > 1."""
 
     adapter_layer_names = ("encoder", "mixture")
@@ -133,13 +135,14 @@ class PTuningEncoderLayer(MixturePromptLayer):
         self.encoder = nn.ModuleDict()
         self._cache: dict[str, tuple[tuple[tuple[int, int], ...], torch.Tensor]] = {}
 
-    def create(self, name: str, config: PromptConfig, model: nn.Module, init_ids: list[int]) -> None:
+    def create(self, name: str, config: PTuningEncoderConfig, model: nn.Module, init_ids: list[int]) -> None:
+        """One prompt encoder per template with soft rows, and learned mixture weights for K > 1 templates."""
         size = int(model.get_input_embeddings().weight.shape[1])
         rows = [template.num_soft for template in self.templates[name]]
         if not any(rows):
             raise ValueError(f"P-tuning templates {config.templates} have no soft tokens; add [P] or [P*n]")
         self.encoder[name] = nn.ModuleList(PromptEncoder(max(n, 1), size, config) for n in rows)
-        self.create_mixture(name, config)
+        self.create_mixture(name, learn_weights=True, data_dependent=False)
 
     def prompt_table(self, name: str) -> torch.Tensor:
         """The encoder output; without autograd it is cached until an encoder parameter changes (inference only
@@ -194,14 +197,16 @@ class PTuningEncoderLayer(MixturePromptLayer):
                 if template.num_soft]
 
     def _encode(self, name: str) -> torch.Tensor:
+        """Adapter ``name``'s table: its encoders' outputs, one after the other."""
         return torch.cat([encoder() for encoder in self._soft_encoders(name)], dim=0)
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``, with the adapter's cached encoder output."""
         super().delete_adapter(adapter_name)
         self._cache.pop(adapter_name, None)
 
 
-class PTuningEncoderModel(MixturePromptModel):
+class PTuningEncoderModel(PromptTuner):
     """PEFT tuner of PTuningEncoderConfig."""
 
     prefix = "ptuning_"
@@ -215,8 +220,6 @@ class PTuningEncoderModel(MixturePromptModel):
         soft table and the same mixture weights.
         """
         from safetensors.torch import save_file
-
-        from prompt_adapters.methods.mixture import MixturePromptConfig
 
         name = adapter_name or self.active_adapter
         source = self.peft_config[name]
