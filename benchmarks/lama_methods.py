@@ -1,8 +1,9 @@
 """The methods of the LAMA harness: how each ``--method`` builds its adapter config, with which training defaults,
 and which harness settings it can run with.
 
-A new method is one ``Method`` entry in ``METHODS``: a function from (templates, options) to its peft config, and
-whether (and with which paper's defaults) it is trained.
+The library's methods come from ``prompt_adapters.METHODS``: a new method of the library runs here with its config
+built from the templates (``templates_only``) unless ``LIBRARY_BUILDERS`` gives it a builder of its own, a function
+from (templates, options) to its peft config with the paper defaults it trains with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import peft_baselines
 
+import prompt_adapters
 from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PromptGenConfig, PTuningEncoderConfig
 from prompt_adapters.methods.promptgen.model import PromptGenLayer
 from prompt_adapters.training import TrainSettings
@@ -140,13 +142,29 @@ def pooled_config(method: Method, args: argparse.Namespace, train: list[dict[str
     return config
 
 
-#: --method name -> Method; a new method is one entry here
-METHODS: dict[str, Method] = {
-    "manual": Method(manual_config, train=False, defaults=QIN_EISNER),
+def templates_only(config_cls: type) -> Callable[[list[str], argparse.Namespace], Any]:
+    """The builder of a library method the harness knows nothing more about: its config from the templates alone,
+    trained with the Qin & Eisner defaults."""
+    return lambda templates, args: config_cls(templates=templates)
+
+
+#: the library's methods whose config needs more from the command line than the templates, or other defaults
+LIBRARY_BUILDERS: dict[str, Method] = {
     "mixture": Method(_mixture, train=True, defaults=QIN_EISNER, prefix_form=True),
     "deep": Method(_deep, train=True, defaults=QIN_EISNER, prefix_form=True),
     "ptuning": Method(_ptuning, train=True, defaults=P_TUNING, prefix_form=True),
     "promptgen": Method(_promptgen, train=True, defaults=PROMPTGEN, pooled=True),
+}
+
+#: --method name -> Method: the manual prompt, every method of the library (``prompt_adapters.METHODS``; one with no
+#: entry in LIBRARY_BUILDERS is built by ``templates_only``) and peft's own prompt methods
+METHODS: dict[str, Method] = {
+    "manual": Method(manual_config, train=False, defaults=QIN_EISNER),
+    **{
+        method.name: LIBRARY_BUILDERS.get(method.name)
+        or Method(templates_only(method.config_cls), train=True, defaults=QIN_EISNER)
+        for method in prompt_adapters.METHODS
+    },
     "peft_prompt_tuning": Method(_peft_prompt_tuning, train=True, defaults=QIN_EISNER, native_peft=True),
     "peft_p_tuning": Method(_peft_p_tuning, train=True, defaults=P_TUNING, native_peft=True),
 }

@@ -9,6 +9,7 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lama_runs import finish, kill_once_written, launch, records
@@ -273,3 +274,25 @@ def test_compare_pairs_two_runs_on_their_test_facts(tiny_bert: Path, fixture_dat
     facts = sum(record["facts"]["test"] for record in records(tmp_path / "manual").values())
     assert macro["low"] <= macro["difference"] <= macro["high"] and macro["units"] == facts
     assert f"| macro | {facts} |" in capsys.readouterr().out
+
+
+def test_the_method_table_holds_every_library_method_and_runs_one_built_from_templates_alone(
+        tiny_bert: Path, fixture_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--method choices come from prompt_adapters.METHODS; a library method without a builder of its own (here the
+    mixture, as a fifth method would be) runs with its config built from the templates."""
+    import lama_methods
+
+    import prompt_adapters
+
+    library = [name for name in lama_methods.METHODS if name not in ("manual", "peft_prompt_tuning", "peft_p_tuning")]
+    assert library == [method.name for method in prompt_adapters.METHODS]
+    build = lama_methods.templates_only(prompt_adapters.MixturePromptConfig)
+    built: list[Any] = []
+    plain = lama_methods.Method(lambda templates, args: built.append(build(templates, args)) or built[-1],
+                                train=True, defaults=lama_methods.QIN_EISNER)
+    monkeypatch.setitem(lama_methods.METHODS, "mixture", plain)
+    summary = lama.main(_args(tiny_bert, fixture_data, tmp_path, "--method", "mixture", "--lr", "0.3"))
+    assert summary is not None
+    assert {tuple(config.templates) for config in built} == {
+        (record["templates"][0],) for record in records(tmp_path).values()}
+    assert {config.learn_weights for config in built} == {True}  # the config's own defaults, nothing else set
