@@ -330,7 +330,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         "Protocol: " + ", ".join(f"{k}={v}" for k, v in p.items()),
         "",
-        "| task | metric | ours (mean ± std) | published (P-tuning, same setting) | gap |",
+        f"| task | metric | ours ({'mean ± std' if p['seeds'] > 1 else 'one run'}) | published (P-tuning) | gap |",
         "| --- | --- | --- | --- | --- |",
     ]
     published = summary["published"] or {}
@@ -338,7 +338,8 @@ def markdown(summary: dict[str, Any]) -> str:
         for key, value in metrics.items():
             ref = published.get(task, {}).get(key)
             gap = "–" if ref is None else f"{value['mean'] - ref:+.1f}"
-            lines.append(f"| {task} | {key} | {value['mean']:.1f} ± {value['std']:.1f} | "
+            spread = f" ± {value['std']:.1f}" if p["seeds"] > 1 else ""
+            lines.append(f"| {task} | {key} | {value['mean']:.1f}{spread} | "
                          f"{'–' if ref is None else f'{ref:.1f}'} | {gap} |")
     if summary["average"] is not None:
         lines += ["", f"Average (CB: mean of acc and F1; MultiRC: mean of EM and F1a): {summary['average']:.1f}"]

@@ -40,6 +40,7 @@ def test_two_tasks_two_processes(tiny_bert: Path, fixture_data: Path, tmp_path: 
         assert 0 <= summary["tasks"][task][key]["mean"] <= 100
     table = (tmp_path / "results.md").read_text()
     assert "| RTE | accuracy |" in table and "76.5" in table and "87.0" in table
+    assert "ours (one run)" in table and " ± " not in table  # one seed has no spread to show
 
 
 def test_offline_full_setting_says_what_to_do(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:
