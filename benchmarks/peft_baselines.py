@@ -28,8 +28,9 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from prompt_adapters.data import superglue as sg
+from prompt_adapters.rendering import Layout, render
 from prompt_adapters.scoring import IGNORE, candidate_positions, continuation_log_probs, slot_log_probs
-from prompt_adapters.template import Layout, answer_token_id, compile_template, render, special_affixes
+from prompt_adapters.template import answer_token_id, compile_template, special_affixes
 
 
 def template_words(template: str) -> str:

@@ -22,9 +22,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from prompt_adapters.data.collator import make_layout
+from prompt_adapters.rendering import make_layout, render
 from prompt_adapters.scoring import IGNORE
-from prompt_adapters.template import render
 from prompt_adapters.tuner import PromptConfig, detect_lm_kind
 
 Message = Mapping[str, Any]

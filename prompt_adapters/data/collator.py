@@ -18,17 +18,10 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
-from prompt_adapters.model_facts import LMKind, model_max_positions
+from prompt_adapters.model_facts import model_max_positions
+from prompt_adapters.rendering import RenderedInput, make_layout, render
 from prompt_adapters.scoring import IGNORE
-from prompt_adapters.template import (
-    ANSWER_SLOT,
-    CompiledTemplate,
-    Layout,
-    RenderedInput,
-    encode_fragment,
-    render,
-    special_affixes,
-)
+from prompt_adapters.template import ANSWER_SLOT, CompiledTemplate, encode_fragment
 from prompt_adapters.validation import (
     check_candidates,
     check_known_tokens,
@@ -63,27 +56,6 @@ def _tuner(model: nn.Module) -> Any:
     if not hasattr(tuner, "state") or not hasattr(tuner, "peft_config"):
         raise TypeError(f"expected a PeftModel with a prompt adapter, got {type(model).__name__}")
     return tuner
-
-
-def make_layout(tokenizer: PreTrainedTokenizerBase, model: nn.Module, lm_kind: LMKind) -> Layout:
-    """The special ids rendering needs for this tokenizer and model."""
-    vocab_size = int(model.get_input_embeddings().weight.shape[0])
-    prefix, suffix = special_affixes(tokenizer)
-    if lm_kind == "causal":
-        return Layout("causal", vocab_size, prefix, (), None)
-    if lm_kind == "masked":
-        if tokenizer.mask_token_id is None:
-            raise ValueError(f"masked LM scoring needs a mask token, but {type(tokenizer).__name__} has none")
-        return Layout("masked", vocab_size, prefix, suffix, int(tokenizer.mask_token_id))
-    start = getattr(model.config, "decoder_start_token_id", None)
-    if start is None:
-        raise ValueError(f"{type(model).__name__} has no decoder_start_token_id in its config")
-    if tokenizer.mask_token_id is not None:
-        return Layout("seq2seq", vocab_size, prefix, suffix, int(tokenizer.mask_token_id), int(start), True)
-    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
-    if sentinel is None or sentinel == tokenizer.unk_token_id:
-        raise ValueError("seq2seq scoring needs a mask token (BART) or the sentinel <extra_id_0> (T5)")
-    return Layout("seq2seq", vocab_size, prefix, suffix, int(sentinel), int(start), False)
 
 
 class PromptCollator:
