@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from prompt_adapters.data import superglue as sg
+from prompt_adapters.model_facts import LMKind
 from prompt_adapters.rendering import Layout, render
 from prompt_adapters.scoring import IGNORE, candidate_positions, continuation_log_probs, slot_log_probs
 from prompt_adapters.template import answer_token_id, compile_template, special_affixes
@@ -144,7 +145,7 @@ class PeftRows(nn.Module):
     the plain peft model (greedy decoding).
     """
 
-    def __init__(self, peft_model: nn.Module, lm_kind: str) -> None:
+    def __init__(self, peft_model: nn.Module, lm_kind: LMKind) -> None:
         super().__init__()
         self.peft_model = peft_model
         self.shift = int(peft_model.active_peft_config.num_virtual_tokens) if lm_kind == "causal" else 0
@@ -177,7 +178,7 @@ class PeftRows(nn.Module):
         return RowScores(loss=loss, sequence_log_probs=sequence, choice_log_probs=choice_log_probs)
 
 
-def native_peft_config(args: argparse.Namespace, task: sg.Task, lm_kind: str, embed_size: int) -> Any:
+def native_peft_config(args: argparse.Namespace, task: sg.Task, lm_kind: LMKind, embed_size: int) -> Any:
     """peft's P_TUNING / PROMPT_TUNING as a plain peft user sets them up, with as many virtual tokens as the task's
     P-tuning pattern has prompt tokens (the same prompt budget); PROMPT_TUNING starts from sampled vocabulary rows."""
     if lm_kind == "masked":

@@ -52,6 +52,7 @@ from prompt_adapters import (
     PromptGenConfig,
     PTuningEncoderConfig,
 )
+from prompt_adapters.model_facts import LMKind
 from prompt_adapters.testing import build_tokenizer
 from prompt_adapters.tuner import PromptConfig
 
@@ -141,7 +142,7 @@ class Family:
     title: str
     model: PreTrainedModel
     tokenizer: Any
-    lm_kind: str
+    lm_kind: LMKind
     train: list[tuple[str, str]]
     evaluation: list[tuple[str, str]]
     candidates: torch.Tensor
@@ -215,11 +216,11 @@ def build_family(name: str, args: argparse.Namespace) -> Family:
                   candidates, args.seq_len)
 
 
-def single_config(tokenizer: Any, lm_kind: str) -> MixturePromptConfig:
+def single_config(tokenizer: Any, lm_kind: LMKind) -> MixturePromptConfig:
     return MixturePromptConfig(templates=[template(TEMPLATES[0], lm_kind)], tokenizer=tokenizer)
 
 
-def template(text: str, lm_kind: str) -> str:
+def template(text: str, lm_kind: LMKind) -> str:
     """Causal LMs read the answer as the next token, so their templates end at [Y]."""
     return text.removesuffix(" .") if lm_kind == "causal" else text
 
@@ -429,7 +430,7 @@ class Floor:
         return torch.log_softmax(logits.float(), dim=-1)
 
 
-def peft_batch(batch: dict[str, torch.Tensor], vocab: int, lm_kind: str, prompts: int) -> dict[str, torch.Tensor]:
+def peft_batch(batch: dict[str, torch.Tensor], vocab: int, lm_kind: LMKind, prompts: int) -> dict[str, torch.Tensor]:
     """Our rows without their prompt positions (PEFT prepends its virtual tokens instead), with HF labels.
 
     Masked LMs (PEFT's TOKEN_CLS model) take labels for the prepended positions too; causal LMs get the answer

@@ -53,10 +53,10 @@ from prompt_adapters import DeepPerturbConfig, MixturePromptConfig, PTuningEncod
 from prompt_adapters.data import superglue as sg
 from prompt_adapters.job_runner import Job, JobRunner, precision_report, run_locked
 from prompt_adapters.metrics.superglue import superglue_average
+from prompt_adapters.model_facts import LMKind, detect_lm_kind
 from prompt_adapters.models import load_language_model
 from prompt_adapters.run_dir import check_model_source, digest, model_digest, positive_int
 from prompt_adapters.training import TrainSettings, atomic_write_text, describe_precision, fit
-from prompt_adapters.tuner import detect_lm_kind
 
 #: --method -> what it trains (shown in --help and the report)
 METHODS: dict[str, str] = {
@@ -206,12 +206,12 @@ def task_data(args: argparse.Namespace, task: sg.Task, seed: int) -> TaskData:
 # ------------------------------------------------------------------------------------------------ one job
 
 
-def manual_template(task: sg.Task, lm_kind: str) -> str:
+def manual_template(task: sg.Task, lm_kind: LMKind) -> str:
     """The task pattern for this kind of LM without its prompt tokens: the manual prompt (MP)."""
     return re.sub(r"\s*\[P(\*\d+)?\]", "", task.adapter_template_for(lm_kind))
 
 
-def adapter_config(args: argparse.Namespace, task: sg.Task, tokenizer: Any, lm_kind: str) -> Any:
+def adapter_config(args: argparse.Namespace, task: sg.Task, tokenizer: Any, lm_kind: LMKind) -> Any:
     """The library adapter of ``--method`` on the task pattern (peft's own methods render the manual pattern)."""
     template = task.adapter_template_for(lm_kind)
     if args.method in ("manual", "finetune", *PEFT_NATIVE):

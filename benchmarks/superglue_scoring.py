@@ -19,6 +19,7 @@ from peft_baselines import PeftRows
 from prompt_adapters import PromptCollator
 from prompt_adapters.data import superglue as sg
 from prompt_adapters.metrics.superglue import AVERAGE_OF, superglue_metric
+from prompt_adapters.model_facts import LMKind
 from prompt_adapters.scoring import fill_most_confident_first, greedy_continuation
 from prompt_adapters.training import on_model_device
 
@@ -30,7 +31,7 @@ class Scorer:
     own prompt methods score the rows rendered for the manual pattern).
     """
 
-    def __init__(self, task: sg.Task, model: torch.nn.Module, tokenizer: Any, max_length: int, lm_kind: str) -> None:
+    def __init__(self, task: sg.Task, model: torch.nn.Module, tokenizer: Any, max_length: int, lm_kind: LMKind) -> None:
         self.task, self.model, self.tokenizer, self.lm_kind = task, model, tokenizer, lm_kind
         self.masked = lm_kind == "masked"
         self.labels = list(task.verbalizer or {})

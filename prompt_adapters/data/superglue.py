@@ -24,6 +24,7 @@ from datasets import Dataset
 
 from prompt_adapters.data.download import DownloadFailed, Expected, default_cache_dir, fetch
 from prompt_adapters.data.lama import read_jsonl
+from prompt_adapters.model_facts import LMKind
 from prompt_adapters.template import WordMode, parse_template
 
 PathLike = str | os.PathLike
@@ -171,7 +172,7 @@ class Task:
             return (self.causal_template,)
         return tuple(self.causal_template.values())
 
-    def adapter_template_for(self, lm_kind: str) -> str:
+    def adapter_template_for(self, lm_kind: LMKind) -> str:
         """The adapter template for an LM of ``lm_kind``: the masked pattern for masked LMs, its left-to-right form
         (ending at ``[Y]``, no ``[SEP]``) for causal and seq2seq LMs, which predict the answer after the text."""
         if lm_kind == "masked":
