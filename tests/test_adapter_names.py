@@ -20,11 +20,10 @@ from prompt_adapters import (
 from prompt_adapters.testing import build_tiny_model, save_tiny_model
 
 #: adapter "a": two templates; adapter "b": one template with more soft tokens (different rows, different K)
-TEMPLATES = {
-    "mixture": (["[X] was born in [Y] .", "[P*2] [X] is a native of [Y] ."], ["[P*3] [X] died in [Y] ."]),
-    "deep": (["[X] was born in [Y] .", "[P*2] [X] is a native of [Y] ."], ["[P*3] [X] died in [Y] ."]),
-    "ptuning": (["[P*2] [X] [P] born in [Y] .", "[P] [X] native [Y] ."], ["[P*6] [X] died in [Y] ."]),
-}
+DEFAULT_TEMPLATES = (["[X] was born in [Y] .", "[P*2] [X] is a native of [Y] ."], ["[P*3] [X] died in [Y] ."])
+#: methods whose words are hard (P-tuning) need pseudo tokens in every template
+TEMPLATES_FOR = {"ptuning": (["[P*2] [X] [P] born in [Y] .", "[P] [X] native [Y] ."], ["[P*6] [X] died in [Y] ."])}
+TEMPLATES = {name: TEMPLATES_FOR.get(name, DEFAULT_TEMPLATES) for name in MIXING_METHODS}
 CONFIGS = {method.name: method.config_cls for method in METHODS if method.name in MIXING_METHODS}
 FAMILIES = ("bert", "gpt2", "t5")
 CASES = [(method, family) for method in TEMPLATES for family in FAMILIES]
