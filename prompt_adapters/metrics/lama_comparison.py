@@ -9,13 +9,13 @@ on every resample, as its table row does.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from prompt_adapters.data.lama import natural_key
 from prompt_adapters.metrics.bootstrap import PairedInterval, Statistic, paired_bootstrap
 
 LAMA_MEASURES = ("P@1", "P@10", "MRR")
@@ -35,11 +35,6 @@ class LamaRun:
         if measure == "MRR":
             return np.where(ranks <= (mrr_cap or np.inf), 1.0 / ranks, 0.0)
         return (ranks <= int(measure.removeprefix("P@"))).astype(float)
-
-
-def _natural_key(relation: str) -> list[int | str]:
-    """P19 before P103: numbers inside relation ids compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", relation)]
 
 
 def load_lama_run(out: Path) -> LamaRun:
@@ -73,7 +68,7 @@ def compare_lama_runs(
     if measure not in LAMA_MEASURES:
         raise ValueError(f"measure must be one of {LAMA_MEASURES}, got {measure!r}")
     a, b = load_lama_run(run_a), load_lama_run(run_b)
-    shared = sorted(set(a.ranks) & set(b.ranks), key=_natural_key)
+    shared = sorted(set(a.ranks) & set(b.ranks), key=natural_key)
     if not shared:
         raise SystemExit(f"{run_a} ({sorted(a.ranks)}) and {run_b} ({sorted(b.ranks)}) share no relation")
     for relation in shared:
