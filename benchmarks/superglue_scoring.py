@@ -71,19 +71,27 @@ class Scorer:
         self.model.eval()
         if self.task.answer == "copa":
             if not self.masked:
-                return [int(i) for start in range(0, len(examples), batch_size)
-                        for i in self.model(**self.batch(examples[start : start + batch_size])).choice_log_probs
-                        .argmax(-1).tolist()]
+                return self._batched(examples, batch_size,
+                                     lambda out: out.choice_log_probs.argmax(-1).tolist(), int)
             if fast:
                 return [int(self.model(**self.batch([e])).choice_log_probs.argmax()) for e in examples]
             return [self._copa(e) for e in examples]
         if self.task.answer == "wsc":
             return [self._wsc(e, fast) for e in examples]
-        predictions = []
-        for start in range(0, len(examples), batch_size):
-            out = self.model(**self.batch(examples[start : start + batch_size]))
-            scores = out.answer_log_probs if self.single else out.choice_log_probs
-            predictions += [self.labels[i] for i in scores.argmax(-1).tolist()]
+        return self._batched(
+            examples, batch_size,
+            lambda out: (out.answer_log_probs if self.single else out.choice_log_probs).argmax(-1).tolist(),
+            self.labels.__getitem__)
+
+    def _batched(self, examples: list[dict[str, Any]], batch_size: int, best: Any, label: Any) -> list[Any]:
+        """Predictions in the examples' order, scored in batches of similar length (fewer padding tokens: an
+        evaluation set of long and short passages otherwise pads every batch to its longest row)."""
+        order = sorted(range(len(examples)), key=lambda i: text_length(examples[i]))
+        predictions: list[Any] = [None] * len(examples)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for index, choice in zip(chunk, best(self.model(**self.batch([examples[i] for i in chunk]))), strict=True):
+                predictions[index] = label(choice)
         return predictions
 
     def _copa(self, example: dict[str, Any]) -> int:
@@ -133,6 +141,11 @@ class Scorer:
         kwargs = {"question_idx": [e["question_idx"] for e in examples]} if self.task.name == "MultiRC" else {}
         metric = superglue_metric(self.task.name).compute(predictions=predictions, references=references, **kwargs)
         return metric, predictions
+
+
+def text_length(example: dict[str, Any]) -> int:
+    """Characters in an example's text fields: the sort key that groups rows of similar token length."""
+    return sum(len(value) for value in example.values() if isinstance(value, str))
 
 
 def selection_score(task: sg.Task, metrics: dict[str, float]) -> float:

@@ -19,6 +19,7 @@ from prompt_adapters.testing import build_tiny_model, widen_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import superglue
+import superglue_scoring
 
 
 def _args(method: str = "manual") -> Any:
@@ -175,3 +176,17 @@ def test_peft_prompt_tuning_reads_the_answer_after_its_virtual_tokens(fixture_da
                 log_probs = torch.log_softmax(peft_model(input_ids=full).logits[0].float(), -1)
             direct.append(sum(float(log_probs[virtual + start - 1 + j, t]) for j, t in enumerate(answer)))
         torch.testing.assert_close(out.sequence_log_probs[index].tolist(), direct, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("family", "task_name"), [("llama", "CB"), ("llama", "COPA"), ("t5", "COPA")])
+def test_length_sorted_batches_predict_what_one_example_at_a_time_predicts(family: str, task_name: str,
+                                                                         fixture_data: Path) -> None:
+    """Scoring groups examples of similar length into batches; each prediction stays with its own example."""
+    scorer, _, _, _ = _scorer(family, task_name)
+    examples = _examples(fixture_data, task_name)
+    examples = examples + examples[::-1][: len(examples) // 2]  # lengths out of order, repeats included
+    alone = [scorer.predict([example], batch_size=1)[0] for example in examples]
+    assert scorer.predict(examples, batch_size=3) == alone
+    assert len(set(alone)) > 1  # a prediction put at another example's place would show
+    order = sorted(range(len(examples)), key=lambda i: superglue_scoring.text_length(examples[i]))
+    assert order != list(range(len(examples)))  # the batches really are reordered
