@@ -13,7 +13,9 @@ Every variant of one model shares the same frozen weights and the same examples.
 measures peak memory; then each round runs every variant once, round-robin with a rotating start; ratios whose
 spread is wide get more rounds (bounded), and the report gives medians with their spread. The joint-training
 comparison (``--only joint``) runs on the masked LM: one step of R P-tuning adapters in one batch against R separate
-steps. See docs/speed.md for what each variant does and how to read the numbers.
+steps. PromptGen (its whole generator trained, and a LoRA generator) is timed beside its lower bound: the same step
+with the generator run once, teacher-forced, instead of writing one token at a time. See docs/speed.md for what each
+variant does and how to read the numbers.
 
 The report goes to ``--out``: a folder (``speed.md`` in it, ``speed-<model folder>.md`` with --model; by default
 runs/speed) or a ``.md`` file. ``--out benchmarks/results`` refreshes the published report of the same name.
