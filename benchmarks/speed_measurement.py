@@ -479,10 +479,10 @@ def peft_variant(family: Family, name: str, config: peft.PeftConfig, batch: dict
 
 
 def promptgen(family: Family, generator: Path, device: torch.device, lora_rank: int = 0,
-              bound: bool = False) -> Variant:
-    """PromptGen with the paper's maximal prompt (m=10, n=5, fixed stopping) and leak rows; the generator trains
-    (all of it, or LoRA adapters of rank ``lora_rank`` on it). ``bound``: its lower bound, the same step with the
-    generator's tokens from ``teacher_forced_prompts``."""
+              bound: bool = False) -> tuple[Variant, nn.Module]:
+    """A train-step variant of PromptGen with the paper's maximal prompt (m=10, n=5, fixed stopping) and leak rows,
+    and its model; the generator trains (all of it, or LoRA adapters of rank ``lora_rank`` on it). ``bound``: its
+    lower bound, the same step with the generator's tokens from ``teacher_forced_prompts``."""
     config = PromptGenConfig(generator_name_or_path=str(generator), tokenizer=family.tokenizer, stopping="fixed",
                              generator_lora_rank=lora_rank)
     model = get_peft_model(share_weights(family.model), config).to(device)
@@ -493,9 +493,9 @@ def promptgen(family: Family, generator: Path, device: torch.device, lora_rank: 
         state = model.base_model.state
         state.generate = functools.partial(teacher_forced_prompts, state)
         name = PROMPTGEN_LORA_BOUND if lora_rank else PROMPTGEN_BOUND
-        return Variant(family.name, name, lambda: model(**batch).loss, adam(model))
+        return Variant(family.name, name, lambda: model(**batch).loss, adam(model)), model
     name = PROMPTGEN_LORA if lora_rank else PROMPTGEN
-    return Variant(family.name, name, lambda: model(**batch).loss, adam(model), lambda: collate(examples))
+    return Variant(family.name, name, lambda: model(**batch).loss, adam(model), lambda: collate(examples)), model
 
 
 def teacher_forced_prompts(
@@ -568,7 +568,8 @@ def build_variants(
     deep = DeepPerturbConfig(templates=[template(TEMPLATES[0], kind)], tokenizer=tok)
     ptuning = PTuningEncoderConfig(templates=[PTUNING_TEMPLATES[kind]], encoder="mlp", tokenizer=tok)
     train += [ours(family, DEEP, deep, device)[0], ours(family, PTUNING, ptuning, device)[0]]
-    train += [promptgen(family, generator, device, rank, bound) for rank in (0, LORA_RANK) for bound in (False, True)]
+    train += [promptgen(family, generator, device, rank, bound)[0]
+              for rank in (0, LORA_RANK) for bound in (False, True)]
 
     scorer = PromptCollator(tok, single_model, candidate_ids=family.candidates)
     eval_batch = to_device(scorer(family.evaluation), device)

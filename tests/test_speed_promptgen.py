@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import speed  # noqa: E402
 import speed_measurement as measurement  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -26,21 +27,13 @@ def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _family(name: str) -> measurement.Family:
-    import speed
-
     return measurement.build_family(name, speed.parse_args(["--model-size", "small", "--batch", "3"]))
 
 
-def _model(variant: measurement.Variant) -> Any:
-    """The peft model a PromptGen variant's step calls."""
-    return next(cell.cell_contents for cell in variant.forward.__closure__
-                if hasattr(cell.cell_contents, "base_model"))
-
-
-def _downstream_shapes(variant: measurement.Variant) -> list[tuple[int, ...]]:
+def _downstream_shapes(variant: measurement.Variant, model: Any) -> list[tuple[int, ...]]:
     """Shapes of the attention masks of every downstream-model call of one step (examples, then None rows)."""
     shapes: list[tuple[int, ...]] = []
-    downstream = _model(variant).base_model.model
+    downstream = model.base_model.model
     handle = downstream.register_forward_pre_hook(
         lambda _module, _args, kwargs: shapes.append(tuple(kwargs["attention_mask"].shape)), with_kwargs=True
     )
@@ -57,13 +50,14 @@ def test_bounds_feed_the_downstream_model_the_same_rows(generator: Path, family_
     family = _family(family_name)
     for rank, names in ((0, (measurement.PROMPTGEN, measurement.PROMPTGEN_BOUND)),
                         (measurement.LORA_RANK, (measurement.PROMPTGEN_LORA, measurement.PROMPTGEN_LORA_BOUND))):
-        step, bound = (measurement.promptgen(family, generator, CPU, rank, is_bound) for is_bound in (False, True))
+        (step, step_model), (bound, bound_model) = (measurement.promptgen(family, generator, CPU, rank, is_bound)
+                                                    for is_bound in (False, True))
         assert (step.name, bound.name) == names
-        shapes = _downstream_shapes(step)
+        shapes = _downstream_shapes(step, step_model)
         assert len(shapes) == 2  # the examples, then their None rows in a call of their own
-        assert _downstream_shapes(bound) == shapes
-        step_tokens, step_lengths = _model(step).base_model.state.last_generation
-        bound_tokens, bound_lengths = _model(bound).base_model.state.last_generation
+        assert _downstream_shapes(bound, bound_model) == shapes
+        step_tokens, step_lengths = step_model.base_model.state.last_generation
+        bound_tokens, bound_lengths = bound_model.base_model.state.last_generation
         assert step_tokens.shape == bound_tokens.shape and torch.equal(step_lengths, bound_lengths)
         trained = [sum(p.numel() for group in v.optimizer.param_groups for p in group["params"]) for v in (step, bound)]
         assert trained[0] == trained[1] > 0
@@ -73,19 +67,21 @@ def test_first_soft_token_matches_before_any_step(generator: Path) -> None:
     """The bound's decoder positions line up with the loop's: the first token, read after the same start tokens
     and subject by the same generator, is the same distribution."""
     family = _family("bert")
-    step, bound = (measurement.promptgen(family, generator, CPU, 0, is_bound) for is_bound in (False, True))
+    (step, step_model), (bound, bound_model) = (measurement.promptgen(family, generator, CPU, 0, is_bound)
+                                                for is_bound in (False, True))
     with torch.no_grad():
         step.forward(), bound.forward()
-    step_tokens, _ = _model(step).base_model.state.last_generation
-    bound_tokens, _ = _model(bound).base_model.state.last_generation
+    step_tokens, _ = step_model.base_model.state.last_generation
+    bound_tokens, _ = bound_model.base_model.state.last_generation
     torch.testing.assert_close(bound_tokens[:, 0], step_tokens[:, 0], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(bound_tokens[:, 1:], step_tokens[:, 1:])
 
 
 def test_lora_generator_trains_only_its_adapters(generator: Path) -> None:
     family = _family("gpt2")
-    full, lora = (measurement.promptgen(family, generator, CPU, rank) for rank in (0, measurement.LORA_RANK))
+    (full, _), (lora, lora_model) = (measurement.promptgen(family, generator, CPU, rank)
+                                     for rank in (0, measurement.LORA_RANK))
     counts = [sum(p.numel() for group in v.optimizer.param_groups for p in group["params"]) for v in (full, lora)]
     assert 0 < counts[1] < counts[0]
-    lora_names = [name for name, p in _model(lora).named_parameters() if p.requires_grad]
+    lora_names = [name for name, p in lora_model.named_parameters() if p.requires_grad]
     assert lora_names and all("lora_" in name for name in lora_names)
