@@ -1,6 +1,7 @@
 """benchmarks/speed.py's PromptGen variants on tiny models: the fully trained and the LoRA generator, and the lower
 bound of each (the generator run once, teacher-forced) train with a finite loss, and a bound feeds the downstream
-model rows of exactly the shapes PromptGen's step does (timings are never asserted)."""
+model rows of exactly the shapes PromptGen's step does; the generator's growing key/value cache keeps the loss and
+gradients and lowers the peak memory (timings are never asserted)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from typing import Any
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import speed  # noqa: E402
 import speed_measurement as measurement  # noqa: E402
+
+from prompt_adapters import PromptGenCollator  # noqa: E402
+from prompt_adapters.methods.promptgen import model as promptgen_model  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -85,3 +90,43 @@ def test_lora_generator_trains_only_its_adapters(generator: Path) -> None:
     assert 0 < counts[1] < counts[0]
     lora_names = [name for name, p in lora_model.named_parameters() if p.requires_grad]
     assert lora_names and all("lora_" in name for name in lora_names)
+
+
+@pytest.mark.parametrize("family_name", ["bert", "gpt2"])
+def test_growing_cache_keeps_the_gradients_and_saves_memory(
+    generator: Path, family_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoding loop's self-attention cache grows inside one buffer: the step's loss and every gradient are those
+    of transformers' concatenating cache, and the generator's forward keeps less memory for the backward (no copy of
+    the cache per step)."""
+    family = _family(family_name)
+    (grown, grown_model), (copied, copied_model) = (measurement.promptgen(family, generator, CPU) for _ in range(2))
+    copied_model.load_state_dict(grown_model.state_dict())
+    peaks: list[int] = []
+    losses: list[float] = []
+    grads = []
+
+    def step(variant: measurement.Variant) -> None:
+        loss = variant.forward()
+        loss.backward()
+        losses.append(float(loss))
+
+    def generation(model: Any) -> None:
+        """The generator's forward alone: its peak is what the forward keeps for the backward."""
+        state = model.base_model.state
+        state.generate(state.active_name, *(batch[key] for key in promptgen_model.GENERATOR_KEYS[:3]))
+
+    batch = PromptGenCollator(family.tokenizer, grown_model)([{"X": x, "Y": y, "template": measurement.TEMPLATES[0]}
+                                                             for x, y in family.train])
+    for variant, model, concatenating in ((grown, grown_model, False), (copied, copied_model, True)):
+        with monkeypatch.context() as patch:
+            if concatenating:
+                patch.setattr(promptgen_model, "_growing_cache", DynamicCache)
+            step(variant)
+            grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
+            peaks.append(measurement.peak_bytes(lambda m=model: generation(m), CPU))
+    assert losses[0] == losses[1]
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=0, atol=0)
+    assert peaks[0] < peaks[1]
