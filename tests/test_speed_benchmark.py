@@ -28,6 +28,8 @@ TRAIN_ROWS = [
     speed.FLOOR, speed.PEFT_PT, speed.PEFT_PTUNING, speed.SINGLE,
     *[speed.mixture_name(k) for k in speed.MIXTURE_SIZES], speed.DEEP, speed.PTUNING,
 ]
+#: PromptGen, fully trained and with a LoRA generator, each followed by its lower bound
+PROMPTGEN_ROWS = [speed.PROMPTGEN, speed.PROMPTGEN_BOUND, speed.PROMPTGEN_LORA, speed.PROMPTGEN_LORA_BOUND]
 
 
 def _table(section: str, heading: str) -> dict[str, list[str]]:
@@ -61,12 +63,12 @@ def test_every_variant_has_its_times_and_ratios(report: str, family: str) -> Non
     assert gap < 1e-4, "the floor must compute the same loss and scores as the single soft prompt"
 
     train = _table(section, "### Train step")
-    assert list(train) == [*TRAIN_ROWS, speed.PROMPTGEN]  # PromptGen on the causal LM too
+    assert list(train) == [*TRAIN_ROWS, *PROMPTGEN_ROWS]  # PromptGen on the causal LM too
     for name in train:
         step, _spread, collate, peak, versus_peft, versus_floor, versus_single, peak_ratio = train[name]
         assert float(step.replace(",", "")) > 0 and float(peak.replace(",", "")) >= 0
         assert RATIO.match(versus_peft) and RATIO.match(versus_floor) and RATIO.match(peak_ratio)
-        ours = name.startswith("ours")
+        ours = name.startswith("ours")  # a lower bound is no method: no collate, no ratio to the single prompt
         assert bool(RATIO.match(versus_single)) == ours and (collate != "–") == ours
     assert train[speed.FLOOR][5] == train[speed.PEFT_PT][4] == train[speed.SINGLE][6] == "1.00×"
 
@@ -83,8 +85,8 @@ def _targets(report: str) -> list[list[str]]:
 
 def test_every_target_has_a_verdict_and_timing_ratios_their_spread(report: str) -> None:
     rows = _targets(report)
-    memory_rows = len(TRAIN_ROWS) - 3 + 1  # every method of ours against the floor, PromptGen included
-    timing_rows = len(speed.FAMILIES) * (2 + len(speed.MIXTURE_SIZES) + 2 + 1) + len(RELATIONS)
+    memory_rows = len(TRAIN_ROWS) - 3 + 1  # every method of ours against the floor, PromptGen's LoRA generator only
+    timing_rows = len(speed.FAMILIES) * (2 + len(speed.MIXTURE_SIZES) + 2 + 2) + len(RELATIONS)
     assert len(rows) == len(speed.FAMILIES) * memory_rows + timing_rows
     for what, _model, measured, quartiles, relative, rounds, limit, verdict in rows:
         assert RATIO.match(measured) and limit.startswith(("≤ ", "≥ ")) and RATIO.match(limit[2:])
@@ -101,8 +103,10 @@ def test_every_target_has_a_verdict_and_timing_ratios_their_spread(report: str) 
     assert "interleaved repetitions after one warm-up pass, then up to 3" in report
     promptgen = [row for row in rows if "PromptGen" in row[0]]
     assert [(row[0], row[1], row[6]) for row in promptgen] == [
-        (what, family, "≤ 3.00×") for family in speed.FAMILIES
-        for what in ("PromptGen step / P-tuning encoder step", "peak memory / floor (PromptGen)")
+        (what, family, limit) for family in speed.FAMILIES
+        for what, limit in (("PromptGen step / its lower bound", "≤ 1.15×"),
+                            ("PromptGen step / its lower bound (LoRA generator)", "≤ 1.15×"),
+                            ("peak memory / floor (PromptGen, LoRA generator)", "≤ 3.00×"))
     ]
 
 
@@ -260,7 +264,7 @@ def test_model_folder_is_measured_instead_of_the_configs(tmp_path: Path) -> None
     assert [s.split("\n", 1)[0].split(" (")[0] for s in sections] == ["tiny-gpt2 causal LM"]
     assert "pretrained" in sections[0].split("\n", 1)[0]
     train = _table(sections[0], "### Train step")
-    assert list(train) == [*TRAIN_ROWS, speed.PROMPTGEN]
+    assert list(train) == [*TRAIN_ROWS, *PROMPTGEN_ROWS]
     assert all(RATIO.match(row[4]) for row in train.values())
     gap = float(re.search(r"largest difference ([0-9.e+-]+)\)", sections[0]).group(1))
     assert gap < 1e-4
