@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 from peft import get_peft_model
-from transformers.cache_utils import DynamicCache
+from transformers import BartConfig, Gemma2Config
+from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -26,6 +27,11 @@ from prompt_adapters.methods.promptgen import model as promptgen_model  # noqa: 
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model  # noqa: E402
 
 CPU = torch.device("cpu")
+
+
+def _concatenating_cache(config: Any) -> DynamicCache:
+    """transformers' own cache for the generator, which copies its keys and values at every step."""
+    return DynamicCache(config=config)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +129,7 @@ def test_growing_cache_keeps_the_gradients_and_saves_memory(
     for variant, model, concatenating in ((grown, grown_model, False), (copied, copied_model, True)):
         with monkeypatch.context() as patch:
             if concatenating:
-                patch.setattr(promptgen_model, "_growing_cache", DynamicCache)
+                patch.setattr(promptgen_model, "_growing_cache", _concatenating_cache)
             step(variant)
             grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
             peaks.append(measurement.peak_bytes(lambda m=model: generation(m), CPU))
@@ -159,7 +165,7 @@ def test_growing_cache_gives_the_concatenating_caches_step(
         return {key: out[key].detach() for key in ("loss", "answer_log_probs", "none_log_probs")}, grads
 
     grown, grown_grads = step()
-    monkeypatch.setattr(promptgen_model, "_growing_cache", DynamicCache)
+    monkeypatch.setattr(promptgen_model, "_growing_cache", _concatenating_cache)
     copied, copied_grads = step()
     for key, value in copied.items():
         torch.testing.assert_close(grown[key], value, rtol=0, atol=0, msg=key)
@@ -167,3 +173,12 @@ def test_growing_cache_gives_the_concatenating_caches_step(
     assert any(grad.abs().sum() > 0 for grad in copied_grads.values())
     for name, grad in copied_grads.items():
         torch.testing.assert_close(grown_grads[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_growing_cache_keeps_the_generators_sliding_window_layers() -> None:
+    """Only plain full-attention layers grow in place; a sliding-window layer stays the one the model declares."""
+    gemma = Gemma2Config(num_hidden_layers=2, sliding_window=4)
+    assert [type(layer) for layer in promptgen_model._growing_cache(gemma).layers] == [
+        DynamicSlidingWindowLayer, promptgen_model._GrowingLayer]
+    bart = BartConfig(encoder_layers=2, decoder_layers=3)
+    assert [type(layer) for layer in promptgen_model._growing_cache(bart).layers] == [promptgen_model._GrowingLayer] * 3

@@ -571,8 +571,14 @@ def _extend(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return _Extend.apply(past, new, buffer)
 
 
-def _growing_cache() -> Cache:
-    return Cache(layer_class_to_replicate=_GrowingLayer)
+def _growing_cache(config: Any) -> Cache:
+    """The cache the generator builds for itself, its plain full-attention layers replaced by growing ones (sliding
+    window and other layer kinds are kept as the model declares them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    if cache.layer_class_to_replicate is DynamicLayer:
+        cache.layer_class_to_replicate = _GrowingLayer
+    return cache
 
 
 class _EncoderDecoderSteps:
@@ -582,7 +588,7 @@ class _EncoderDecoderSteps:
         self.generator = generator
         self.attention_mask = attention_mask
         self.encoder_out = generator.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        self.cache: Cache = EncoderDecoderCache(_growing_cache(), DynamicCache())
+        self.cache: Cache = EncoderDecoderCache(_growing_cache(generator.config), DynamicCache(config=generator.config))
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """Next-token logits (G, V) after the decoder inputs ``inputs`` (G, T, d)."""
@@ -599,7 +605,7 @@ class _DecoderOnlySteps:
         self.generator = generator
         self.mask = prefix_mask
         self.positions = (prefix_mask.cumsum(1) - 1).clamp(min=0)
-        self.cache = _growing_cache()
+        self.cache = _growing_cache(generator.config)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         """Next-token logits (G, V) after ``inputs`` (G, T, d): the prefix first, then one soft token at a time."""
