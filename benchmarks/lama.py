@@ -157,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="instead of running: paired bootstrap 95%% intervals of A - B (macro and per relation) "
                              "from two finished output folders scored on the same test facts")
     parser.add_argument("--measure", default="P@1", choices=LAMA_MEASURES, help="what --compare compares")
+    parser.add_argument("--compare-subject", default="test", choices=("test", "none"),
+                        help="--compare on the test facts, or on the same facts with the subject replaced by None "
+                             "(the label-leak diagnostic; lower is better)")
     return parser.parse_args(argv)
 
 
@@ -471,8 +474,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     if args.compare:
         run_a, run_b = (Path(p) for p in args.compare)
-        intervals = compare_lama_runs(run_a, run_b, args.measure, args.mrr_cap or None)
-        print(lama_comparison_markdown(run_a, run_b, args.measure, intervals))
+        intervals = compare_lama_runs(run_a, run_b, args.measure, args.mrr_cap or None,
+                                      subject=args.compare_subject)
+        print(lama_comparison_markdown(run_a, run_b, args.measure, intervals, args.compare_subject))
         return {name: vars(interval) for name, interval in intervals.items()}
     # filtering facts and loading weights are quick; the run shows one bar, over its relations
     datasets.disable_progress_bars()

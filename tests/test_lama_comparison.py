@@ -76,3 +76,26 @@ def test_the_markdown_names_every_relation_and_the_verdict(tmp_path: Path) -> No
     b = _run(tmp_path / "b", {"P1": [[1, 5, 2, 9]], "P2": [[3, 1, 1, 20, 4, 2]]})
     text = lama_comparison_markdown(a, b, "P@1", compare_lama_runs(a, b))
     assert "| P1 | 4 | +75.0 [" in text and "| macro | 10 |" in text and "A > B" in text
+
+
+def test_the_none_subject_diagnostic_is_compared_on_its_own_ranks(tmp_path: Path) -> None:
+    """``subject="none"`` pairs the ranks with the subject replaced by None (the leak diagnostic), not the test ranks;
+    a run without them is refused with the file's name."""
+    test = {"P1": [[1, 1, 1, 1]], "P2": [[1, 1, 1, 1, 1, 1]]}
+    runs = [_run(tmp_path / name, test) for name in ("leaky", "clean")]
+    none_ranks = {"leaky": [1, 1, 1, 1], "clean": [9, 9, 9, 9]}
+    for name, folder in zip(("leaky", "clean"), runs, strict=True):
+        for path in (folder / "relations").glob("*.json"):
+            record = json.loads(path.read_text())
+            record["none_ranks"] = none_ranks[name] + [9] * (len(record["ranks"]) - 4)
+            path.write_text(json.dumps(record))
+    assert compare_lama_runs(*runs)["macro"].difference == 0.0
+    leak = compare_lama_runs(*runs, subject="none")
+    assert leak["P1"].difference == pytest.approx(1.0) and leak["P2"].difference == pytest.approx(4 / 6)
+    assert leak["macro"].excludes_zero
+    assert 'with the subject replaced by "None"' in lama_comparison_markdown(*runs, "P@1", leak, "none")
+    old = _run(tmp_path / "old", test)
+    with pytest.raises(SystemExit, match="none_ranks"):
+        compare_lama_runs(old, runs[0], subject="none")
+    with pytest.raises(ValueError, match="'nobody'"):
+        load_lama_run(old, "nobody")

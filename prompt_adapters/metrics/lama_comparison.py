@@ -19,6 +19,9 @@ from prompt_adapters.data.lama import natural_key
 from prompt_adapters.metrics.bootstrap import PairedInterval, Statistic, paired_bootstrap
 
 LAMA_MEASURES = ("P@1", "P@10", "MRR")
+#: which ranks a comparison reads: the test facts as asked, or the same facts with the subject replaced by "None"
+#: (the label-leak diagnostic: lower is better there)
+RANK_KINDS = {"test": "ranks", "none": "none_ranks"}
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,11 @@ class LamaRun:
         return (ranks <= int(measure.removeprefix("P@"))).astype(float)
 
 
-def load_lama_run(out: Path) -> LamaRun:
-    """The test ranks of every (relation, seed) record in ``out/relations`` (a run stopped early contributes the
-    relations it finished)."""
+def load_lama_run(out: Path, subject: str = "test") -> LamaRun:
+    """The test ranks (``subject="none"``: the ranks with the subject replaced by "None") of every (relation, seed)
+    record in ``out/relations`` (a run stopped early contributes the relations it finished)."""
+    if subject not in RANK_KINDS:
+        raise ValueError(f"subject must be one of {tuple(RANK_KINDS)}, got {subject!r}")
     paths = sorted((out / "relations").glob("*.json"))
     if not paths:
         raise SystemExit(f"{out} has no finished relations (relations/*.json); pass the --output folder of a run")
@@ -53,21 +58,25 @@ def load_lama_run(out: Path) -> LamaRun:
         if relation in manual and record["manual_ranks"] != manual[relation]:
             raise SystemExit(f"{path} was scored on other facts than the other seeds of {relation}")
         manual[relation] = record["manual_ranks"]
-        ranks.setdefault(relation, []).append(record["ranks"])
+        if RANK_KINDS[subject] not in record:
+            raise SystemExit(f"{path} has no {RANK_KINDS[subject]!r} (written by an older version); rerun it")
+        ranks.setdefault(relation, []).append(record[RANK_KINDS[subject]])
     return LamaRun(out, ranks, manual)
 
 
 def compare_lama_runs(
-    run_a: Path, run_b: Path, measure: str = "P@1", mrr_cap: int | None = 1000, resamples: int = 1000, seed: int = 0
+    run_a: Path, run_b: Path, measure: str = "P@1", mrr_cap: int | None = 1000, resamples: int = 1000, seed: int = 0,
+    subject: str = "test",
 ) -> dict[str, PairedInterval]:
-    """Paired bootstrap intervals of A - B in ``measure`` per shared relation and on their macro average.
+    """Paired bootstrap intervals of A - B in ``measure`` per shared relation and on their macro average
+    (``subject="none"``: of the label-leak diagnostic, the same facts with the subject replaced by "None").
 
     The runs must have scored the same test facts in the same order: their manual-prompt ranks, which every run
     records, must agree relation by relation (same data options, candidates and model).
     """
     if measure not in LAMA_MEASURES:
         raise ValueError(f"measure must be one of {LAMA_MEASURES}, got {measure!r}")
-    a, b = load_lama_run(run_a), load_lama_run(run_b)
+    a, b = load_lama_run(run_a, subject), load_lama_run(run_b, subject)
     shared = sorted(set(a.ranks) & set(b.ranks), key=natural_key)
     if not shared:
         raise SystemExit(f"{run_a} ({sorted(a.ranks)}) and {run_b} ({sorted(b.ranks)}) share no relation")
@@ -99,11 +108,13 @@ def compare_lama_runs(
     return intervals
 
 
-def lama_comparison_markdown(run_a: Path, run_b: Path, measure: str, intervals: dict[str, PairedInterval]) -> str:
+def lama_comparison_markdown(run_a: Path, run_b: Path, measure: str, intervals: dict[str, PairedInterval],
+                             subject: str = "test") -> str:
     """The intervals as a table: one row per relation and the macro average, in percentage points."""
     resamples = intervals["macro"].resamples
+    what = measure if subject == "test" else f'{measure} with the subject replaced by "None"'
     lines = [
-        f"A = `{run_a}`, B = `{run_b}`: {measure} difference A - B (percentage points) with its paired bootstrap 95% "
+        f"A = `{run_a}`, B = `{run_b}`: {what} difference A - B (percentage points) with its paired bootstrap 95% "
         f"interval ({resamples} resamples of each relation's test facts, the same draws for both runs; a run with "
         "several seeds counts with its mean over seeds).",
         "",
