@@ -1,14 +1,18 @@
-"""PromptGen's generator computes each linear layer's weight gradient once per generation: same loss and gradients."""
+"""PromptGen's exact speed-ups of its decoding loop keep the loss, scores and gradients: each linear layer's weight
+gradient computed once per generation, and the self-attention cache growing inside one buffer."""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import get_peft_model
 from torch import nn
+from transformers import BartConfig, Gemma2Config
+from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
 
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.methods.promptgen import deferred
@@ -93,36 +97,69 @@ def generators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family: save_tiny_model(family, root / family, seed=1) for family in ("bart", "llama")}
 
 
-@pytest.mark.parametrize(("downstream", "generator_family"), [("bert", "bart"), ("llama", "llama"), ("gpt2", "bart")])
-def test_promptgen_loss_and_gradients_equal_those_of_per_step_weight_gradients(
-    downstream: str, generator_family: str, generators: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A training step of PromptGen (leak rows, stopping segments) gives the loss, the scores and the generator
-    gradients of the per-step path, to float tolerance, with the kept-rows path actually taken."""
+def _promptgen_batch(downstream: str, generator_family: str, generators: dict[str, Path]) -> tuple[Any, dict]:
+    """A PromptGen model (leak rows, stopping segments) on a tiny downstream LM and its training batch."""
     model, tok = build_tiny_model(downstream)
     stopping = "mask" if generator_family == "bart" else "eos"
     config = PromptGenConfig(generator_name_or_path=str(generators[generator_family]), tokenizer=tok, num_before=4,
                              num_after=2, stopping=stopping, leak_penalty=0.3)
     model = get_peft_model(model, config)
     perturb_trainable(model, 0.05)
-    batch = PromptGenCollator(tok, model)(EXAMPLES)
+    return model, PromptGenCollator(tok, model)(EXAMPLES)
 
-    def step() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out = model(**batch)
-        out.loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-        model.zero_grad(set_to_none=True)
-        return {key: out[key].detach() for key in ("loss", "answer_log_probs", "none_log_probs")}, grads
 
+def _step(model: Any, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One training step's loss and scores, and the gradients of every trainable parameter (then cleared)."""
+    out = model(**batch)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return {key: out[key].detach() for key in ("loss", "answer_log_probs", "none_log_probs")}, grads
+
+
+@pytest.mark.parametrize(("downstream", "generator_family"), [("bert", "bart"), ("llama", "llama"), ("gpt2", "bart")])
+def test_promptgen_loss_and_gradients_equal_those_of_per_step_weight_gradients(
+    downstream: str, generator_family: str, generators: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training step of PromptGen (leak rows, stopping segments) gives the loss, the scores and the generator
+    gradients of the per-step path, to float tolerance, with the kept-rows path actually taken."""
+    model, batch = _promptgen_batch(downstream, generator_family, generators)
     calls: list[int] = []
     with one_weight_gradient_spy(calls):
-        fast, fast_grads = step()
+        fast, fast_grads = _step(model, batch)
     assert calls, "no generator layer took the kept-rows path"
     monkeypatch.setattr(promptgen_model, "one_weight_gradient_per_layer", lambda module: contextlib.nullcontext())
-    plain, plain_grads = step()
+    plain, plain_grads = _step(model, batch)
     for key, value in plain.items():
         torch.testing.assert_close(fast[key], value, msg=key)
     assert fast_grads.keys() == plain_grads.keys()
     assert any(grad.abs().sum() > 0 for grad in plain_grads.values())
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize(("downstream", "generator_family"), [("bert", "bart"), ("llama", "llama"), ("gpt2", "bart")])
+def test_growing_cache_gives_the_concatenating_caches_step(
+    downstream: str, generator_family: str, generators: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoder-decoder and decoder-only generators, segments that stop early, leak rows: the loss, the scores and the
+    generator's gradients are those of transformers' concatenating cache, bit for bit."""
+    model, batch = _promptgen_batch(downstream, generator_family, generators)
+    grown, grown_grads = _step(model, batch)
+    monkeypatch.setattr(promptgen_model, "_growing_cache", lambda config: DynamicCache(config=config))
+    copied, copied_grads = _step(model, batch)
+    for key, value in copied.items():
+        torch.testing.assert_close(grown[key], value, rtol=0, atol=0, msg=key)
+    assert grown_grads.keys() == copied_grads.keys()
+    assert any(grad.abs().sum() > 0 for grad in copied_grads.values())
+    for name, grad in copied_grads.items():
+        torch.testing.assert_close(grown_grads[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_growing_cache_keeps_the_generators_sliding_window_layers() -> None:
+    """Only plain full-attention layers grow in place; a sliding-window layer stays the one the model declares."""
+    gemma = Gemma2Config(num_hidden_layers=2, sliding_window=4)
+    assert [type(layer) for layer in promptgen_model._growing_cache(gemma).layers] == [
+        DynamicSlidingWindowLayer, promptgen_model._GrowingLayer]
+    bart = BartConfig(encoder_layers=2, decoder_layers=3)
+    assert [type(layer) for layer in promptgen_model._growing_cache(bart).layers] == [promptgen_model._GrowingLayer] * 3

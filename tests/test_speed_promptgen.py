@@ -12,9 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from peft import get_peft_model
-from transformers import BartConfig, Gemma2Config
-from transformers.cache_utils import DynamicCache, DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -22,9 +20,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import speed  # noqa: E402
 import speed_measurement as measurement  # noqa: E402
 
-from prompt_adapters import PromptGenCollator, PromptGenConfig  # noqa: E402
+from prompt_adapters import PromptGenCollator  # noqa: E402
 from prompt_adapters.methods.promptgen import model as promptgen_model  # noqa: E402
-from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -138,47 +135,3 @@ def test_growing_cache_keeps_the_gradients_and_saves_memory(
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=0, atol=0)
     assert peaks[0] < peaks[1]
-
-
-@pytest.mark.parametrize(("downstream", "generator_family"), [("bert", "bart"), ("llama", "llama"), ("gpt2", "bart")])
-def test_growing_cache_gives_the_concatenating_caches_step(
-    downstream: str, generator_family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Encoder-decoder and decoder-only generators, segments that stop early, leak rows: the loss, the scores and the
-    generator's gradients are those of transformers' concatenating cache."""
-    model, tok = build_tiny_model(downstream)
-    generator = save_tiny_model(generator_family, tmp_path / generator_family, seed=1)
-    stopping = "mask" if generator_family == "bart" else "eos"
-    config = PromptGenConfig(generator_name_or_path=str(generator), tokenizer=tok, num_before=4, num_after=2,
-                             stopping=stopping)
-    model = get_peft_model(model, config)
-    perturb_trainable(model, 0.05)
-    examples = [{"X": "Dante", "Y": "Paris", "template": "[X] was born in [Y] ."},
-                {"X": "Barack Obama Senior", "Y": "London", "template": "[X] died in [Y] ."}]
-    batch = PromptGenCollator(tok, model)(examples)
-
-    def step() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        out = model(**batch)
-        out.loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-        model.zero_grad(set_to_none=True)
-        return {key: out[key].detach() for key in ("loss", "answer_log_probs", "none_log_probs")}, grads
-
-    grown, grown_grads = step()
-    monkeypatch.setattr(promptgen_model, "_growing_cache", _concatenating_cache)
-    copied, copied_grads = step()
-    for key, value in copied.items():
-        torch.testing.assert_close(grown[key], value, rtol=0, atol=0, msg=key)
-    assert grown_grads.keys() == copied_grads.keys()
-    assert any(grad.abs().sum() > 0 for grad in copied_grads.values())
-    for name, grad in copied_grads.items():
-        torch.testing.assert_close(grown_grads[name], grad, rtol=0, atol=0, msg=name)
-
-
-def test_growing_cache_keeps_the_generators_sliding_window_layers() -> None:
-    """Only plain full-attention layers grow in place; a sliding-window layer stays the one the model declares."""
-    gemma = Gemma2Config(num_hidden_layers=2, sliding_window=4)
-    assert [type(layer) for layer in promptgen_model._growing_cache(gemma).layers] == [
-        DynamicSlidingWindowLayer, promptgen_model._GrowingLayer]
-    bart = BartConfig(encoder_layers=2, decoder_layers=3)
-    assert [type(layer) for layer in promptgen_model._growing_cache(bart).layers] == [promptgen_model._GrowingLayer] * 3
