@@ -75,6 +75,7 @@ from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
 #: the subject of the None diagnostic row
 NONE = "None"
+PROMPTS_SHOWN = 3  # PromptGen: test facts per relation whose written prompt the report shows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -418,7 +419,8 @@ class Probe:
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
             exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
             init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
-            warm = self.warm_up(model, scored, jobs, train, seed) if args.warm_up_epochs else None
+            warm = (self.warm_up(model, scored, jobs, train, seed, progress=accelerator.is_local_main_process)
+                    if args.warm_up_epochs else None)
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
             result = fit(model, leaky, train, dev, train_settings(args, seed),
@@ -433,13 +435,22 @@ class Probe:
                 record = self.record(job, ranks, none_ranks, init[job.relation], result,
                                      train_seconds / len(jobs))
                 record["warm_up"] = warm
+                record["written_prompts"] = self.written_prompts(model, scored, job.test[:PROMPTS_SHOWN])
                 records[job.relation] = {**record, "templates": config.templates,
                                          "pooled": {"relations": len(jobs), "train_seconds": round(train_seconds, 3)}}
         finally:
             model.unload()
         return [records[relation] for relation in relations]
 
-    def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int) -> Any:
+    def written_prompts(self, model: Any, collator: Any, facts: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The prompts the kept generator writes for ``facts``, as text (the report's readable prompts)."""
+        model.eval()
+        texts = model.base_model.generated_prompts(collator(facts), self.tokenizer)
+        return [{"sub": fact["sub"], "obj": fact["obj"], "prompt": text}
+                for fact, text in zip(facts, texts, strict=True)]
+
+    def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
+                progress: bool) -> Any:
         """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``."""
         kinds = [kind for kind in self.args.warm_up_prompts.split(",") if kind and kind != "manual"]
         paraphrases: dict[str, list[str]] = {job.manual_template: [] for job in jobs}
@@ -455,7 +466,7 @@ class Probe:
         torch.manual_seed(relation_seed(seed, "warm-up"))
         report = warm_up(model, collator, train, paraphrases, epochs=self.args.warm_up_epochs,
                          learning_rate=self.args.warm_up_lr, batch_size=train_settings(self.args, seed).batch_size,
-                         seed=seed)
+                         seed=seed, progress=progress)
         return {**report, "relations_without_prompts": without}
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:

@@ -57,6 +57,8 @@ def report(args: argparse.Namespace, all_records: list[dict[str, Any]], elapsed:
         **{key: tables[key] for key in ("train_seconds", "headline", "dropped_facts", "kept_epochs",
                                         "skipped_relations", "per_seed")},
         "published": published(args.method, args.init, args.model, args.candidates),
+        "written_prompts": {record["relation"]: record["written_prompts"] for record in all_records
+                            if record["seed"] == seeds[0] and "written_prompts" in record},
     }
 
 
@@ -135,6 +137,13 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Machine: {summary['machine']}; {summary['elapsed_seconds']} s in all, training "
         f"{summary['train_seconds']['mean']:.0f} s per seed (sum over relations).",
     ]
+    if summary.get("written_prompts"):
+        lines += ["", f"Prompts the kept generator writes (seed {p['seeds'][0]}, first test facts; the answer slot is "
+                  "shown as the mask token, or `[Y]`):", ""]
+        lines += [f"- {relation}, {fact['sub']} (answer {fact['obj']}): `[X] {fact['prompt']}`"
+                  for relation, facts in sorted(summary["written_prompts"].items(),
+                                                key=lambda item: lama_data.natural_key(item[0]))
+                  for fact in facts]
     return "\n".join(lines) + "\n"
 
 

@@ -215,6 +215,14 @@ def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data:
     assert list(summary["kept_epochs"]["per_fit"]) == ["pooled-seed42"]  # one generator for both relations
     assert "Kept epoch (pooled-seed42): " in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100
+    # the kept generator's prompts for the first test facts, as text, in the record, the summary and the report
+    report = (tmp_path / "pg" / "results.md").read_text()
+    for record in pooled.values():
+        shown = record["written_prompts"]
+        assert 1 <= len(shown) <= lama.PROMPTS_SHOWN and all(fact["prompt"].count("[MASK]") == 1 for fact in shown)
+        assert summary["written_prompts"][record["relation"]] == shown
+        assert all(f"{record['relation']}, {fact['sub']} (answer {fact['obj']}): `[X] {fact['prompt']}`" in report
+                   for fact in shown)
 
 
 def test_a_run_shows_one_progress_display(tiny_bert: Path, fixture_data: Path, tmp_path: Path) -> None:

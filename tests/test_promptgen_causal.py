@@ -228,3 +228,17 @@ def _first_stops(margins: torch.Tensor, maximum: int) -> list[int]:
     """Per row, the first step whose stop margin is positive (the segment's length), else ``maximum``."""
     stops = margins > 0
     return torch.where(stops.any(1), stops.float().argmax(1), maximum).tolist()
+
+
+@pytest.mark.parametrize("downstream", ["gpt2", "llama"])
+def test_readable_prompts_are_words_as_the_tokenizer_writes_them(downstream: str, generators: dict[str, Path]) -> None:
+    """A byte-level BPE or SentencePiece word reads as the word ("was born"), not as its tokens ("Ġwas Ġborn")."""
+    model, tok = _model(downstream, generators["gpt2"], "fixed")
+    texts = model.base_model.generated_prompts(PromptGenCollator(tok, model, leak_rows=False)(EXAMPLES), tok)
+    state = model.base_model.state
+    steps, _ = state.last_generation
+    words = state.options["default"]["down_ids"][steps.argmax(-1)][:, :4]
+    markers = ("Ġ", "▁")
+    assert any(marker in token for token in tok.convert_ids_to_tokens(words[0].tolist()) for marker in markers)
+    assert texts == [tok.decode(row.tolist(), clean_up_tokenization_spaces=False).strip() + " [Y]" for row in words]
+    assert not any(marker in text for text in texts for marker in markers)

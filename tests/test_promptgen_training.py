@@ -151,7 +151,7 @@ def test_warm_up_of_a_decoder_only_generator(tmp_path: Path) -> None:
     report = warm_up(model, collate, EXAMPLES, epochs=40, learning_rate=3e-3, batch_size=4)
     assert report["last_epoch_loss"] < 0.2 * report["first_epoch_loss"]
     prompts = model.base_model.generated_prompts(collate(EXAMPLES), tok)
-    assert [prompt.split()[:-1] for prompt in prompts] == [["Ġwas", "Ġborn", "Ġin"], ["Ġdied", "Ġin"]]
+    assert prompts == ["was born in [Y]", "died in [Y]"]
 
 
 def test_harness_flags_build_the_options_and_record_the_warm_up(fixture_data: Path, tmp_path: Path) -> None:

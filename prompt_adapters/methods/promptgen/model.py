@@ -731,7 +731,8 @@ class PromptGenModel(PromptTuner):
     tuner_layer_cls = PromptGenLayer
 
     def generated_prompts(self, batch: dict[str, torch.Tensor], tokenizer: PreTrainedTokenizerBase) -> list[str]:
-        """The prompt of every example as text: the highest-probability word of each soft token (paper Table 3)."""
+        """The prompt of every example as text: the highest-probability word of each soft token (paper Table 3),
+        joined as the tokenizer writes text (byte-level BPE words read as words, not as their ``Ġ`` tokens)."""
         with torch.no_grad():
             self.model(**batch)
         state = self.state
@@ -743,9 +744,10 @@ class PromptGenModel(PromptTuner):
         m = options["m"]
         texts = []
         for row, (before, after) in enumerate(lengths.tolist()):
-            first = tokenizer.convert_ids_to_tokens(words[row, :before].tolist())
-            second = tokenizer.convert_ids_to_tokens(words[row, m : m + after].tolist())
-            texts.append(" ".join([*first, tokenizer.mask_token or "[Y]", *second]))
+            segments = (words[row, :before], words[row, m : m + after])
+            first, second = (tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids.tolist())).strip()
+                             for ids in segments)
+            texts.append(" ".join(part for part in (first, tokenizer.mask_token or "[Y]", second) if part))
         return texts
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from prompt_adapters.methods.promptgen.model import PromptGenCollator, _decoder_only_prefix
 from prompt_adapters.scoring import IGNORE
@@ -43,6 +44,7 @@ def warm_up(
     learning_rate: float = 1e-4,
     batch_size: int = 16,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train the active adapter's generator to write, for every example, its manual template (``template``) and the
     ``paraphrases[template]`` as its prompt (one target per example and template).
@@ -81,6 +83,7 @@ def warm_up(
     generator.train()
     losses: list[float] = []
     steps = 0
+    bar = tqdm(total=epochs * -(-len(targets) // batch_size), disable=not progress, desc="warm-up", leave=False)
     try:
         for _ in range(epochs):
             order.shuffle(targets)
@@ -93,8 +96,11 @@ def warm_up(
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
                 steps += 1
+                bar.update()
             losses.append(total / len(targets))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
+        bar.close()
         generator.train(was_training)
     return {"targets": len(targets), "skipped": dict(skipped), "steps": steps, "first_epoch_loss": losses[0],
             "last_epoch_loss": losses[-1]}
