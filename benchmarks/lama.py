@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ from prompt_adapters.data import lama as lama_data
 from prompt_adapters.data.lama import screen_facts
 from prompt_adapters.job_runner import Job, JobRunner, precision_report, run_locked
 from prompt_adapters.methods.promptgen.config import LEAK_FORMS, STOPPING, TOKEN_FORMS
-from prompt_adapters.methods.promptgen.warmup import warm_up
+from prompt_adapters.methods.promptgen.warmup import template_words, unwritable_reason, warm_up
 from prompt_adapters.metrics.lama import describe_kept as describe_kept
 from prompt_adapters.metrics.lama import kept_epochs as kept_epochs
 from prompt_adapters.metrics.lama import other_valid_mask
@@ -69,7 +70,15 @@ from prompt_adapters.metrics.lama_comparison import LAMA_MEASURES, compare_lama_
 from prompt_adapters.models import load_language_model
 from prompt_adapters.run_dir import check_model_source, digest, model_digest, non_negative_int, positive_int
 from prompt_adapters.sharding import shard_base_model
-from prompt_adapters.training import FitResult, JointTask, dev_precision_at_1, fit, fit_joint, rank_answers
+from prompt_adapters.training import (
+    FitResult,
+    JointTask,
+    dev_precision_at_1,
+    fit,
+    fit_joint,
+    precision_at_1,
+    rank_answers,
+)
 from prompt_adapters.tuner import detect_lm_kind
 from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
@@ -114,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warm-up-prompts", default="manual",
                         help="PromptGen warm-up targets: comma-separated prompt kinds (load_prompts), e.g. "
                         "manual,pararel")
+    parser.add_argument("--warm-up-select", choices=("all", "best"), default="all",
+                        help="PromptGen warm-up: teach every prompt of --warm-up-prompts (all), or per relation the "
+                        "one the generator can write that the downstream model scores best on the training facts "
+                        "(best)")
     parser.add_argument("--warm-up-lr", type=float, default=1e-3, help="PromptGen warm-up learning rate")
     parser.add_argument("--num-before", type=non_negative_int, default=10,
                         help="PromptGen: most soft tokens before the answer slot (the paper's m = 10)")
@@ -410,6 +423,8 @@ class Probe:
                 split[:] = [{**fact, "template": job.manual_template} for fact in split]
         train = [fact for job in jobs for fact in job.train]
         dev = [fact for job in jobs for fact in job.dev] or train
+        selecting = args.warm_up_epochs and args.warm_up_select == "best"
+        ranked = self.rank_warm_up_prompts(jobs) if selecting else None  # scored before the generator is attached
         torch.manual_seed(relation_seed(seed, "joint"))
         config = pooled_config(method, args, train)
         config.compile(self.tokenizer)
@@ -419,7 +434,7 @@ class Probe:
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
             exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
             init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
-            warm = (self.warm_up(model, scored, jobs, train, seed, progress=accelerator.is_local_main_process)
+            warm = (self.warm_up(model, scored, jobs, train, seed, ranked, progress=accelerator.is_local_main_process)
                     if args.warm_up_epochs else None)
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
@@ -449,12 +464,12 @@ class Probe:
         return [{"sub": fact["sub"], "obj": fact["obj"], "prompt": text}
                 for fact, text in zip(facts, texts, strict=True)]
 
-    def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
-                progress: bool) -> Any:
-        """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``."""
+    def warm_up_paraphrases(self, jobs: list[Any]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Each relation's prompts of ``--warm-up-prompts`` besides the manual one, keyed by its manual template, and
+        per prompt kind the relations that have none of it."""
         kinds = [kind for kind in self.args.warm_up_prompts.split(",") if kind and kind != "manual"]
         paraphrases: dict[str, list[str]] = {job.manual_template: [] for job in jobs}
-        without: dict[str, list[str]] = {}  # prompt kind -> relations that have none of it (counted in the record)
+        without: dict[str, list[str]] = {}
         for kind in kinds:
             for job in jobs:
                 try:
@@ -463,11 +478,46 @@ class Probe:
                     if not str(error).startswith(f"no {kind!r} prompts"):
                         raise
                     without.setdefault(kind, []).append(job.relation)
+        return paraphrases, without
+
+    def rank_warm_up_prompts(self, jobs: list[Any]) -> dict[str, list[tuple[str, float]]]:
+        """Per relation, its warm-up prompts that start at the subject, by the downstream model's P@1 on the
+        relation's training facts, best first (ties keep the listed order: the manual prompt first)."""
+        paraphrases, _ = self.warm_up_paraphrases(jobs)
+        ranked = {}
+        for job in jobs:
+            prompts = [template for template in dict.fromkeys([job.manual_template, *paraphrases[job.manual_template]])
+                       if template_words(template) is not None]
+            scores = [(template, precision_at_1(self.evaluate(manual_config([template], self.args), job.relation,
+                                                              job.train)))
+                      for template in prompts]
+            ranked[job.relation] = sorted(scores, key=lambda item: -item[1])
+        return ranked
+
+    def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
+                ranked: dict[str, list[tuple[str, float]]] | None, progress: bool) -> Any:
+        """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``, or
+        with ``ranked`` (``--warm-up-select best``) the best-scored one the generator can write."""
+        paraphrases, without = self.warm_up_paraphrases(jobs)
+        selected: dict[str, Any] = {}
+        if ranked is not None:
+            for job in jobs:
+                writable = [(template, p1) for template, p1 in ranked[job.relation]
+                            if unwritable_reason(model, collator, template) is None]
+                paraphrases[job.manual_template] = [writable[0][0]] if writable else []
+                if not writable:
+                    warnings.warn(f"{job.relation}: the generator can write none of its {len(ranked[job.relation])} "
+                                  "warm-up prompts that start at the subject; its facts get no warm-up target",
+                                  stacklevel=2)
+                selected[job.relation] = ({"prompt": writable[0][0], "train_p1": writable[0][1],
+                                           "manual_train_p1": dict(ranked[job.relation]).get(job.manual_template),
+                                           "writable_prompts": len(writable)} if writable else None)
         torch.manual_seed(relation_seed(seed, "warm-up"))
         report = warm_up(model, collator, train, paraphrases, epochs=self.args.warm_up_epochs,
                          learning_rate=self.args.warm_up_lr, batch_size=train_settings(self.args, seed).batch_size,
-                         seed=seed, progress=progress)
-        return {**report, "relations_without_prompts": without}
+                         seed=seed, include_template=ranked is None, progress=progress)
+        chosen = {"selected": selected, "ranking": ranked} if ranked is not None else {}
+        return {**report, "relations_without_prompts": without, **chosen}
 
     def evaluate(self, config: Any, relation: str, test: list[dict[str, str]]) -> torch.Tensor:
         model = get_peft_model(self.base, config)

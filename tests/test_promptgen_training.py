@@ -14,7 +14,7 @@ from peft import PeftModel, get_peft_model
 
 from prompt_adapters import PromptGenCollator, PromptGenConfig
 from prompt_adapters.methods.promptgen.model import length_log_probs
-from prompt_adapters.methods.promptgen.warmup import template_words, warm_up
+from prompt_adapters.methods.promptgen.warmup import template_words, unwritable_reason, warm_up
 from prompt_adapters.testing import build_tiny_model, perturb_trainable, save_tiny_model
 
 BORN, DIED = "[X] was born in [Y] .", "[X] died in [Y] ."
@@ -143,6 +143,21 @@ def test_warm_up_teaches_the_generator_the_manual_prompt(bart_dir: Path) -> None
         warm_up(model, collate, EXAMPLES, epochs=0)
 
 
+def test_warm_up_on_chosen_prompts_only_and_why_a_prompt_cannot_be_written(bart_dir: Path) -> None:
+    torch.manual_seed(0)
+    model, tok = _model(bart_dir, num_before=4, num_after=2)
+    collate = PromptGenCollator(tok, model, leak_rows=False)
+    assert unwritable_reason(model, collate, "[X] died in [Y] .") is None
+    assert unwritable_reason(model, collate, "The city of [X] is [Y] .") == "text before [X]"
+    assert unwritable_reason(model, collate, "[X] zzqx in [Y] .") == "a word outside the shared vocabulary"
+    assert unwritable_reason(model, collate, "[X] was born in a city in [Y] .") == "longer than num_before / num_after"
+    chosen = {BORN: ["[X] died in [Y] ."], DIED: ["[X] died in [Y] ."]}  # each relation's one chosen prompt
+    report = warm_up(model, collate, EXAMPLES, chosen, epochs=30, learning_rate=3e-3, batch_size=4,
+                     include_template=False)
+    assert report["targets"] == 2 and report["skipped"] == {}
+    assert model.base_model.generated_prompts(collate(EXAMPLES), tok) == ["died in [MASK] ."] * 2  # BORN not taught
+
+
 def test_warm_up_of_a_decoder_only_generator(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, tok = _model(save_tiny_model("llama", tmp_path / "llama"), "gpt2", num_before=4, num_after=0,
@@ -170,6 +185,20 @@ def test_harness_flags_build_the_options_and_record_the_warm_up(fixture_data: Pa
     warm = records[0]["warm_up"]
     assert warm["steps"] >= 1 and warm["targets"] + sum(warm["skipped"].values()) > 24  # manual + ParaRel targets
     assert warm["relations_without_prompts"] == {"pararel": ["P1376"]}  # the excerpts hold P19's ParaRel file only
+    assert "selected" not in warm
+    lama.main([*common, "--output", str(tmp_path / "best"), "--warm-up-epochs", "1", "--warm-up-prompts",
+               "manual,pararel", "--warm-up-select", "best"])
+    best = {r["relation"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "best" / "relations").glob("*"))}
+    warm = best["P19"]["warm_up"]
+    # one target per training fact of a relation with a writable prompt; here the tiny generator cannot write
+    # P1376's only prompt ("capital" is no shared word)
+    assert warm["selected"]["P1376"] is None and warm["selected"]["P19"] is not None
+    assert warm["targets"] == best["P19"]["facts"]["train"]
+    chosen, ranking = warm["selected"]["P19"], warm["ranking"]["P19"]
+    scores = [p1 for _, p1 in ranking]
+    assert len(ranking) > 1 and scores == sorted(scores, reverse=True) and all(template_words(t) for t, _ in ranking)
+    assert chosen["prompt"] == ranking[0][0] and chosen["train_p1"] == max(scores) >= chosen["manual_train_p1"]
+    assert [template for template, _ in warm["ranking"]["P1376"]] == ["[X] is the capital of [Y] ."]
     args = lama.parse_args([*common, "--stop-at-answers", "--answer-words-per-relation"])
     train = [{"obj": "Paris", "template": BORN}, {"obj": "Rome", "template": BORN}, {"obj": "Oslo", "template": DIED}]
     config = lama.pooled_config(lama.METHODS["promptgen"], args, train)

@@ -3,7 +3,7 @@
 from prompt_adapters.methods.promptgen.config import PromptGenConfig
 from prompt_adapters.methods.promptgen.model import PromptGenCollator, PromptGenLayer, PromptGenModel
 from prompt_adapters.methods.promptgen.vocab import common_vocabulary
-from prompt_adapters.methods.promptgen.warmup import warm_up
+from prompt_adapters.methods.promptgen.warmup import unwritable_reason, warm_up
 from prompt_adapters.peft_registry import Method, register_method
 
 METHOD = register_method(Method("promptgen", PromptGenConfig, PromptGenModel))
@@ -15,5 +15,6 @@ __all__ = [
     "PromptGenLayer",
     "PromptGenModel",
     "common_vocabulary",
+    "unwritable_reason",
     "warm_up",
 ]

@@ -44,6 +44,7 @@ def warm_up(
     learning_rate: float = 1e-4,
     batch_size: int = 16,
     seed: int = 0,
+    include_template: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train the active adapter's generator to write, for every example, its manual template (``template``) and the
@@ -54,8 +55,10 @@ def warm_up(
     loss is the cross-entropy of each target over the shared vocabulary and the stop tokens, the choice the
     generator makes while writing. Targets the generator cannot write (text before ``[X]``, more words than
     ``num_before`` / ``num_after``, a word outside the shared vocabulary) are skipped and counted in a warning.
-    Only the generator's trainable parameters change (all of them, or its LoRA weights). Returns the number of
-    targets, the skips by reason, the steps and the mean loss of the first and last epoch.
+    With ``include_template=False`` an example's own template is no target, only its paraphrases (e.g. one prompt
+    chosen per relation). Only the generator's trainable parameters change (all of them, or its LoRA weights).
+    ``progress`` shows a bar over the steps (pass it on the main process only). Returns the number of targets, the
+    skips by reason, the steps and the mean loss of the first and last epoch.
     """
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
         raise ValueError(
@@ -65,7 +68,7 @@ def warm_up(
     state = getattr(model, "base_model", model).state
     name = state.active_name
     options, generator = state.options[name], state.generator[name]
-    targets, skipped = _targets(examples, paraphrases or {}, collator, options)
+    targets, skipped = _targets(examples, paraphrases or {}, collator, options, include_template)
     if skipped:
         warnings.warn(
             f"warm_up skipped {sum(skipped.values())} of {sum(skipped.values()) + len(targets)} targets the "
@@ -106,39 +109,53 @@ def warm_up(
             "last_epoch_loss": losses[-1]}
 
 
+def unwritable_reason(model: nn.Module, collator: PromptGenCollator, template: str) -> str | None:
+    """Why the active adapter's generator cannot write ``template`` as a warm-up target, or None when it can."""
+    state = getattr(model, "base_model", model).state
+    found = _template_ids(template, collator, state.options[state.active_name], {})
+    return found if isinstance(found, str) else None
+
+
+def _template_ids(
+    template: str, collator: PromptGenCollator, options: dict[str, Any], words: dict[str, int | None]
+) -> tuple[list[int], list[int]] | str:
+    """The generator ids of the template's words before and after the slot, or the reason it cannot be written;
+    ``words`` caches each word's id (None: not one shared token)."""
+    parts = template_words(template)
+    if parts is None:
+        return "text before [X]"
+    before, after = parts[0], parts[1] if options["written_after"] else []
+    if len(before) > options["m"] or len(after) > options["written_after"]:
+        return "longer than num_before / num_after"
+    shared = set(options["gen_ids"].tolist())
+    for word in before + after:
+        if word not in words:
+            ids = encode_fragment(collator.generator_tokenizer, word, True)
+            words[word] = ids[0] if len(ids) == 1 and ids[0] in shared else None
+    ids = [words[word] for word in before + after]
+    if None in ids:
+        return "a word outside the shared vocabulary"
+    return ids[: len(before)], ids[len(before) :]
+
+
 def _targets(
     examples: Sequence[Mapping[str, Any]],
     paraphrases: Mapping[str, Sequence[str]],
     collator: PromptGenCollator,
     options: dict[str, Any],
+    include_template: bool,
 ) -> tuple[list[tuple[Mapping[str, Any], list[int], list[int]]], Counter]:
     """(example, generator ids before the slot, ids after it) for each example and writable template."""
-    tokenizer = collator.generator_tokenizer
-    shared = set(options["gen_ids"].tolist())
     words: dict[str, int | None] = {}
-
-    def word_id(word: str) -> int | None:
-        if word not in words:
-            ids = encode_fragment(tokenizer, word, True)
-            words[word] = ids[0] if len(ids) == 1 and ids[0] in shared else None
-        return words[word]
-
     targets, skipped = [], Counter()
     for example in examples:
-        for template in dict.fromkeys([example["template"], *paraphrases.get(example["template"], ())]):
-            parts = template_words(template)
-            if parts is None:
-                skipped["text before [X]"] += 1
-                continue
-            before, after = parts[0], parts[1] if options["written_after"] else []
-            if len(before) > options["m"] or len(after) > options["written_after"]:
-                skipped["longer than num_before / num_after"] += 1
-                continue
-            ids = [word_id(word) for word in before + after]
-            if None in ids:
-                skipped["a word outside the shared vocabulary"] += 1
-                continue
-            targets.append((example, ids[: len(before)], ids[len(before) :]))
+        own = [example["template"]] if include_template else []
+        for template in dict.fromkeys([*own, *paraphrases.get(example["template"], ())]):
+            found = _template_ids(template, collator, options, words)
+            if isinstance(found, str):
+                skipped[found] += 1
+            else:
+                targets.append((example, *found))
     return targets, skipped
 
 
