@@ -35,6 +35,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from peft import get_peft_model
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -424,7 +425,8 @@ class Probe:
         train = [fact for job in jobs for fact in job.train]
         dev = [fact for job in jobs for fact in job.dev] or train
         selecting = args.warm_up_epochs and args.warm_up_select == "best"
-        ranked = self.rank_warm_up_prompts(jobs) if selecting else None  # scored before the generator is attached
+        ranked = (self.rank_warm_up_prompts(jobs, progress=accelerator.is_local_main_process) if selecting
+                  else None)  # scored before the generator is attached
         torch.manual_seed(relation_seed(seed, "joint"))
         config = pooled_config(method, args, train)
         config.compile(self.tokenizer)
@@ -480,18 +482,23 @@ class Probe:
                     without.setdefault(kind, []).append(job.relation)
         return paraphrases, without
 
-    def rank_warm_up_prompts(self, jobs: list[Any]) -> dict[str, list[tuple[str, float]]]:
+    def rank_warm_up_prompts(self, jobs: list[Any], progress: bool) -> dict[str, list[tuple[str, float]]]:
         """Per relation, its warm-up prompts that start at the subject, by the downstream model's P@1 on the
         relation's training facts, best first (ties keep the listed order: the manual prompt first)."""
         paraphrases, _ = self.warm_up_paraphrases(jobs)
+        prompts = {job.relation: [template for template in
+                                  dict.fromkeys([job.manual_template, *paraphrases[job.manual_template]])
+                                  if template_words(template) is not None] for job in jobs}
+        bar = tqdm(total=sum(map(len, prompts.values())), disable=not progress, desc="warm-up prompts", leave=False)
         ranked = {}
         for job in jobs:
-            prompts = [template for template in dict.fromkeys([job.manual_template, *paraphrases[job.manual_template]])
-                       if template_words(template) is not None]
-            scores = [(template, precision_at_1(self.evaluate(manual_config([template], self.args), job.relation,
-                                                              job.train)))
-                      for template in prompts]
+            scores = []
+            for template in prompts[job.relation]:
+                ranks = self.evaluate(manual_config([template], self.args), job.relation, job.train)
+                scores.append((template, precision_at_1(ranks)))
+                bar.update()
             ranked[job.relation] = sorted(scores, key=lambda item: -item[1])
+        bar.close()
         return ranked
 
     def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
