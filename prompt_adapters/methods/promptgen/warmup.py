@@ -8,10 +8,11 @@ the training examples, so the end-to-end training starts from prompts at least a
 
 from __future__ import annotations
 
+import functools
 import random
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -112,27 +113,34 @@ def warm_up(
 def unwritable_reason(model: nn.Module, collator: PromptGenCollator, template: str) -> str | None:
     """Why the active adapter's generator cannot write ``template`` as a warm-up target, or None when it can."""
     state = getattr(model, "base_model", model).state
-    found = _template_ids(template, collator, state.options[state.active_name], {})
+    options = state.options[state.active_name]
+    found = _template_ids(template, options, _shared_word_id(collator, options))
     return found if isinstance(found, str) else None
 
 
+def _shared_word_id(collator: PromptGenCollator, options: dict[str, Any]) -> Callable[[str], int | None]:
+    """A cached lookup of a word's generator id; None when the word is not one shared token."""
+    shared = set(options["gen_ids"].tolist())
+
+    @functools.cache
+    def word_id(word: str) -> int | None:
+        ids = encode_fragment(collator.generator_tokenizer, word, True)
+        return ids[0] if len(ids) == 1 and ids[0] in shared else None
+
+    return word_id
+
+
 def _template_ids(
-    template: str, collator: PromptGenCollator, options: dict[str, Any], words: dict[str, int | None]
+    template: str, options: dict[str, Any], word_id: Callable[[str], int | None]
 ) -> tuple[list[int], list[int]] | str:
-    """The generator ids of the template's words before and after the slot, or the reason it cannot be written;
-    ``words`` caches each word's id (None: not one shared token)."""
+    """The generator ids of the template's words before and after the slot, or the reason it cannot be written."""
     parts = template_words(template)
     if parts is None:
         return "text before [X]"
     before, after = parts[0], parts[1] if options["written_after"] else []
     if len(before) > options["m"] or len(after) > options["written_after"]:
         return "longer than num_before / num_after"
-    shared = set(options["gen_ids"].tolist())
-    for word in before + after:
-        if word not in words:
-            ids = encode_fragment(collator.generator_tokenizer, word, True)
-            words[word] = ids[0] if len(ids) == 1 and ids[0] in shared else None
-    ids = [words[word] for word in before + after]
+    ids = [word_id(word) for word in before + after]
     if None in ids:
         return "a word outside the shared vocabulary"
     return ids[: len(before)], ids[len(before) :]
@@ -146,12 +154,12 @@ def _targets(
     include_template: bool,
 ) -> tuple[list[tuple[Mapping[str, Any], list[int], list[int]]], Counter]:
     """(example, generator ids before the slot, ids after it) for each example and writable template."""
-    words: dict[str, int | None] = {}
+    word_id = _shared_word_id(collator, options)
     targets, skipped = [], Counter()
     for example in examples:
         own = [example["template"]] if include_template else []
         for template in dict.fromkeys([*own, *paraphrases.get(example["template"], ())]):
-            found = _template_ids(template, collator, options, words)
+            found = _template_ids(template, options, word_id)
             if isinstance(found, str):
                 skipped[found] += 1
             else:
