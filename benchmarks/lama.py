@@ -424,9 +424,10 @@ class Probe:
                 split[:] = [{**fact, "template": job.manual_template} for fact in split]
         train = [fact for job in jobs for fact in job.train]
         dev = [fact for job in jobs for fact in job.dev] or train
+        paraphrases, without = self.warm_up_paraphrases(jobs) if args.warm_up_epochs else ({}, {})
         selecting = args.warm_up_epochs and args.warm_up_select == "best"
-        ranked = (self.rank_warm_up_prompts(jobs, progress=accelerator.is_local_main_process) if selecting
-                  else None)  # scored before the generator is attached
+        ranked = (self.rank_warm_up_prompts(jobs, paraphrases, progress=accelerator.is_local_main_process)
+                  if selecting else None)  # scored before the generator is attached
         torch.manual_seed(relation_seed(seed, "joint"))
         config = pooled_config(method, args, train)
         config.compile(self.tokenizer)
@@ -436,8 +437,8 @@ class Probe:
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
             exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
             init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
-            warm = (self.warm_up(model, scored, jobs, train, seed, ranked, progress=accelerator.is_local_main_process)
-                    if args.warm_up_epochs else None)
+            warm = (self.warm_up(model, scored, jobs, train, seed, (paraphrases, without), ranked,
+                                 progress=accelerator.is_local_main_process) if args.warm_up_epochs else None)
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
             result = fit(model, leaky, train, dev, train_settings(args, seed),
@@ -482,10 +483,11 @@ class Probe:
                     without.setdefault(kind, []).append(job.relation)
         return paraphrases, without
 
-    def rank_warm_up_prompts(self, jobs: list[Any], progress: bool) -> dict[str, list[tuple[str, float]]]:
-        """Per relation, its warm-up prompts that start at the subject, by the downstream model's P@1 on the
-        relation's training facts, best first (ties keep the listed order: the manual prompt first)."""
-        paraphrases, _ = self.warm_up_paraphrases(jobs)
+    def rank_warm_up_prompts(self, jobs: list[Any], paraphrases: dict[str, list[str]],
+                             progress: bool) -> dict[str, list[tuple[str, float]]]:
+        """Per relation, its warm-up prompts that start at the subject (the manual one and its ``paraphrases``), by
+        the downstream model's P@1 on the relation's training facts, best first (ties keep the listed order: the
+        manual prompt first)."""
         prompts = {job.relation: [template for template in
                                   dict.fromkeys([job.manual_template, *paraphrases[job.manual_template]])
                                   if template_words(template) is not None] for job in jobs}
@@ -502,10 +504,12 @@ class Probe:
         return ranked
 
     def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
+                prompts: tuple[dict[str, list[str]], dict[str, list[str]]],
                 ranked: dict[str, list[tuple[str, float]]] | None, progress: bool) -> Any:
-        """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``, or
-        with ``ranked`` (``--warm-up-select best``) the best-scored one the generator can write."""
-        paraphrases, without = self.warm_up_paraphrases(jobs)
+        """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``
+        (``prompts``: ``warm_up_paraphrases``), or with ``ranked`` (``--warm-up-select best``) the best-scored one the
+        generator can write."""
+        paraphrases, without = dict(prompts[0]), prompts[1]
         selected: dict[str, Any] = {}
         if ranked is not None:
             for job in jobs:
