@@ -86,17 +86,10 @@ def reset_peak_rss() -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
-    done = [method for method in args.methods if (args.output / method / "result.json").exists()]
-    if done and not args.resume:
-        raise SystemExit(f"--output {args.output} already holds finished runs of {done}; pass --resume or another "
-                         "folder")
+    refuse_finished_runs(args)
     # the processes of torchrun or accelerate launch (one without either), on CPUs when there is no GPU
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if args.model is None:
-        base, tokenizer = build_tiny_model("llama")
-    else:
-        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    base, tokenizer = load_base(args.model)
     base.to(accelerator.device)
     loaded_mib = peak_rss_mib()
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -108,21 +101,47 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         reset_peak_rss()
         reports[method] = train_one(method, base, tokenizer, accelerator, args)
         reports[method].update(sharded=sharded, peak_rss_mib_loading=round(loaded_mib, 1))
-        if accelerator.is_main_process:
-            (args.output / method / "result.json").write_text(json.dumps(reports[method], indent=1))
-            print(json.dumps(reports[method]))
-        accelerator.wait_for_everyone()
+        save_report(args.output / method, reports[method], accelerator)
     return reports
+
+
+def refuse_finished_runs(args: argparse.Namespace) -> None:
+    """Stop before loading anything when ``--output`` already holds a finished method and ``--resume`` is off."""
+    done = [method for method in args.methods if (args.output / method / "result.json").exists()]
+    if done and not args.resume:
+        raise SystemExit(f"--output {args.output} already holds finished runs of {done}; pass --resume or another "
+                         "folder")
+
+
+def load_base(model_dir: Path | None) -> tuple[Any, Any]:
+    """The frozen causal LM and its tokenizer from ``model_dir`` (float32), or a tiny random Llama without one."""
+    if model_dir is None:
+        return build_tiny_model("llama")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def attach_adapter(method: str, base: Any, tokenizer: Any) -> Any:
+    """``method``'s adapter on ``base``, initialised alike in every process."""
+    torch.manual_seed(0)
+    config = adapter_config(method)
+    config.compile(tokenizer)
+    return get_peft_model(base, config)
+
+
+def save_report(folder: Path, report: dict[str, Any], accelerator: Accelerator) -> None:
+    """``folder/result.json`` and the report on stdout from the main process; the others wait for it."""
+    if accelerator.is_main_process:
+        (folder / "result.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps(report))
+    accelerator.wait_for_everyone()
 
 
 def train_one(method: str, base: Any, tokenizer: Any, accelerator: Accelerator,
               args: argparse.Namespace) -> dict[str, Any]:
     """Train, save and score one adapter of ``method`` on ``base`` (sharded or not); the base is left as found."""
     out = args.output / method
-    torch.manual_seed(0)  # the same adapter initialisation in every process
-    config = adapter_config(method)
-    config.compile(tokenizer)
-    model = get_peft_model(base, config)
+    model = attach_adapter(method, base, tokenizer)
     try:
         collator = PromptCollator(tokenizer, model)
         train, dev, test = FACTS[:17], FACTS[17:20], FACTS[20:]

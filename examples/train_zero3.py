@@ -17,19 +17,24 @@ the whole fit) and ``METHOD/test_scores.pt`` (the test facts' answer log-probs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from peft import get_peft_model
-from train_sharded import FACTS, METHODS, adapter_config, peak_rss_mib, reset_peak_rss
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from train_sharded import (
+    FACTS,
+    METHODS,
+    attach_adapter,
+    load_base,
+    peak_rss_mib,
+    refuse_finished_runs,
+    reset_peak_rss,
+    save_report,
+)
 
 from prompt_adapters import PromptCollator
-from prompt_adapters.testing import build_tiny_model
 from prompt_adapters.training import TrainSettings, fit, precision_at_1, rank_answers
 from prompt_adapters.zero3 import deepspeed_plugin, launch_accelerator
 
@@ -51,24 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
-    done = [method for method in args.methods if (args.output / method / "result.json").exists()]
-    if done and not args.resume:
-        raise SystemExit(f"--output {args.output} already holds finished runs of {done}; pass --resume or another "
-                         "folder")
+    refuse_finished_runs(args)
     accelerator = launch_accelerator()
-    if args.model is None:
-        base, tokenizer = build_tiny_model("llama")
-    else:  # loaded whole (launch_accelerator), then partitioned by DeepSpeed in fit
-        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    base, tokenizer = load_base(args.model)  # loaded whole (launch_accelerator), then partitioned by DeepSpeed in fit
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     reports = {}
     for method in args.methods:
         reports[method] = train_one(method, base, tokenizer, accelerator, args)
-        if accelerator.is_main_process:
-            (args.output / method / "result.json").write_text(json.dumps(reports[method], indent=1))
-            print(json.dumps(reports[method]))
-        accelerator.wait_for_everyone()
+        save_report(args.output / method, reports[method], accelerator)
     return reports
 
 
@@ -76,10 +71,7 @@ def train_one(method: str, base: Any, tokenizer: Any, accelerator: Accelerator,
               args: argparse.Namespace) -> dict[str, Any]:
     """Train, save and score one adapter of ``method`` on ``base``; the base is left as found."""
     out = args.output / method
-    torch.manual_seed(0)  # the same adapter initialisation in every process
-    config = adapter_config(method)
-    config.compile(tokenizer)
-    model = get_peft_model(base, config)
+    model = attach_adapter(method, base, tokenizer)
     try:
         collator = PromptCollator(tokenizer, model)
         train, dev, test = FACTS[:17], FACTS[17:20], FACTS[20:]
