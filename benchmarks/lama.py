@@ -437,7 +437,7 @@ class Probe:
             leaky = PromptGenCollator(self.tokenizer, model, leak_rows=True, candidate_ids=self.candidate_tensor)
             exclude = {job.relation: self.exclusion(job.relation) for job in jobs}
             init = {job.relation: rank_answers(model, scored, job.test, exclude=exclude[job.relation]) for job in jobs}
-            warm = (self.warm_up(model, scored, jobs, train, seed, (paraphrases, without), ranked,
+            warm = (self.warm_up(model, scored, jobs, train, seed, paraphrases, without, ranked,
                                  progress=accelerator.is_local_main_process) if args.warm_up_epochs else None)
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
@@ -504,12 +504,12 @@ class Probe:
         return ranked
 
     def warm_up(self, model: Any, collator: Any, jobs: list[Any], train: list[dict[str, str]], seed: int,
-                prompts: tuple[dict[str, list[str]], dict[str, list[str]]],
+                paraphrases: dict[str, list[str]], without: dict[str, list[str]],
                 ranked: dict[str, list[tuple[str, float]]] | None, progress: bool) -> Any:
         """PromptGen's supervised start on the training facts: each relation's prompts of ``--warm-up-prompts``
-        (``prompts``: ``warm_up_paraphrases``), or with ``ranked`` (``--warm-up-select best``) the best-scored one the
-        generator can write."""
-        paraphrases, without = dict(prompts[0]), prompts[1]
+        (``paraphrases`` and ``without``, from ``warm_up_paraphrases``), or with ``ranked`` (``--warm-up-select best``)
+        the best-scored one the generator can write."""
+        paraphrases = dict(paraphrases)  # the chosen prompt replaces a relation's list; the caller's stays whole
         selected: dict[str, Any] = {}
         if ranked is not None:
             for job in jobs:
