@@ -157,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--em", action="store_true", help="the reference code's EM schedule for mixture weights")
     parser.add_argument("--output", default="runs/lama")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished job's training checkpoint in OUTPUT/checkpoints (by default removed "
+                             "once the job's records are written)")
     parser.add_argument("--data-parallel", action="store_true",
                         help="train each relation with all processes together (data parallel) instead of one "
                         "relation per process")
@@ -200,6 +203,12 @@ class RelationJob:
         """The adapter's name, also its checkpoint folder's."""
         return f"{self.relation}-seed{self.seed}"
 
+
+
+def checkpoint_dir(args: argparse.Namespace, name: str) -> Path:
+    """Where the adapter ``name`` (``<relation>-seed<seed>``, or ``joint-seed<seed>`` when pooled) saves its training
+    checkpoints; a joint run's ``fit_joint`` saves each adapter's in the same place."""
+    return Path(args.output) / "checkpoints" / name
 
 
 def relation_seed(seed: int, relation: str) -> int:
@@ -349,7 +358,7 @@ class Probe:
             result: FitResult | None = None
             train_started = time.perf_counter()
             if method.train and job.train:
-                checkpoint = Path(args.output) / "checkpoints" / f"{relation}-seed{seed}"
+                checkpoint = checkpoint_dir(args, job.adapter)
                 result = fit(model, collator, job.train, job.dev or job.train, train_settings(args, seed), checkpoint,
                              progress=False, description=relation,  # the run's one bar counts relations
                              accelerator=accelerator if args.data_parallel else None)
@@ -442,7 +451,7 @@ class Probe:
             world = accelerator if accelerator.num_processes > 1 else None
             train_started = time.perf_counter()
             result = fit(model, leaky, train, dev, train_settings(args, seed),
-                         Path(args.output) / "checkpoints" / f"joint-seed{seed}",
+                         checkpoint_dir(args, f"joint-seed{seed}"),
                          progress=accelerator.is_local_main_process, description="joint", accelerator=world,
                          dev_metric=dev_precision_at_1(model, scored, dev))
             train_seconds = time.perf_counter() - train_started
@@ -606,7 +615,8 @@ def shard_harness_base(base: torch.nn.Module, path: Path) -> None:
 
 def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the saved one: settings, library version, base model, data."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "download", "precision")
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "download", "precision",
+                                                                    "keep_checkpoints")
                 and isinstance(v, (str, int, float, bool, list, type(None)))}  # options, not objects set on args
     data = {relation: digest([probe.facts(relation, split)[0] for split in ("train", "dev", "test")])
             for relation in relations}
@@ -618,7 +628,7 @@ def run_manifest(args: argparse.Namespace, probe: Probe, relations: list[str]) -
 def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted: list[str], out: Path,
         started: float) -> dict[str, Any] | None:
     """Run (or resume) every (relation, seed) job of an output directory this process holds the lock of."""
-    runner = JobRunner(out, "relations", args.resume, accelerator)
+    runner = JobRunner(out, "relations", args.resume, accelerator, keep_checkpoints=args.keep_checkpoints)
     runner.start(lambda: run_manifest(args, probe, wanted))
     first_seed = args.seed if args.seed is not None else METHODS[args.method].defaults.seed
     seeds = [first_seed + i for i in range(args.seeds)]
@@ -628,10 +638,13 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
 
     def job(relations_of_job: list[str], seed: int, compute: Callable[[list[str]], list[dict[str, Any]]],
             **options: Any) -> Job:
-        return Job(tuple(f"{relation}-seed{seed}" for relation in relations_of_job), compute, **options)
+        names = tuple(f"{relation}-seed{seed}" for relation in relations_of_job)
+        checkpoints = options.pop("checkpoints", tuple(checkpoint_dir(args, name) for name in names))
+        return Job(names, compute, checkpoints=checkpoints, **options)
 
     def pooled(seed: int) -> Job:  # one adapter trained on every relation by every process; all or none resumed
-        return job(wanted, seed, lambda _: probe.run_pooled(wanted, seed, accelerator), all_or_none=True)
+        return job(wanted, seed, lambda _: probe.run_pooled(wanted, seed, accelerator), all_or_none=True,
+                   checkpoints=(checkpoint_dir(args, f"joint-seed{seed}"),))
 
     def joint(share: list[str], seed: int) -> Job:  # a process's share of the relations, trained together
         return job(share, seed, lambda left: probe.run_joint(relations(left), seed,

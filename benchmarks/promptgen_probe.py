@@ -5,8 +5,8 @@
 
 ``prompts`` builds the PromptGen adapter as ``benchmarks/lama.py --method promptgen`` does (one generator for every
 relation), optionally loads the generator from a training checkpoint of that harness
-(``OUTPUT/checkpoints/joint-seed42/vNNNNNN/state.safetensors``: the epoch the harness kept; without it, the generator
-as pretrained), and prints
+(``OUTPUT/checkpoints/joint-seed42/vNNNNNN/state.safetensors`` of a run with ``--keep-checkpoints``: the epoch the
+harness kept; without it, the generator as pretrained), and prints
 macro P@1 and None-subject P@1 on the train and test facts, how peaked the written soft tokens are and how long the
 segments run, how many prompts hold the gold object among their words, and some prompts as text.
 
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     prompts = commands.add_parser("prompts", help="P@1 and None P@1 on train and test, soft-token statistics")
     prompts.add_argument("--world", required=True, type=Path)
-    prompts.add_argument("--checkpoint", type=Path, help="state.safetensors of a lama.py PromptGen checkpoint")
+    prompts.add_argument("--checkpoint", type=Path,
+                         help="state.safetensors of a lama.py PromptGen checkpoint (kept by its --keep-checkpoints)")
     prompts.add_argument("--stopping", default="mask", choices=STOPPING)
     prompts.add_argument("--stop-at-answers", action="store_true",
                          help="the training facts' objects as answer_words, as benchmarks/lama.py --stop-at-answers")

@@ -122,7 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seeds per task for a trained method (default 3); manual trains nothing and runs once")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default="runs/superglue")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished job's training checkpoint in OUTPUT/checkpoints (by default removed "
+                             "once the job's record is written: with the LM trained each is the whole model and its "
+                             "optimiser state)")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=None,
                         help="instead of running: paired bootstrap 95%% intervals of A - B per task and on the "
                              "average, from two finished output directories scored on the same examples")
@@ -249,6 +253,11 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def checkpoint_dir(args: argparse.Namespace, task_name: str, seed: int) -> Path:
+    """Where the job of ``task_name`` and ``seed`` saves its training checkpoints."""
+    return Path(args.output) / "checkpoints" / f"{task_name}-seed{seed}"
+
+
 def run_job(args: argparse.Namespace, task: sg.Task, seed: int, accelerator: Accelerator) -> dict[str, Any]:
     started = time.time()
     torch.manual_seed(seed)
@@ -276,7 +285,7 @@ def run_job(args: argparse.Namespace, task: sg.Task, seed: int, accelerator: Acc
         settings = train_settings(args, task, len(data.train), seed)
         result = fit(
             scorer.model, scorer.batch, data.train, data.dev, settings,
-            checkpoint_dir=Path(args.output) / "checkpoints" / f"{task.name}-seed{seed}",
+            checkpoint_dir=checkpoint_dir(args, task.name, seed),
             progress=accelerator.is_local_main_process, description=task.name,
             dev_metric=lambda: selection_score(task, scorer.score(data.dev, fast=args.dev_scoring == "fast")),
         )
@@ -368,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 def run_manifest(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the saved one: settings, library version, base model, data."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "precision")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "output", "precision", "keep_checkpoints")}
     splits = ("train", "dev32" if args.setting == "fewshot" else "val", "val")
     data = {name: digest([_records(args, sg.TASKS[name], split) for split in splits]) for name in names}
     base = model_digest(load_language_model(args.model))
@@ -378,12 +387,13 @@ def run_manifest(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace, accelerator: Accelerator, names: list[str], out: Path,
         started: float) -> dict[str, Any] | None:
     """Run (or resume) every (task, seed) job of an output directory this process holds the lock of."""
-    runner = JobRunner(out, "jobs", args.resume, accelerator)
+    runner = JobRunner(out, "jobs", args.resume, accelerator, keep_checkpoints=args.keep_checkpoints)
     runner.start(lambda: run_manifest(args, names))
     jobs = [(name, args.seed + i) for i in range(args.seeds) for name in names]
 
     def job(name: str, seed: int) -> Job:
-        return Job((f"{name}-seed{seed}",), lambda _: [run_job(args, sg.TASKS[name], seed, accelerator)])
+        return Job((f"{name}-seed{seed}",), lambda _: [run_job(args, sg.TASKS[name], seed, accelerator)],
+                   checkpoints=(checkpoint_dir(args, name, seed),))
 
     runner.run([job(name, seed) for name, seed in jobs], progress="tasks")
     records = runner.collect([f"{name}-seed{seed}" for name, seed in jobs])

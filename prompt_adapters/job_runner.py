@@ -11,7 +11,11 @@ share around their own job functions:
 - ``run``: job ``i`` goes to process ``i mod n`` (each job seeds itself, so results do not depend on the number of
   processes), or every process runs every job together (data parallel) and the main process writes the records;
   every record names the process that wrote it (``"process": [index, count]``);
-- ``collect``: the main process reads every record back, in the order asked, once all processes are done.
+- ``collect``: the main process reads every record back, in the order asked, once all processes are done;
+- checkpoints: a job's training checkpoints (``Job.checkpoints``) are removed once all its records are written, since
+  nothing reads them again (with the LM trained each holds the whole model and its optimiser state); a crash between
+  the two leaves them behind, and the resumed run removes them when it skips the finished job. ``keep_checkpoints``
+  keeps them.
 
 ``precision_report`` says which mixed precision was requested and used, warning once when they differ, and
 ``run_locked`` (from ``run_dir``) makes the output folder exclusive to one run.
@@ -20,6 +24,7 @@ share around their own job functions:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +62,7 @@ class Job:
     compute: JobFunction
     all_or_none: bool = False
     label: dict[str, Any] | None = None  # shown beside the progress bar while the job runs
+    checkpoints: tuple[Path, ...] = ()  # the job's training checkpoint folders, obsolete once its records exist
 
 
 def precision_report(accelerator: Accelerator) -> dict[str, str]:
@@ -71,12 +77,15 @@ def precision_report(accelerator: Accelerator) -> dict[str, str]:
 class JobRunner:
     """Runs the jobs of one run directory over the accelerate processes, skipping finished ones on resume."""
 
-    def __init__(self, output: Path, records: str, resume: bool, accelerator: Accelerator) -> None:
-        """``records`` is the folder of the finished-job records inside ``output`` (``relations``, ``jobs``)."""
+    def __init__(self, output: Path, records: str, resume: bool, accelerator: Accelerator,
+                 keep_checkpoints: bool = False) -> None:
+        """``records`` is the folder of the finished-job records inside ``output`` (``relations``, ``jobs``);
+        ``keep_checkpoints`` keeps each finished job's training checkpoints instead of removing them."""
         self.output = Path(output)
         self.folder = self.output / records
         self.resume = resume
         self.accelerator = accelerator
+        self.keep_checkpoints = keep_checkpoints
 
     def start(self, manifest: Callable[[], Mapping[str, Any]]) -> None:
         """Open the run directory: refuse a used one for a new run, clear interrupted writes, and record (or, on
@@ -120,6 +129,17 @@ class JobRunner:
                     self.write(left, records)
             if together:
                 accelerator.wait_for_everyone()
+            if not together or accelerator.is_main_process:
+                self.remove_checkpoints(job)
+
+    def remove_checkpoints(self, job: Job) -> None:
+        """Delete the training checkpoints of a job whose records are all written (unless ``keep_checkpoints``).
+        Only records make a job finished, so a removal cut short by a crash is simply done again on resume."""
+        if self.keep_checkpoints:
+            return
+        for folder in job.checkpoints:
+            if Path(folder).exists():
+                shutil.rmtree(folder)
 
     def write(self, names: Sequence[str], records: Sequence[dict[str, Any]]) -> None:
         """Write each record atomically, naming the process that wrote it."""

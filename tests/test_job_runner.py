@@ -88,7 +88,74 @@ def test_a_job_must_return_one_record_per_name(tmp_path: Path) -> None:
         runner.run([Job(("n1", "n2"), lambda names: [{"name": names[0]}])])
 
 
-#: run by two accelerate processes: six jobs shared out, then two jobs every process runs together
+def _trains(calls: list[str], checkpoints: Path) -> Any:
+    """A job function that, like a training job, saves a checkpoint folder of two files for each name first."""
+    square = _square(calls)
+
+    def compute(names: list[str]) -> list[dict[str, Any]]:
+        for name in names:
+            (checkpoints / name).mkdir(parents=True, exist_ok=True)
+            for part in ("meta.json", "state.safetensors"):
+                (checkpoints / name / part).write_text(name)
+        return square(names)
+
+    return compute
+
+
+def test_a_finished_jobs_checkpoints_are_removed_even_after_a_crash_before_the_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    calls: list[str] = []
+
+    def jobs() -> list[Job]:
+        return [Job((f"n{i}",), _trains(calls, checkpoints), checkpoints=(checkpoints / f"n{i}",)) for i in (1, 2)]
+
+    removed: list[str] = []
+
+    def crash_after_one_file(path: Path, *args: Any, **kwargs: Any) -> None:  # killed midway through the removal
+        removed.append(Path(path).name)
+        os.unlink(Path(path) / "meta.json")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("prompt_adapters.job_runner.shutil.rmtree", crash_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        _runner(tmp_path, resume=False).run(jobs())
+    assert calls == ["n1"] and removed == ["n1"]
+    assert (tmp_path / "jobs" / "n1.json").exists()  # the record was written before the removal began
+    assert [p.name for p in (checkpoints / "n1").iterdir()] == ["state.safetensors"]
+    monkeypatch.undo()
+
+    calls.clear()
+    resumed = _runner(tmp_path, resume=True)
+    resumed.run(jobs())
+    assert calls == ["n2"]  # n1 is finished: skipped, and what its removal left is removed now
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
+    assert [r["square"] for r in resumed.collect(["n1", "n2"]) or []] == [1, 4]
+
+
+def test_an_unfinished_jobs_checkpoints_stay_for_the_resume_and_keep_checkpoints_keeps_all(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    train = _trains([], checkpoints)
+
+    def fails_after_saving(names: list[str]) -> list[dict[str, Any]]:
+        train(names)
+        raise RuntimeError("killed during training")
+
+    runner = _runner(tmp_path, resume=False)
+    with pytest.raises(RuntimeError, match="killed during training"):
+        runner.run([Job(("n1",), fails_after_saving, checkpoints=(checkpoints / "n1",))])
+    assert (checkpoints / "n1" / "state.safetensors").exists()
+
+    kept = JobRunner(tmp_path / "kept", "jobs", False, Accelerator(), keep_checkpoints=True)
+    kept.start(lambda: {"settings": {"n": 4}})
+    kept.run([Job(("n1", "n2"), _trains([], tmp_path / "kept" / "checkpoints"),
+                  checkpoints=(tmp_path / "kept" / "checkpoints" / "n1", tmp_path / "kept" / "checkpoints" / "n2"))])
+    assert sorted(p.name for p in (tmp_path / "kept" / "checkpoints").iterdir()) == ["n1", "n2"]
+
+
+#: run by two accelerate processes: six jobs shared out, then two jobs every process runs together, each job saving
+#: a checkpoint folder (every process of a job run together saves into it)
 TWO_PROCESSES = textwrap.dedent(
     """
     import json, sys
@@ -105,10 +172,16 @@ TWO_PROCESSES = textwrap.dedent(
     def compute(names):
         with ran.open("a") as log:
             log.write(" ".join(names) + "\\n")
+        for name in names:
+            (out / "checkpoints" / name).mkdir(parents=True, exist_ok=True)
+            (out / "checkpoints" / name / f"rank{accelerator.process_index}").write_text(name)
         return [{"name": name} for name in names]
 
-    runner.run([Job((f"shared{i}",), compute) for i in range(6)])
-    runner.run([Job((f"together{i}",), compute) for i in range(2)], together=True)
+    def job(name):
+        return Job((name,), compute, checkpoints=(out / "checkpoints" / name,))
+
+    runner.run([job(f"shared{i}") for i in range(6)])
+    runner.run([job(f"together{i}") for i in range(2)], together=True)
     records = runner.collect([f"shared{i}" for i in range(6)] + ["together0", "together1"])
     if records is not None:
         (out / "collected.json").write_text(json.dumps(records))
@@ -132,3 +205,4 @@ def test_jobs_are_shared_out_over_two_processes(tmp_path: Path) -> None:
     processes = {record["name"]: record["process"] for record in collected}
     assert processes == {"shared0": [0, 2], "shared1": [1, 2], "shared2": [0, 2], "shared3": [1, 2],
                          "shared4": [0, 2], "shared5": [1, 2], "together0": [0, 2], "together1": [0, 2]}
+    assert list((out / "checkpoints").iterdir()) == []  # each removed once its job's record was written

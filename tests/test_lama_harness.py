@@ -147,6 +147,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_bert: Path, fixtu
     cut, full = records(out), records(tmp_path / "whole")
     for name in full:
         assert cut[name]["ranks"] == full[name]["ranks"] and cut[name]["history"] == full[name]["history"], name
+    assert list((out / "checkpoints").iterdir()) == []  # kept for the resume, removed once P20's record was written
 
 
 def test_data_parallel_training_does_not_depend_on_the_number_of_processes(
@@ -212,6 +213,7 @@ def test_promptgen_pooled_job_and_none_diagnostic(tiny_bert: Path, fixture_data:
     assert summary["train_seconds"]["mean"] == pytest.approx(sum(r["train_seconds"] for r in pooled.values()))
     assert all(r["prompts_left_out"] == 0 and r["templates"] == ["[X] [P*10] [Y] [P*5]"] for r in pooled.values())
     assert "promptgen, subject replaced by None" in (tmp_path / "pg" / "results.md").read_text()
+    assert list((tmp_path / "pg" / "checkpoints").iterdir()) == []  # the pooled joint-seed42 folder is removed
     assert list(summary["kept_epochs"]["per_fit"]) == ["pooled-seed42"]  # one generator for both relations
     assert "Kept epoch (pooled-seed42): " in (tmp_path / "pg" / "results.md").read_text()
     assert 0 <= summary["headline"]["none.macro.P@1"]["mean"] <= 100

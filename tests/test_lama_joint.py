@@ -89,6 +89,7 @@ def test_killed_joint_run_resumes_to_the_uninterrupted_result(tiny_bert_without_
     finish(launch(_args(tiny_bert_without_dropout, fixture_data, out, *args, "--resume")))
     cut, whole = records(out), records(tmp_path / "whole")
     assert cut.keys() == whole.keys()
+    assert list((out / "checkpoints").iterdir()) == []  # each adapter's folder removed with its job finished
     for name in whole:
         assert cut[name]["ranks"] == whole[name]["ranks"], name
         assert [h["dev_p1"] for h in cut[name]["history"]] == [h["dev_p1"] for h in whole[name]["history"]], name

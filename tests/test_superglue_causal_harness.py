@@ -42,6 +42,7 @@ def test_every_task_with_every_method(family: str, tiny_models: dict[str, Path],
         assert list(summary["tasks"]) == list(sg.TASKS)
         assert 0 <= summary["average"] <= 100
         assert f"# SuperGLUE fewshot: {method} on" in (out / "results.md").read_text()
+        assert list((out / "checkpoints").glob("*")) == []  # a finished job's checkpoint is removed
         for task in sg.TASKS:
             job = json.loads((out / "jobs" / f"{task}-seed42.json").read_text())
             assert len(job["predictions"]) == job["sizes"]["test"] == len(job["references"]) > 0
@@ -54,6 +55,19 @@ def test_every_task_with_every_method(family: str, tiny_models: dict[str, Path],
                 assert job["history"] == []
             else:  # trained one step, selected on dev32
                 assert len(job["history"]) == 1 and math.isfinite(job["history"][0]["train_loss"]), (method, task)
+
+
+def test_keep_checkpoints_keeps_them_and_a_resume_without_it_removes_those_of_finished_jobs(
+    tiny_models: dict[str, Path], fixture_data: Path, tmp_path: Path
+) -> None:
+    run(tiny_models["llama"], fixture_data, tmp_path, "ptuning", "--task", "cb,rte", "--keep-checkpoints")
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["CB-seed42", "RTE-seed42"] and (tmp_path / "checkpoints" / "CB-seed42" / "LATEST").exists()
+    jobs = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "jobs").iterdir()}
+    # the flag changes no result, so the resumed run's settings still match; its finished jobs' checkpoints go
+    run(tiny_models["llama"], fixture_data, tmp_path, "ptuning", "--task", "cb,rte", "--resume")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "jobs").iterdir()} == jobs  # nothing ran again
+    assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
 def test_eval_sample_is_fixed_and_keeps_whole_multirc_questions(fixture_data: Path) -> None:
