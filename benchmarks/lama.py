@@ -637,9 +637,11 @@ def run(args: argparse.Namespace, accelerator: Accelerator, probe: Probe, wanted
         return [name.rsplit("-seed", 1)[0] for name in names]
 
     def job(relations_of_job: list[str], seed: int, compute: Callable[[list[str]], list[dict[str, Any]]],
-            **options: Any) -> Job:
+            checkpoints: tuple[Path, ...] | None = None, **options: Any) -> Job:
+        """The job of these relations and seed; its checkpoints are each relation's own folder unless named."""
         names = tuple(f"{relation}-seed{seed}" for relation in relations_of_job)
-        checkpoints = options.pop("checkpoints", tuple(checkpoint_dir(args, name) for name in names))
+        if checkpoints is None:
+            checkpoints = tuple(checkpoint_dir(args, name) for name in names)
         return Job(names, compute, checkpoints=checkpoints, **options)
 
     def pooled(seed: int) -> Job:  # one adapter trained on every relation by every process; all or none resumed
